@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `trainer bench`: the same SimCLR step as the Rust trainer.
+
+CIFAR ResNet-18 (3x3 stem, stride 1, no max-pool) + projection head 512-512-128, two views of
+each image concatenated in one forward pass, NT-Xent (T=0.5), backward, per-parameter gradient
+norm clipping at 1.0 (as Burn's optimizer does), Adam lr 3e-4 with weight decay 1e-4.
+Prints one JSON line: {"pairs_per_s": ..., "step_ms_median": ..., "device": ...}.
+"""
+import argparse, json, statistics, sys, time
+
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError:
+    sys.exit("torch is not installed (pip install torch)")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+class SimCLR(nn.Module):
+    def __init__(self, width=64, hidden=512, out=128):
+        super().__init__()
+        layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        c_in = width
+        for stage, stride in enumerate([1, 2, 2, 2]):
+            c_out = width << stage
+            layers += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.encoder = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def nt_xent(z, temperature):
+    z = F.normalize(z, dim=1)
+    n = z.shape[0] // 2
+    logits = z @ z.t() / temperature
+    logits.fill_diagonal_(-1e9)
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    model = SimCLR(a.width).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-4)
+    views = torch.randn(2 * a.batch_size, 3, 32, 32, device=device)
+    times = []
+    for step in range(a.warmup + a.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = nt_xent(model(views), 0.5)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for param in model.parameters():
+            torch.nn.utils.clip_grad_norm_([param], 1.0)
+        opt.step()
+        loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= a.warmup:
+            times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    result = {"pairs_per_s": a.batch_size / step, "step_ms_median": step * 1e3, "device": str(device),
+              "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.type == "cuda":
+        result["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

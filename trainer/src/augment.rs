@@ -1,0 +1,539 @@
+//! SimCLR's augmentations, on 32x32 RGB images held as planar `[3][H][W]` f32 in [0, 1].
+//!
+//! Each transform follows torchvision's definition, so numbers from PyTorch recipes carry over:
+//! RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter, p) -> RandomGrayscale
+//! -> RandomApply(GaussianBlur, p) -> Normalize.
+
+use anyhow::{ensure, Result};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// CIFAR-10 per-channel mean and standard deviation (of the training set, in [0, 1]).
+pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+
+/// Side of the square images the network sees.
+pub const SIDE: usize = 32;
+pub const PIXELS: usize = SIDE * SIDE;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Fraction of the image area a crop covers, drawn uniformly from this range.
+    pub crop_scale: [f64; 2],
+    /// Aspect ratio of a crop, drawn log-uniformly from this range.
+    pub crop_ratio: [f64; 2],
+    pub flip_prob: f64,
+    /// Probability that color jitter is applied at all.
+    pub jitter_prob: f64,
+    pub brightness: f64,
+    pub contrast: f64,
+    pub saturation: f64,
+    /// Hue shift, as a fraction of the color wheel, drawn from [-hue, hue]; at most 0.5.
+    pub hue: f64,
+    pub grayscale_prob: f64,
+    /// Gaussian blur is off by default: at 32 px it removes the detail the network needs
+    /// (the SimCLR CIFAR code and lightly leave it out; solo-learn uses p 0.5).
+    pub blur_prob: f64,
+    pub blur_sigma: [f64; 2],
+    /// Side of the blur kernel (odd).
+    pub blur_kernel: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            crop_scale: [0.08, 1.0],
+            crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
+            flip_prob: 0.5,
+            jitter_prob: 0.8,
+            brightness: 0.4,
+            contrast: 0.4,
+            saturation: 0.4,
+            hue: 0.1,
+            grayscale_prob: 0.2,
+            blur_prob: 0.0,
+            blur_sigma: [0.1, 2.0],
+            blur_kernel: 3,
+            mean: CIFAR10_MEAN,
+            std: CIFAR10_STD,
+        }
+    }
+}
+
+impl AugmentConfig {
+    pub fn validate(&self) -> Result<()> {
+        let [s0, s1] = self.crop_scale;
+        ensure!(
+            0.0 < s0 && s0 <= s1 && s1 <= 1.0,
+            "augment.crop_scale must satisfy 0 < min <= max <= 1, got {:?}",
+            self.crop_scale
+        );
+        let [r0, r1] = self.crop_ratio;
+        ensure!(
+            0.0 < r0 && r0 <= r1,
+            "augment.crop_ratio must satisfy 0 < min <= max, got {:?}",
+            self.crop_ratio
+        );
+        for (name, p) in [
+            ("flip_prob", self.flip_prob),
+            ("jitter_prob", self.jitter_prob),
+            ("grayscale_prob", self.grayscale_prob),
+            ("blur_prob", self.blur_prob),
+        ] {
+            ensure!(
+                (0.0..=1.0).contains(&p),
+                "augment.{name} must be in [0, 1], got {p}"
+            );
+        }
+        ensure!(
+            self.brightness >= 0.0 && self.contrast >= 0.0 && self.saturation >= 0.0,
+            "augment.brightness, contrast and saturation must be >= 0"
+        );
+        ensure!(
+            (0.0..=0.5).contains(&self.hue),
+            "augment.hue must be in [0, 0.5], got {}",
+            self.hue
+        );
+        ensure!(
+            self.blur_kernel % 2 == 1,
+            "augment.blur_kernel must be odd, got {}",
+            self.blur_kernel
+        );
+        ensure!(
+            0.0 < self.blur_sigma[0] && self.blur_sigma[0] <= self.blur_sigma[1],
+            "augment.blur_sigma must satisfy 0 < min <= max"
+        );
+        ensure!(
+            self.std.iter().all(|&s| s > 0.0),
+            "augment.std must be positive"
+        );
+        Ok(())
+    }
+
+    /// One random view of `image` (planar RGB bytes, 3 x 32 x 32), normalised, written to `out`.
+    pub fn view(&self, image: &[u8], rng: &mut impl Rng, out: &mut [f32]) {
+        let mut img = to_float(image);
+        let (top, left, h, w) = random_resized_crop_box(SIDE, SIDE, self, rng);
+        img = resize_bilinear(&img, SIDE, SIDE, top, left, h, w);
+        if rng.random_bool(self.flip_prob) {
+            flip_horizontal(&mut img);
+        }
+        if rng.random_bool(self.jitter_prob) {
+            color_jitter(&mut img, self, rng);
+        }
+        if rng.random_bool(self.grayscale_prob) {
+            grayscale(&mut img);
+        }
+        if rng.random_bool(self.blur_prob) {
+            let sigma = rng.random_range(self.blur_sigma[0]..=self.blur_sigma[1]);
+            img = gaussian_blur(&img, self.blur_kernel, sigma as f32);
+        }
+        normalize_into(&img, &self.mean, &self.std, out);
+    }
+}
+
+/// Bytes to [0, 1] floats.
+pub fn to_float(image: &[u8]) -> Vec<f32> {
+    image.iter().map(|&b| b as f32 / 255.0).collect()
+}
+
+/// `(x - mean) / std` per channel: what the network is trained on.
+pub fn normalize_into(img: &[f32], mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+    for c in 0..3 {
+        let range = c * PIXELS..(c + 1) * PIXELS;
+        for (o, &x) in out[range.clone()].iter_mut().zip(&img[range]) {
+            *o = (x - mean[c]) / std[c];
+        }
+    }
+}
+
+/// torchvision's RandomResizedCrop box: `(top, left, height, width)` within an `h x w` image.
+pub fn random_resized_crop_box(
+    h: usize,
+    w: usize,
+    config: &AugmentConfig,
+    rng: &mut impl Rng,
+) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f64;
+    let (log_r0, log_r1) = (config.crop_ratio[0].ln(), config.crop_ratio[1].ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(config.crop_scale[0]..=config.crop_scale[1]);
+        let aspect = rng.random_range(log_r0..=log_r1).exp();
+        let cw = (target * aspect).sqrt().round() as usize;
+        let ch = (target / aspect).sqrt().round() as usize;
+        if 0 < cw && cw <= w && 0 < ch && ch <= h {
+            let top = rng.random_range(0..=h - ch);
+            let left = rng.random_range(0..=w - cw);
+            return (top, left, ch, cw);
+        }
+    }
+    // Fallback, as torchvision: the largest centred crop within the ratio range.
+    let in_ratio = w as f64 / h as f64;
+    let (ch, cw) = if in_ratio < config.crop_ratio[0] {
+        ((w as f64 / config.crop_ratio[0]).round() as usize, w)
+    } else if in_ratio > config.crop_ratio[1] {
+        (h, (h as f64 * config.crop_ratio[1]).round() as usize)
+    } else {
+        (h, w)
+    };
+    ((h - ch) / 2, (w - cw) / 2, ch, cw)
+}
+
+/// Bilinear resize of the crop `(top, left, h, w)` of a planar image to `SIDE x SIDE`
+/// (half-pixel centres, as `align_corners=False`).
+pub fn resize_bilinear(
+    img: &[f32],
+    src_h: usize,
+    src_w: usize,
+    top: usize,
+    left: usize,
+    h: usize,
+    w: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0; 3 * PIXELS];
+    let (sy, sx) = (h as f32 / SIDE as f32, w as f32 / SIDE as f32);
+    for y in 0..SIDE {
+        let fy = ((y as f32 + 0.5) * sy - 0.5).clamp(0.0, (h - 1) as f32);
+        let (y0, dy) = (fy.floor() as usize, fy - fy.floor());
+        let y1 = (y0 + 1).min(h - 1);
+        for x in 0..SIDE {
+            let fx = ((x as f32 + 0.5) * sx - 0.5).clamp(0.0, (w - 1) as f32);
+            let (x0, dx) = (fx.floor() as usize, fx - fx.floor());
+            let x1 = (x0 + 1).min(w - 1);
+            for c in 0..3 {
+                let at =
+                    |yy: usize, xx: usize| img[c * src_h * src_w + (top + yy) * src_w + left + xx];
+                let v = (1.0 - dy) * ((1.0 - dx) * at(y0, x0) + dx * at(y0, x1))
+                    + dy * ((1.0 - dx) * at(y1, x0) + dx * at(y1, x1));
+                out[c * PIXELS + y * SIDE + x] = v;
+            }
+        }
+    }
+    out
+}
+
+pub fn flip_horizontal(img: &mut [f32]) {
+    for row in img.chunks_mut(SIDE) {
+        row.reverse();
+    }
+}
+
+/// ITU-R 601 luma, the weights torchvision's `rgb_to_grayscale` uses.
+fn luma(img: &[f32], i: usize) -> f32 {
+    0.299 * img[i] + 0.587 * img[PIXELS + i] + 0.114 * img[2 * PIXELS + i]
+}
+
+pub fn grayscale(img: &mut [f32]) {
+    for i in 0..PIXELS {
+        let l = luma(img, i);
+        for c in 0..3 {
+            img[c * PIXELS + i] = l;
+        }
+    }
+}
+
+/// `factor * img + (1 - factor) * other`, clamped to [0, 1] (torchvision's `_blend`).
+fn blend(img: &mut [f32], other: impl Fn(usize) -> f32, factor: f32) {
+    for c in 0..3 {
+        for i in 0..PIXELS {
+            let v = &mut img[c * PIXELS + i];
+            *v = (factor * *v + (1.0 - factor) * other(i)).clamp(0.0, 1.0);
+        }
+    }
+}
+
+pub fn adjust_brightness(img: &mut [f32], factor: f32) {
+    blend(img, |_| 0.0, factor);
+}
+
+pub fn adjust_contrast(img: &mut [f32], factor: f32) {
+    let mean = (0..PIXELS).map(|i| luma(img, i)).sum::<f32>() / PIXELS as f32;
+    blend(img, |_| mean, factor);
+}
+
+pub fn adjust_saturation(img: &mut [f32], factor: f32) {
+    let gray: Vec<f32> = (0..PIXELS).map(|i| luma(img, i)).collect();
+    blend(img, |i| gray[i], factor);
+}
+
+/// Rotates the hue of every pixel by `shift` turns of the color wheel (HSV space).
+pub fn adjust_hue(img: &mut [f32], shift: f32) {
+    for i in 0..PIXELS {
+        let (r, g, b) = (img[i], img[PIXELS + i], img[2 * PIXELS + i]);
+        let max = r.max(g).max(b);
+        let min = r.min(g).min(b);
+        let chroma = max - min;
+        if chroma <= 0.0 {
+            continue; // gray pixels have no hue
+        }
+        let hue = if max == r {
+            ((g - b) / chroma).rem_euclid(6.0)
+        } else if max == g {
+            (b - r) / chroma + 2.0
+        } else {
+            (r - g) / chroma + 4.0
+        } / 6.0;
+        let h = (hue + shift).rem_euclid(1.0) * 6.0;
+        let x = chroma * (1.0 - ((h % 2.0) - 1.0).abs());
+        let (r1, g1, b1) = match h as u32 {
+            0 => (chroma, x, 0.0),
+            1 => (x, chroma, 0.0),
+            2 => (0.0, chroma, x),
+            3 => (0.0, x, chroma),
+            4 => (x, 0.0, chroma),
+            _ => (chroma, 0.0, x),
+        };
+        img[i] = r1 + min;
+        img[PIXELS + i] = g1 + min;
+        img[2 * PIXELS + i] = b1 + min;
+    }
+}
+
+/// torchvision's ColorJitter: the four adjustments in random order, each with a random factor.
+pub fn color_jitter(img: &mut [f32], config: &AugmentConfig, rng: &mut impl Rng) {
+    let mut order = [0, 1, 2, 3];
+    order.shuffle(rng);
+    let factor = |strength: f64, rng: &mut dyn rand::RngCore| -> Option<f32> {
+        (strength > 0.0)
+            .then(|| rng.random_range((1.0 - strength).max(0.0)..=1.0 + strength) as f32)
+    };
+    for op in order {
+        match op {
+            0 => {
+                if let Some(f) = factor(config.brightness, rng) {
+                    adjust_brightness(img, f)
+                }
+            }
+            1 => {
+                if let Some(f) = factor(config.contrast, rng) {
+                    adjust_contrast(img, f)
+                }
+            }
+            2 => {
+                if let Some(f) = factor(config.saturation, rng) {
+                    adjust_saturation(img, f)
+                }
+            }
+            _ => {
+                if config.hue > 0.0 {
+                    adjust_hue(img, rng.random_range(-config.hue..=config.hue) as f32)
+                }
+            }
+        }
+    }
+}
+
+/// Separable gaussian blur with reflect padding (as torchvision's `gaussian_blur`).
+pub fn gaussian_blur(img: &[f32], kernel: usize, sigma: f32) -> Vec<f32> {
+    let half = (kernel / 2) as isize;
+    let weights: Vec<f32> = (-half..=half)
+        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
+    let reflect = |i: isize| -> usize {
+        let n = SIDE as isize;
+        let i = if i < 0 { -i } else { i };
+        (if i >= n { 2 * (n - 1) - i } else { i }) as usize
+    };
+    let mut tmp = vec![0.0; img.len()];
+    let mut out = vec![0.0; img.len()];
+    for c in 0..3 {
+        let plane = c * PIXELS;
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                tmp[plane + y * SIDE + x] = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| {
+                        w * img[plane + y * SIDE + reflect(x as isize + k as isize - half)]
+                    })
+                    .sum();
+            }
+        }
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                out[plane + y * SIDE + x] = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| {
+                        w * tmp[plane + reflect(y as isize + k as isize - half) * SIDE + x]
+                    })
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// A planar image whose every value is distinct and in (0, 1).
+    fn ramp() -> Vec<f32> {
+        (0..3 * PIXELS)
+            .map(|i| (i as f32 + 0.5) / (3 * PIXELS) as f32)
+            .collect()
+    }
+
+    fn colorful(seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..3 * PIXELS).map(|_| rng.random::<f32>()).collect()
+    }
+
+    #[test]
+    fn flip_reverses_columns() {
+        let src = ramp();
+        let mut img = src.clone();
+        flip_horizontal(&mut img);
+        for c in 0..3 {
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    assert_eq!(
+                        img[c * PIXELS + y * SIDE + x],
+                        src[c * PIXELS + y * SIDE + SIDE - 1 - x]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grayscale_gives_equal_channels_with_luma_weights() {
+        let mut img = colorful(1);
+        let expected = 0.299 * img[5] + 0.587 * img[PIXELS + 5] + 0.114 * img[2 * PIXELS + 5];
+        grayscale(&mut img);
+        for i in 0..PIXELS {
+            assert_eq!(img[i], img[PIXELS + i]);
+            assert_eq!(img[i], img[2 * PIXELS + i]);
+        }
+        assert!((img[5] - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn jitter_at_strength_zero_is_identity() {
+        let config = AugmentConfig {
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            hue: 0.0,
+            ..Default::default()
+        };
+        let src = colorful(2);
+        let mut img = src.clone();
+        color_jitter(&mut img, &config, &mut ChaCha8Rng::seed_from_u64(3));
+        assert_eq!(img, src);
+    }
+
+    #[test]
+    fn factor_one_adjustments_and_full_turn_hue_are_identity() {
+        let src = colorful(4);
+        let mut img = src.clone();
+        adjust_brightness(&mut img, 1.0);
+        adjust_contrast(&mut img, 1.0);
+        adjust_saturation(&mut img, 1.0);
+        adjust_hue(&mut img, 0.0);
+        for (a, b) in img.iter().zip(&src) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn hue_shift_of_a_third_rotates_red_to_green() {
+        let mut img = vec![0.0; 3 * PIXELS];
+        img[..PIXELS].fill(1.0); // pure red
+        adjust_hue(&mut img, 1.0 / 3.0);
+        assert!(
+            img[0].abs() < 1e-6 && (img[PIXELS] - 1.0).abs() < 1e-6 && img[2 * PIXELS].abs() < 1e-6
+        );
+    }
+
+    #[test]
+    fn brightness_zero_is_black_and_saturation_zero_is_gray() {
+        let mut img = colorful(5);
+        adjust_brightness(&mut img, 0.0);
+        assert!(img.iter().all(|&v| v == 0.0));
+        let mut img = colorful(6);
+        adjust_saturation(&mut img, 0.0);
+        for i in 0..PIXELS {
+            assert!((img[i] - img[PIXELS + i]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn crops_stay_in_bounds_and_respect_scale() {
+        let config = AugmentConfig::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..10_000 {
+            let (top, left, h, w) = random_resized_crop_box(SIDE, SIDE, &config, &mut rng);
+            assert!(h >= 1 && w >= 1 && top + h <= SIDE && left + w <= SIDE);
+        }
+        let whole = AugmentConfig {
+            crop_scale: [1.0, 1.0],
+            crop_ratio: [1.0, 1.0],
+            ..Default::default()
+        };
+        assert_eq!(
+            random_resized_crop_box(SIDE, SIDE, &whole, &mut rng),
+            (0, 0, SIDE, SIDE)
+        );
+    }
+
+    #[test]
+    fn resizing_the_whole_image_is_identity() {
+        let src = ramp();
+        let out = resize_bilinear(&src, SIDE, SIDE, 0, 0, SIDE, SIDE);
+        for (a, b) in out.iter().zip(&src) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        // A 1-pixel crop upsamples to a constant image of that pixel.
+        let out = resize_bilinear(&src, SIDE, SIDE, 3, 4, 1, 1);
+        assert!(out[..PIXELS].iter().all(|&v| v == src[3 * SIDE + 4]));
+    }
+
+    #[test]
+    fn blur_keeps_constant_images_and_smooths_an_impulse() {
+        let flat = vec![0.25; 3 * PIXELS];
+        for v in gaussian_blur(&flat, 3, 1.0) {
+            assert!((v - 0.25).abs() < 1e-6);
+        }
+        let mut impulse = vec![0.0; 3 * PIXELS];
+        impulse[16 * SIDE + 16] = 1.0;
+        let out = gaussian_blur(&impulse, 3, 1.0);
+        assert!(out[16 * SIDE + 16] < 1.0 && out[16 * SIDE + 17] > 0.0);
+        let sum: f32 = out[..PIXELS].iter().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-5,
+            "blur must keep the mass, got {sum}"
+        );
+    }
+
+    #[test]
+    fn normalize_uses_mean_and_std() {
+        let img = vec![0.5; 3 * PIXELS];
+        let mut out = vec![0.0; 3 * PIXELS];
+        normalize_into(&img, &CIFAR10_MEAN, &CIFAR10_STD, &mut out);
+        assert!((out[0] - (0.5 - 0.4914) / 0.2470).abs() < 1e-6);
+        assert!((out[2 * PIXELS] - (0.5 - 0.4465) / 0.2616).abs() < 1e-6);
+    }
+
+    #[test]
+    fn views_are_reproducible_from_the_seed_and_differ_between_draws() {
+        let config = AugmentConfig::default();
+        let image: Vec<u8> = (0..3 * PIXELS).map(|i| (i * 7 % 256) as u8).collect();
+        let view = |seed| {
+            let mut out = vec![0.0; 3 * PIXELS];
+            config.view(&image, &mut ChaCha8Rng::seed_from_u64(seed), &mut out);
+            out
+        };
+        assert_eq!(view(11), view(11));
+        assert_ne!(view(11), view(12));
+    }
+}

@@ -1,0 +1,316 @@
+//! `trainer bench`: throughput of the SimCLR training step and of the augmentation pipeline,
+//! side by side with the same step in PyTorch (`bench/torch_simclr.py`) when `torch` imports.
+//!
+//! Figures are medians over timed steps after warm-up steps, in image pairs per second (one
+//! pair = the two augmented views of one image).
+
+use crate::augment::AugmentConfig;
+use crate::backend::{BackendTask, DeviceKind};
+use crate::config::{OptimConfig, TrainConfig};
+use crate::data::{ImageDataset, IMAGE_BYTES};
+use crate::loader::{make_batch, EpochPlan};
+use crate::loss::NtXentLoss;
+use crate::model::{ModelConfig, SimClrModel};
+use crate::train::{train_step, with_optimizer, OptimizerTask};
+use anyhow::{Context, Result};
+use burn::optim::Optimizer;
+use burn::tensor::backend::AutodiffBackend;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub batch_sizes: Vec<usize>,
+    pub steps: usize,
+    pub warmup: usize,
+    pub device: DeviceKind,
+    pub model: ModelConfig,
+    /// Real images to augment (random bytes when `None`).
+    pub data: Option<ImageDataset>,
+    pub torch_script: Option<PathBuf>,
+    pub threads: usize,
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub device: String,
+    pub batch_size: usize,
+    pub train_step_pairs_per_s: f64,
+    pub train_step_ms_median: f64,
+    pub torch_pairs_per_s: Option<f64>,
+    pub ours_over_torch: Option<f64>,
+    pub data_pairs_per_s: f64,
+    pub onnx_images_per_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub threads: usize,
+    pub width: usize,
+    pub steps: usize,
+    pub results: Vec<BenchResult>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        0.5 * (values[n / 2 - 1] + values[n / 2])
+    }
+}
+
+fn synthetic_images(n: usize) -> ImageDataset {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    ImageDataset {
+        pixels: (0..n * IMAGE_BYTES).map(|_| rng.random()).collect(),
+        labels: vec![0; n],
+        classes: vec!["synthetic".into()],
+    }
+}
+
+/// Augmented pairs per second of the loader's batch builder on all cores.
+pub fn data_pairs_per_s(dataset: &ImageDataset, batch_size: usize, batches: usize) -> f64 {
+    let augment = AugmentConfig::default();
+    let plan = EpochPlan::new(dataset.len(), batch_size, 0, 1);
+    let batches = batches.min(plan.steps).max(1);
+    let _ = make_batch(dataset, &augment, &plan, 0); // warm-up
+    let started = Instant::now();
+    for step in 0..batches {
+        std::hint::black_box(make_batch(dataset, &augment, &plan, step % plan.steps));
+    }
+    (batches * batch_size) as f64 / started.elapsed().as_secs_f64()
+}
+
+struct StepBench<B: AutodiffBackend> {
+    device: B::Device,
+    model: SimClrModel<B>,
+    dataset: ImageDataset,
+    batch_size: usize,
+    steps: usize,
+    warmup: usize,
+}
+
+impl<B: AutodiffBackend> OptimizerTask<B> for StepBench<B> {
+    type Output = Vec<f64>;
+
+    fn run<O: Optimizer<SimClrModel<B>, B>>(self, mut optimizer: O) -> Result<Vec<f64>> {
+        let augment = AugmentConfig::default();
+        let plan = EpochPlan::new(self.dataset.len(), self.batch_size, 0, 7);
+        let loss_fn = NtXentLoss::new(TrainConfig::default().temperature);
+        let mut model = self.model;
+        let mut seconds = Vec::new();
+        for step in 0..self.warmup + self.steps {
+            let batch = make_batch(&self.dataset, &augment, &plan, step % plan.steps);
+            let started = Instant::now();
+            let (next, loss) =
+                train_step(model, &mut optimizer, &loss_fn, batch, 3e-4, &self.device);
+            model = next;
+            anyhow::ensure!(
+                loss.is_finite(),
+                "benchmark step {step} produced loss {loss}"
+            );
+            if step >= self.warmup {
+                seconds.push(started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(seconds)
+    }
+}
+
+/// Seconds of each timed training step at `batch_size`, on one backend.
+struct TrainStepTiming<'a> {
+    options: &'a BenchOptions,
+    batch_size: usize,
+    dataset: &'a ImageDataset,
+}
+
+impl BackendTask for TrainStepTiming<'_> {
+    type Output = (String, Vec<f64>);
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
+        B::seed(&device, 0);
+        let task = StepBench::<B> {
+            model: self.options.model.init::<B>(&device),
+            device,
+            dataset: self.dataset.clone(),
+            batch_size: self.batch_size,
+            steps: self.options.steps,
+            warmup: self.options.warmup,
+        };
+        Ok((
+            name.to_string(),
+            with_optimizer::<B, _>(&OptimConfig::default(), task)?,
+        ))
+    }
+}
+
+/// Runs the PyTorch reference; `None` (with the reason on stderr) when torch is unavailable.
+fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -> Option<f64> {
+    let device = match options.device {
+        DeviceKind::Cuda => "cuda",
+        _ => "cpu",
+    };
+    let output = std::process::Command::new(std::env::var("PYTHON").unwrap_or("python3".into()))
+        .arg(script)
+        .args(["--batch-size", &batch_size.to_string()])
+        .args(["--steps", &options.steps.to_string()])
+        .args(["--warmup", &options.warmup.to_string()])
+        .args(["--width", &options.model.width.to_string()])
+        .args(["--device", device])
+        .args(["--threads", &options.threads.to_string()])
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("PyTorch reference not run: cannot start python3 ({e})");
+            return None;
+        }
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        eprintln!(
+            "PyTorch reference not run: {}",
+            stderr.lines().last().unwrap_or("python3 failed")
+        );
+        return None;
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last()?).ok()?;
+    json["pairs_per_s"].as_f64()
+}
+
+pub fn run(options: &BenchOptions) -> Result<BenchReport> {
+    let largest = options.batch_sizes.iter().copied().max().unwrap_or(32);
+    let dataset = match &options.data {
+        Some(data) => data.head(largest * 4),
+        None => synthetic_images(largest * 4),
+    };
+    let mut results = Vec::new();
+    let mut device_name = String::new();
+    for &batch_size in &options.batch_sizes {
+        eprintln!(
+            "batch {batch_size}: {} warm-up + {} timed steps",
+            options.warmup, options.steps
+        );
+        let (name, seconds) = crate::backend::run_on(
+            options.device,
+            TrainStepTiming {
+                options,
+                batch_size,
+                dataset: &dataset,
+            },
+        )?;
+        device_name = name;
+        let step = median(seconds);
+        let ours = batch_size as f64 / step;
+        let torch = options
+            .torch_script
+            .as_deref()
+            .and_then(|script| torch_pairs_per_s(script, options, batch_size));
+        results.push(BenchResult {
+            device: device_name.clone(),
+            batch_size,
+            train_step_pairs_per_s: ours,
+            train_step_ms_median: step * 1e3,
+            torch_pairs_per_s: torch,
+            ours_over_torch: torch.map(|t| ours / t),
+            data_pairs_per_s: data_pairs_per_s(&dataset, batch_size, 4),
+            onnx_images_per_s: None,
+        });
+    }
+    Ok(BenchReport {
+        device: device_name,
+        threads: options.threads,
+        width: options.model.width,
+        steps: options.steps,
+        results,
+    })
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The table printed to the terminal (and pasted in the README).
+pub fn table(report: &BenchReport) -> String {
+    let mut out = format!(
+        "device: {} | threads: {} | ResNet-18 width {} | median of {} steps\n\n",
+        report.device, report.threads, report.width, report.steps
+    );
+    out += "| batch | ours pairs/s | step ms | PyTorch pairs/s | ours / PyTorch | data pairs/s | ONNX img/s |\n";
+    out += "|---:|---:|---:|---:|---:|---:|---:|\n";
+    for r in &report.results {
+        out += &format!(
+            "| {} | {:.2} | {:.0} | {} | {} | {:.0} | {} |\n",
+            r.batch_size,
+            r.train_step_pairs_per_s,
+            r.train_step_ms_median,
+            fmt_opt(r.torch_pairs_per_s, 2),
+            fmt_opt(r.ours_over_torch, 2),
+            r.data_pairs_per_s,
+            fmt_opt(r.onnx_images_per_s, 1),
+        );
+    }
+    out
+}
+
+pub fn write_json(report: &BenchReport, path: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    crate::checkpoint::write_atomically(path, json.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn tiny_bench_reports_positive_rates_and_json_fields() {
+        let options = BenchOptions {
+            batch_sizes: vec![4],
+            steps: 2,
+            warmup: 1,
+            device: DeviceKind::Cpu,
+            model: ModelConfig {
+                width: 2,
+                head_hidden: 8,
+                head_out: 4,
+            },
+            data: None,
+            torch_script: None,
+            threads: 1,
+        };
+        let report = run(&options).unwrap();
+        assert_eq!(report.results.len(), 1);
+        let r = &report.results[0];
+        assert!(r.train_step_pairs_per_s > 0.0 && r.data_pairs_per_s > 0.0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bench.json");
+        write_json(&report, &path).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let row = &json["results"][0];
+        for key in [
+            "device",
+            "batch_size",
+            "train_step_pairs_per_s",
+            "data_pairs_per_s",
+        ] {
+            assert!(!row[key].is_null(), "{key} missing");
+        }
+        assert!(row["torch_pairs_per_s"].is_null() && row["onnx_images_per_s"].is_null());
+        assert!(table(&report).contains("| 4 |"));
+    }
+}

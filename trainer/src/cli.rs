@@ -1,0 +1,232 @@
+//! The command line: `trainer [train]` with flags that override the config file's keys.
+
+use crate::backend::{run_on, DeviceKind};
+use crate::config::{OptimConfig, OptimizerKind, TrainConfig};
+use crate::train::{Outcome, TrainJob};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trainer",
+    version,
+    about = "Self-supervised (SimCLR) pretraining of a CIFAR ResNet-18 on CIFAR-10",
+    long_about = "Self-supervised (SimCLR, NT-Xent) pretraining of a CIFAR ResNet-18 on CIFAR-10 or \
+                  your own image folder. `trainer` alone runs `trainer train` with the defaults: \
+                  it downloads CIFAR-10 once (or reads --data) and writes checkpoints, \
+                  metrics.csv and config.toml under runs/<timestamp>.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pretrain the encoder with SimCLR (the default command).
+    Train(TrainArgs),
+    /// Measure training-step and data-pipeline throughput, against PyTorch when it is installed.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Batch sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "32,128")]
+    pub batch_size: Vec<usize>,
+    /// Timed steps per batch size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps before them.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Device to measure (cpu, cuda, ndarray, candle).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// ResNet-18 width (64 is the standard network).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Dataset whose images are augmented (as `train --data`); random images when omitted.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// PyTorch reference script; skipped when python3 cannot import torch.
+    #[arg(long, default_value = "bench/torch_simclr.py")]
+    pub torch_script: PathBuf,
+    /// Do not run the PyTorch reference.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench.json")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// Dataset: a cifar-10-batches-bin directory, cifar-10-binary.tar.gz, or folder:PATH
+    /// (PATH/<class>/*.png|jpg). Default: download the official CIFAR-10 archive once into
+    /// ~/.cache/selfsup (or $SELFSUP_CACHE), MD5-checked.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Number of epochs [default: 100].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per batch; each gives two views, so the loss sees 2x this many [default: 256].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Cap on optimizer steps per epoch, for quick runs (0 = full epoch) [default: 0].
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
+    /// Output directory for checkpoints, metrics.csv and config.toml [default: runs/<timestamp>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where to train: cpu, cuda (binary built with --features cuda), or another CPU backend for
+    /// comparison (ndarray, candle) [default: cpu].
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
+    /// Random seed for initialisation, shuffling and augmentation [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Optimizer preset: adam (lr 3e-4, wd 1e-4) or sgd (momentum 0.9, lr 0.06 x batch/256,
+    /// wd 5e-4, cosine schedule) [default: adam].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// TOML file with any config keys (see `trainer train --print-config`); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint (its config.toml is reused).
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+    /// Print the full config this command would use, as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl TrainArgs {
+    /// Defaults < config file (or the run's own config.toml on --resume) < flags.
+    pub fn to_config(&self) -> Result<TrainConfig> {
+        let mut config = match (&self.config, &self.out) {
+            (Some(path), _) => TrainConfig::load(path)?,
+            (None, Some(out)) if self.resume => TrainConfig::load(&out.join("config.toml"))
+                .context("--resume needs the run's config.toml")?,
+            _ => TrainConfig::default(),
+        };
+        if let Some(optimizer) = self.optimizer {
+            if optimizer != config.optim.optimizer {
+                let batch = self.batch_size.unwrap_or(config.batch_size);
+                config.optim = match optimizer {
+                    OptimizerKind::Sgd => OptimConfig::sgd_preset(batch),
+                    OptimizerKind::Adam => OptimConfig::default(),
+                };
+            }
+        }
+        if let Some(data) = &self.data {
+            config.data = data.clone();
+        }
+        if let Some(v) = self.epochs {
+            config.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            config.batch_size = v;
+        }
+        if let Some(v) = self.steps_per_epoch {
+            config.steps_per_epoch = v;
+        }
+        if let Some(v) = self.device {
+            config.device = v;
+        }
+        if let Some(v) = self.seed {
+            config.seed = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Runs the command; returns the process exit code (130 after Ctrl-C, as shells expect).
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Some(Command::Train(args)) => train(args),
+        Some(Command::Bench(args)) => bench(args),
+        None => train(cli.train),
+    }
+}
+
+fn train(args: TrainArgs) -> Result<i32> {
+    let config = args.to_config()?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(0);
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to quit now)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    eprintln!("output: {}", out.display());
+    let job = TrainJob {
+        config: config.clone(),
+        out,
+        resume: args.resume,
+        stop,
+        data: None,
+    };
+    let (outcome, _) = run_on(config.device, job)?;
+    Ok(match outcome {
+        Outcome::Finished => 0,
+        Outcome::Interrupted { .. } => 130,
+    })
+}
+
+fn bench(args: BenchArgs) -> Result<i32> {
+    anyhow::ensure!(
+        args.batch_size.iter().all(|&b| b >= 2),
+        "--batch-size values must be at least 2"
+    );
+    anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
+    let data = match &args.data {
+        Some(source) => Some(crate::data::load(source)?.train),
+        None => None,
+    };
+    let torch_script = (!args.no_torch).then(|| args.torch_script.clone());
+    if let Some(script) = &torch_script {
+        anyhow::ensure!(
+            script.is_file(),
+            "PyTorch reference {} not found: run from the repository root, pass --torch-script, or --no-torch",
+            script.display()
+        );
+    }
+    let options = crate::bench::BenchOptions {
+        batch_sizes: args.batch_size.clone(),
+        steps: args.steps,
+        warmup: args.warmup,
+        device: args.device,
+        model: crate::model::ModelConfig {
+            width: args.width,
+            ..Default::default()
+        },
+        data,
+        torch_script,
+        threads: rayon::current_num_threads(),
+    };
+    let report = crate::bench::run(&options)?;
+    print!("{}", crate::bench::table(&report));
+    crate::bench::write_json(&report, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(0)
+}

@@ -1,0 +1,54 @@
+//! Encoder features h of un-augmented images: what evaluation, export checks and the viewer use.
+
+use crate::augment::{normalize_into, to_float, AugmentConfig};
+use crate::data::{ImageDataset, IMAGE_BYTES};
+use crate::model::ResNet18;
+use crate::progress::items_bar;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+/// Normalised planar f32 images `[n, 3, 32, 32]` of `indices` in `dataset`.
+pub fn normalized_batch<B: Backend>(
+    dataset: &ImageDataset,
+    indices: std::ops::Range<usize>,
+    augment: &AugmentConfig,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let n = indices.len();
+    let mut pixels = vec![0.0f32; n * IMAGE_BYTES];
+    pixels
+        .par_chunks_mut(IMAGE_BYTES)
+        .zip(indices)
+        .for_each(|(out, i)| {
+            normalize_into(
+                &to_float(dataset.image(i)),
+                &augment.mean,
+                &augment.std,
+                out,
+            )
+        });
+    Tensor::from_data(TensorData::new(pixels, [n, 3, 32, 32]), device)
+}
+
+/// Features `[N, D]` of every image of `dataset`. `encoder` must be on an inference backend (a
+/// `valid()` module), so that BatchNorm uses its running statistics.
+pub fn encode_dataset<B: Backend>(
+    encoder: &ResNet18<B>,
+    dataset: &ImageDataset,
+    augment: &AugmentConfig,
+    batch_size: usize,
+    device: &B::Device,
+    label: &str,
+) -> Tensor<B, 2> {
+    let bar = items_bar(dataset.len() as u64, label);
+    let mut chunks = Vec::new();
+    for start in (0..dataset.len()).step_by(batch_size.max(1)) {
+        let end = (start + batch_size).min(dataset.len());
+        let images = normalized_batch::<B>(dataset, start..end, augment, device);
+        chunks.push(encoder.forward(images));
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    Tensor::cat(chunks, 0)
+}

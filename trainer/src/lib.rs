@@ -1,0 +1,18 @@
+//! SimCLR pretraining of a CIFAR ResNet-18, in the order data flows:
+//! data -> augment -> loader -> model -> loss -> train (checkpoint, knn) ; backend picks the device.
+
+pub mod augment;
+pub mod backend;
+pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod features;
+pub mod knn;
+pub mod loader;
+pub mod loss;
+pub mod model;
+pub mod norm;
+pub mod progress;
+pub mod train;

@@ -1,0 +1,180 @@
+//! Training runs end to end on a tiny network and synthetic images: outputs, checkpoints,
+//! resume (after an epoch and after Ctrl-C mid-epoch) and a non-finite loss.
+
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use trainer::backend::{run_on, DeviceKind};
+use trainer::checkpoint::{latest_in, Checkpoint};
+use trainer::config::TrainConfig;
+use trainer::data::{ImageDataset, Splits, IMAGE_BYTES};
+use trainer::model::ModelConfig;
+use trainer::train::{EpochMetrics, Outcome, TrainJob};
+
+/// Burn's seeded RNG is global: runs that initialise models must not interleave.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn images(n: usize, seed: u64) -> ImageDataset {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    ImageDataset {
+        pixels: (0..n * IMAGE_BYTES).map(|_| rng.random()).collect(),
+        labels: (0..n).map(|i| (i % 3) as u8).collect(),
+        classes: vec!["a".into(), "b".into(), "c".into()],
+    }
+}
+
+fn splits() -> Splits {
+    Splits {
+        train: images(48, 1),
+        test: images(12, 2),
+        origin: "synthetic".into(),
+    }
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    let mut config = TrainConfig {
+        epochs,
+        batch_size: 8,
+        steps_per_epoch: 3,
+        ..Default::default()
+    };
+    config.model = ModelConfig {
+        width: 4,
+        head_hidden: 16,
+        head_out: 8,
+    };
+    config.knn.bank_size = 48;
+    config.knn.query_size = 12;
+    config.knn.k = 5;
+    config
+}
+
+fn train(
+    config: TrainConfig,
+    out: &Path,
+    resume: bool,
+    stop: bool,
+) -> anyhow::Result<(Outcome, Vec<EpochMetrics>)> {
+    let job = TrainJob {
+        config,
+        out: out.to_path_buf(),
+        resume,
+        stop: Arc::new(AtomicBool::new(stop)),
+        data: Some(splits()),
+    };
+    run_on(DeviceKind::Cpu, job)
+}
+
+fn assert_close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+        "{what}: {a} vs {b}"
+    );
+}
+
+#[test]
+fn run_writes_checkpoints_metrics_and_config() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, metrics) = train(config(2), dir.path(), false, false).unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(metrics.len(), 2);
+    assert!(metrics.iter().all(|m| m.loss.is_finite() && m.loss > 0.0));
+    assert!(metrics.iter().all(|m| (0.0..=1.0).contains(&m.knn_top1)));
+    let ckpts = dir.path().join("checkpoints");
+    assert!(ckpts.join("epoch-0001.ckpt").is_file());
+    assert!(ckpts.join("epoch-0002.ckpt").is_file());
+    assert_eq!(
+        latest_in(&ckpts).unwrap().unwrap(),
+        ckpts.join("epoch-0002.ckpt")
+    );
+    let saved = TrainConfig::load(&dir.path().join("config.toml")).unwrap();
+    assert_eq!(saved, config(2));
+    let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "epoch,loss,knn_top1,pairs_per_s,seconds");
+    assert_eq!(lines.len(), 3);
+    assert!(lines[2].starts_with("2,"));
+    let ckpt = Checkpoint::read(&ckpts).unwrap();
+    assert_eq!((ckpt.state.epochs_done, ckpt.state.global_step), (2, 6));
+    // Starting a new run over an existing one is refused instead of overwriting it.
+    let err = train(config(2), dir.path(), false, false).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+}
+
+#[test]
+fn resumed_epoch_matches_uninterrupted_run() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let straight = tempfile::tempdir().unwrap();
+    let (_, full) = train(config(2), straight.path(), false, false).unwrap();
+
+    let split = tempfile::tempdir().unwrap();
+    let (_, first) = train(config(1), split.path(), false, false).unwrap();
+    assert_close(first[0].loss, full[0].loss, "epoch 1");
+    let (outcome, second) = train(config(2), split.path(), true, false).unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(second.len(), 1, "resume continues at epoch 2");
+    assert_eq!(second[0].epoch, 2);
+    assert_close(second[0].loss, full[1].loss, "epoch 2 after resume");
+    assert_close(second[0].knn_top1, full[1].knn_top1, "kNN after resume");
+    let csv = std::fs::read_to_string(split.path().join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+}
+
+#[test]
+fn ctrl_c_mid_epoch_saves_and_resume_finishes_the_same_epoch() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let straight = tempfile::tempdir().unwrap();
+    let (_, full) = train(config(1), straight.path(), false, false).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    // The stop flag is already raised: the run stops after its first step.
+    let (outcome, metrics) = train(config(1), dir.path(), false, true).unwrap();
+    let ckpt_path = dir.path().join("checkpoints/epoch-0001-step-000001.ckpt");
+    assert_eq!(
+        outcome,
+        Outcome::Interrupted {
+            checkpoint: ckpt_path.clone()
+        }
+    );
+    assert!(metrics.is_empty());
+    let ckpt = Checkpoint::read(&ckpt_path).unwrap();
+    assert_eq!((ckpt.state.epochs_done, ckpt.state.step_in_epoch), (0, 1));
+
+    let (outcome, metrics) = train(config(1), dir.path(), true, false).unwrap();
+    assert_eq!(outcome, Outcome::Finished);
+    assert_close(metrics[0].loss, full[0].loss, "epoch 1 loss across Ctrl-C");
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    train(config(1), dir.path(), false, false).unwrap();
+    let mut broken = config(2);
+    broken.temperature = 1e-300; // logits overflow to inf: the loss is NaN
+    let err = train(broken, dir.path(), true, false).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("loss became") && msg.contains("epoch 2"),
+        "{msg}"
+    );
+    let ckpts = dir.path().join("checkpoints");
+    assert_eq!(
+        latest_in(&ckpts).unwrap().unwrap(),
+        ckpts.join("epoch-0001.ckpt")
+    );
+    Checkpoint::read(&ckpts.join("epoch-0001.ckpt")).unwrap();
+}
+
+#[test]
+fn resume_with_another_architecture_is_refused() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    train(config(1), dir.path(), false, false).unwrap();
+    let mut other = config(2);
+    other.model.width = 8;
+    let err = format!("{:#}", train(other, dir.path(), true, false).unwrap_err());
+    assert!(err.contains("architecture"), "{err}");
+}
