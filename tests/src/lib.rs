@@ -1,1 +1,52 @@
+//! Helpers shared by the end-to-end tests of every part: where the real CIFAR-10 images and
+//! ONNX Runtime's shared library are on this machine.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The shared CIFAR-10 images in the official binary layout: `$CIFAR10_BIN`, or converted once
+/// into `target/cifar10` from `../shared/data/cifar10-jpeg.tar.gz` by `../shared/tools/cifar10-bin`
+/// (needs Pillow).
+pub fn cifar10_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CIFAR10_BIN") {
+        return PathBuf::from(dir);
+    }
+    let root = workspace_root();
+    let out = root.join("target").join("cifar10");
+    let status = Command::new("python3")
+        .arg(root.join("../shared/tools/cifar10-bin"))
+        .arg(&out)
+        .status()
+        .expect("python3 runs ../shared/tools/cifar10-bin");
+    assert!(
+        status.success(),
+        "could not prepare CIFAR-10 from ../shared (pip install pillow, or set CIFAR10_BIN)"
+    );
+    out.join("cifar-10-batches-bin")
+}
+
+/// ONNX Runtime's shared library: `$ORT_DYLIB_PATH`, or the one inside the `onnxruntime` Python
+/// package (`pip install onnxruntime`).
+pub fn onnxruntime_dylib() -> PathBuf {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os, glob; d = os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'); \
+             print(sorted(glob.glob(os.path.join(d, 'libonnxruntime.so*')))[-1])",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "ONNX Runtime not found: pip install onnxruntime, or set ORT_DYLIB_PATH ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

@@ -74,19 +74,16 @@ pub fn run_on<T: BackendTask>(kind: DeviceKind, task: T) -> Result<T::Output> {
 fn check_cuda(device: &burn::backend::cuda::CudaDevice) -> Result<()> {
     use burn::tensor::Tensor;
     let device = device.clone();
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let probe = std::panic::catch_unwind(move || {
+    let probe = crate::panics::catch_quietly(move || {
         let t = Tensor::<burn::backend::Cuda, 1>::ones([4], &device);
         t.sum().into_scalar()
     });
-    std::panic::set_hook(hook);
     match probe {
         Ok(sum) if sum == 4.0 => Ok(()),
         Ok(sum) => bail!("the CUDA device computed 1+1+1+1 = {sum}; the GPU or driver is broken"),
-        Err(_) => bail!(
-            "no usable CUDA GPU: the NVIDIA driver (libcuda) or a GPU was not found. \
-             Run on a machine with an NVIDIA GPU, or use `--device cpu`"
+        Err(reason) => bail!(
+            "no usable CUDA GPU ({reason}): the NVIDIA driver (libcuda) or a GPU was not \
+             found. Run on a machine with an NVIDIA GPU, or use `--device cpu`"
         ),
     }
 }

@@ -238,15 +238,23 @@ impl Checkpoint {
 
     /// The model, rebuilt from the checkpoint's own architecture.
     pub fn model<B: Backend>(&self, device: &B::Device) -> Result<SimClrModel<B>> {
-        let record = recorder()
-            .load(self.model.clone(), device)
-            .with_context(|| format!("{}: the model record does not load", self.path.display()))?;
+        // A record of another layout (an older version of this trainer) panics inside Burn.
+        let record = crate::panics::catch_quietly(|| recorder().load(self.model.clone(), device))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e:?}")))
+            .with_context(|| {
+                format!(
+                    "{}: the model weights do not fit this trainer's network (written by another version?)",
+                    self.path.display()
+                )
+            })?;
         Ok(self.config.model.init::<B>(device).load_record(record))
     }
 
     pub fn optimizer_record<B: Backend, R: Record<B>>(&self, device: &B::Device) -> Result<R> {
-        recorder()
-            .load(self.optimizer.clone(), device)
+        crate::panics::catch_quietly(|| recorder().load(self.optimizer.clone(), device))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e:?}")))
             .with_context(|| {
                 format!(
                     "{}: the optimizer state does not load (saved by another optimizer?)",
@@ -342,6 +350,25 @@ mod tests {
         std::fs::write(&path, b"hello").unwrap();
         let err = format!("{:#}", Checkpoint::read(&path).err().unwrap());
         assert!(err.contains("not a checkpoint"), "{err}");
+    }
+
+    #[test]
+    fn weights_of_another_layout_are_an_error_not_a_panic() {
+        let ckpt = Checkpoint {
+            path: PathBuf::from("old.ckpt"),
+            state: state(),
+            config: small_config(),
+            model: vec![7; 64],
+            optimizer: vec![],
+        };
+        let err = format!(
+            "{:#}",
+            ckpt.model::<CpuBackend>(&Default::default()).err().unwrap()
+        );
+        assert!(
+            err.contains("old.ckpt") && err.contains("do not fit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -33,6 +33,90 @@ pub enum Command {
     Train(TrainArgs),
     /// Measure training-step and data-pipeline throughput, against PyTorch when it is installed.
     Bench(BenchArgs),
+    /// Evaluate a checkpoint's frozen encoder: kNN, linear probe and k-means clustering.
+    Eval(EvalArgs),
+    /// Export a checkpoint's encoder to a standard ONNX file (images in [0, 1] -> embedding).
+    Export(ExportArgs),
+    /// Write a checkpoint's encoder embeddings of dataset images as a float32 .npy file.
+    Embed(EmbedArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Where to write the ONNX file.
+    #[arg(long, default_value = "encoder.onnx")]
+    pub out: PathBuf,
+    /// Fold every BatchNorm into the convolution before it (same outputs within 1e-5).
+    #[arg(long)]
+    pub fold_bn: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EmbedArgs {
+    /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset, as `train --data` (default: the cached official CIFAR-10 download).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Which split to embed.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// Embed only the first N images of the split (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Output file: float32 [N, 512] in NumPy .npy format, in dataset order.
+    #[arg(long, default_value = "embeddings.npy")]
+    pub out: PathBuf,
+    /// Device (cpu, cuda, ndarray, candle).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset, as `train --data` (default: the cached official CIFAR-10 download).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Device (cpu, cuda, ndarray, candle).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Neighbours that vote in kNN.
+    #[arg(long, default_value_t = 200)]
+    pub k: usize,
+    /// kNN vote temperature: each neighbour votes exp(similarity / T).
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f64,
+    /// Epochs of linear-probe training (Adam, cosine-decayed learning rate).
+    #[arg(long, default_value_t = 100)]
+    pub probe_epochs: usize,
+    /// Linear-probe learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub probe_lr: f64,
+    /// Use only the first N train images (0 = all 50,000).
+    #[arg(long, default_value_t = 0)]
+    pub limit_train: usize,
+    /// Use only the first N test images (0 = all 10,000).
+    #[arg(long, default_value_t = 0)]
+    pub limit_test: usize,
+    /// Images per forward pass while computing features.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -153,6 +237,13 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Some(Command::Train(args)) => train(args),
         Some(Command::Bench(args)) => bench(args),
+        Some(Command::Eval(args)) => eval(args),
+        Some(Command::Export(args)) => export(args),
+        Some(Command::Embed(args)) => {
+            let device = args.device;
+            run_on(device, EmbedJob { args })?;
+            Ok(0)
+        }
         None => train(cli.train),
     }
 }
@@ -178,7 +269,6 @@ fn train(args: TrainArgs) -> Result<i32> {
         );
     })
     .context("cannot install the Ctrl-C handler")?;
-    eprintln!("output: {}", out.display());
     let job = TrainJob {
         config: config.clone(),
         out,
@@ -229,4 +319,73 @@ fn bench(args: BenchArgs) -> Result<i32> {
     crate::bench::write_json(&report, &args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(0)
+}
+
+fn eval(args: EvalArgs) -> Result<i32> {
+    run_on(args.device, crate::eval_job::EvalJob { args })?;
+    Ok(0)
+}
+
+fn export(args: ExportArgs) -> Result<i32> {
+    use crate::backend::CpuBackend;
+    let ckpt = crate::checkpoint::Checkpoint::read(&args.checkpoint)?;
+    let model = ckpt.model::<CpuBackend>(&Default::default())?;
+    let proto = crate::export::encoder_to_onnx(
+        &model.encoder,
+        ckpt.config.model.embedding_dim(),
+        &ckpt.config.augment,
+        &ckpt.config.to_toml(),
+        &onnx::ExportOptions {
+            fold_batch_norm: args.fold_bn,
+        },
+    );
+    onnx::write_model(&proto, &args.out)?;
+    let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({:.1} MB, {} nodes, opset {}) from {}",
+        args.out.display(),
+        size as f64 / 1e6,
+        proto.graph.as_ref().map_or(0, |g| g.node.len()),
+        onnx::OPSET,
+        ckpt.path.display()
+    );
+    Ok(0)
+}
+
+struct EmbedJob {
+    args: EmbedArgs,
+}
+
+impl crate::backend::BackendTask for EmbedJob {
+    type Output = ();
+
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+        _name: &str,
+    ) -> Result<()> {
+        use burn::module::AutodiffModule;
+        let args = self.args;
+        let ckpt = crate::checkpoint::Checkpoint::read(&args.checkpoint)?;
+        let splits = crate::data::load(&args.data.clone().unwrap_or_default())?;
+        let dataset = match args.split {
+            Split::Train => splits.train,
+            Split::Test => splits.test,
+        }
+        .head(args.limit);
+        let encoder = ckpt.model::<B>(&device)?.encoder.valid();
+        let features = crate::features::encode_dataset(
+            &encoder,
+            &dataset,
+            &ckpt.config.augment,
+            args.batch_size.max(1),
+            &device,
+            "embedding",
+        );
+        let [rows, cols] = features.dims();
+        let values = crate::export::values_f32(features);
+        crate::export::write_npy(&args.out, &values, rows, cols)?;
+        println!("wrote {} (float32 {rows} x {cols})", args.out.display());
+        Ok(())
+    }
 }

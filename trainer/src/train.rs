@@ -196,6 +196,7 @@ impl TrainJob {
         let config = self.config.clone();
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("cannot create output directory {}", self.out.display()))?;
+        eprintln!("output: {}", self.out.display());
 
         let (mut model, mut state) = if self.resume {
             let ckpt = checkpoint::latest_in(&self.checkpoints_dir())?.with_context(|| {

@@ -1,6 +1,6 @@
 //! The `trainer` binary as a user runs it, on the real CIFAR-10 images from `../shared/data`.
 
-use std::path::{Path, PathBuf};
+use e2e::cifar10_bin;
 use std::process::{Command, Output};
 
 fn trainer(args: &[&str]) -> Output {
@@ -16,26 +16,6 @@ fn trainer(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The shared CIFAR-10 images in the official binary layout: `$CIFAR10_BIN`, or converted once
-/// from `../shared/data/cifar10-jpeg.tar.gz` with `../shared/tools/cifar10-bin` (needs Pillow).
-pub fn cifar10_bin() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CIFAR10_BIN") {
-        return PathBuf::from(dir);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = root.join("target").join("cifar10");
-    let status = Command::new("python3")
-        .arg(root.join("../shared/tools/cifar10-bin"))
-        .arg(&out)
-        .status()
-        .expect("python3 runs ../shared/tools/cifar10-bin");
-    assert!(
-        status.success(),
-        "could not prepare CIFAR-10 from ../shared (pip install pillow, or set CIFAR10_BIN)"
-    );
-    out.join("cifar-10-batches-bin")
 }
 
 #[test]
@@ -100,6 +80,103 @@ fn short_real_run_then_resume_adds_an_epoch() {
         assert!((0.0..=1.0).contains(&row[2]), "kNN {}", row[2]);
         assert!(row[3] > 0.0, "pairs/s");
     }
+
+    let eval = trainer(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--limit-train",
+        "500",
+        "--limit-test",
+        "200",
+        "--probe-epochs",
+        "5",
+        "--k",
+        "20",
+    ]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let table = text(&eval.stdout);
+    assert!(
+        table.contains("kNN top-1 (k=20") && table.contains("k-means NMI"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("checkpoints/eval.json")).unwrap()).unwrap();
+    assert_eq!(report["train_images"], 500);
+    assert_eq!(report["test_images"], 200);
+    for key in ["knn_top1", "linear_probe_top1", "kmeans_nmi", "kmeans_ari"] {
+        let v = report[key].as_f64().unwrap_or(f64::NAN);
+        assert!((-1.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    // Ten classes: a trained or even random encoder beats the 10 % of guessing on kNN.
+    assert!(report["knn_top1"].as_f64().unwrap() > 0.12, "{report}");
+
+    let onnx = dir.path().join("encoder.onnx");
+    let export = trainer(&[
+        "export",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    assert!(
+        text(&export.stdout).contains("opset 17"),
+        "{}",
+        text(&export.stdout)
+    );
+    let model = onnx::read_model(&onnx).unwrap();
+    assert_eq!(model.graph.unwrap().output[0].name, "embedding");
+
+    let npy = dir.path().join("emb.npy");
+    let embed = trainer(&[
+        "embed",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--split",
+        "test",
+        "--limit",
+        "10",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(embed.status.success(), "{}", text(&embed.stderr));
+    let bytes = std::fs::read(&npy).unwrap();
+    let header = String::from_utf8_lossy(&bytes[10..128]);
+    assert!(header.contains("'shape': (10, 64)"), "{header}");
+    assert_eq!(bytes.len(), 128 + 10 * 64 * 4);
+}
+
+#[test]
+fn export_of_a_bad_checkpoint_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("epoch-0001.ckpt");
+    std::fs::write(&ckpt, b"SELFSUP-CKPT\n\x05").unwrap();
+    let onnx = dir.path().join("encoder.onnx");
+    let out = trainer(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("epoch-0001.ckpt") && err.contains("truncated"),
+        "{err}"
+    );
+    assert!(!onnx.exists(), "no partial .onnx is left behind");
+    let missing = trainer(&["export", "--checkpoint", "/nonexistent.ckpt"]);
+    assert!(
+        text(&missing.stderr).contains("/nonexistent.ckpt"),
+        "{}",
+        text(&missing.stderr)
+    );
 }
 
 #[test]

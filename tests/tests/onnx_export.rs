@@ -1,0 +1,220 @@
+//! Train -> export -> ONNX Runtime: the exported encoder computes what Burn computes, on real
+//! CIFAR-10 test images, and the file is a valid ONNX model for `onnx.checker`.
+
+use burn::module::AutodiffModule;
+use e2e::{cifar10_bin, onnxruntime_dylib};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use trainer::backend::{run_on, CpuBackend, DeviceKind};
+use trainer::checkpoint::Checkpoint;
+use trainer::config::TrainConfig;
+use trainer::data::{self, ImageDataset, Splits};
+use trainer::export::{encoder_to_onnx, INPUT, OUTPUT};
+use trainer::features::normalized_batch;
+use trainer::train::TrainJob;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    checkpoint: Checkpoint,
+    test: ImageDataset,
+}
+
+/// A full-width encoder after a few real SimCLR steps (so BatchNorm's running statistics are
+/// not the identity), trained once for every test here.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let splits = data::load(cifar10_bin().to_str().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = TrainConfig {
+            epochs: 1,
+            batch_size: 8,
+            steps_per_epoch: 3,
+            ..Default::default()
+        };
+        config.knn.bank_size = 16;
+        config.knn.query_size = 8;
+        let job = TrainJob {
+            config,
+            out: dir.path().to_path_buf(),
+            resume: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            data: Some(Splits {
+                train: splits.train.head(64),
+                test: splits.test.head(8),
+                origin: "shared CIFAR-10".into(),
+            }),
+        };
+        run_on(DeviceKind::Cpu, job).unwrap();
+        let checkpoint = Checkpoint::read(&dir.path().join("checkpoints")).unwrap();
+        Fixture {
+            _dir: dir,
+            checkpoint,
+            test: splits.test.head(64),
+        }
+    })
+}
+
+fn export(dir: &Path, fold: bool) -> std::path::PathBuf {
+    let f = fixture();
+    let model = f
+        .checkpoint
+        .model::<CpuBackend>(&Default::default())
+        .unwrap();
+    let proto = encoder_to_onnx(
+        &model.encoder,
+        512,
+        &f.checkpoint.config.augment,
+        &f.checkpoint.config.to_toml(),
+        &onnx::ExportOptions {
+            fold_batch_norm: fold,
+        },
+    );
+    let path = dir.join(if fold { "folded.onnx" } else { "encoder.onnx" });
+    onnx::write_model(&proto, &path).unwrap();
+    path
+}
+
+/// Burn's embeddings of the first `n` test images (inference mode).
+fn burn_embeddings(n: usize) -> Vec<f32> {
+    let f = fixture();
+    let device = Default::default();
+    let encoder = f
+        .checkpoint
+        .model::<burn::backend::Autodiff<CpuBackend>>(&device)
+        .unwrap()
+        .encoder
+        .valid();
+    let images =
+        normalized_batch::<CpuBackend>(&f.test, 0..n, &f.checkpoint.config.augment, &device);
+    onnx::values(encoder.forward(images))
+}
+
+/// ONNX Runtime's embeddings of the first `n` test images: the raw bytes / 255, nothing else.
+fn ort_embeddings(path: &Path, n: usize) -> Vec<f32> {
+    static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        ort::init_from(onnxruntime_dylib())
+            .expect("ONNX Runtime library loads")
+            .with_telemetry(false)
+            .build()
+            .expect("ONNX Runtime environment")
+    });
+    let mut session = ort::session::Session::builder(env)
+        .unwrap()
+        .commit_from_file(path)
+        .unwrap();
+    let f = fixture();
+    let pixels: Vec<f32> = (0..n)
+        .flat_map(|i| f.test.image(i).iter().map(|&b| b as f32 / 255.0))
+        .collect();
+    let input = ort::value::Tensor::from_array(([n, 3, 32, 32], pixels)).unwrap();
+    let outputs = session.run(ort::inputs![INPUT => input]).unwrap();
+    let (shape, data) = outputs[OUTPUT].try_extract_tensor::<f32>().unwrap();
+    assert_eq!(&shape[..], &[n as i64, 512]);
+    data.to_vec()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn onnx_runtime_matches_burn_at_batch_1_and_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = export(dir.path(), false);
+    let expected = burn_embeddings(64);
+    for n in [1, 64] {
+        let got = ort_embeddings(&path, n);
+        let diff = max_abs_diff(&got, &expected[..n * 512]);
+        println!("batch {n}: max |ORT - Burn| = {diff:e}");
+        assert!(diff <= 1e-4, "batch {n}: max difference {diff}");
+    }
+    assert!(
+        expected.iter().any(|v| v.abs() > 1e-3),
+        "embeddings are not all zero"
+    );
+}
+
+#[test]
+fn folded_batch_norm_gives_the_same_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = ort_embeddings(&export(dir.path(), false), 16);
+    let folded_path = export(dir.path(), true);
+    let folded = ort_embeddings(&folded_path, 16);
+    let diff = max_abs_diff(&plain, &folded);
+    assert!(diff <= 1e-5, "folded vs plain: {diff}");
+    let model = onnx::read_model(&folded_path).unwrap();
+    let ops: Vec<&str> = model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert!(!ops.contains(&"BatchNormalization"), "{ops:?}");
+}
+
+#[test]
+fn file_is_standard_onnx_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = export(dir.path(), false);
+    let model = onnx::read_model(&path).unwrap();
+    let graph = model.graph.as_ref().unwrap();
+    let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+    assert_eq!(
+        (
+            count("Conv"),
+            count("BatchNormalization"),
+            count("Relu"),
+            count("Add")
+        ),
+        (20, 20, 17, 8)
+    );
+    assert_eq!(
+        (
+            count("GlobalAveragePool"),
+            count("Flatten"),
+            count("Sub"),
+            count("Div")
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(model.opset_import[0].version, 17);
+    let meta: Vec<&str> = model
+        .metadata_props
+        .iter()
+        .map(|p| p.key.as_str())
+        .collect();
+    for key in [
+        "producer",
+        "training_config",
+        "normalization_mean",
+        "normalization_std",
+    ] {
+        assert!(meta.contains(&key), "{key} missing from {meta:?}");
+    }
+    // The reference checker, with shape inference over the whole graph.
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); \
+             print([d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim])",
+        ])
+        .arg(&path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        check.status.success(),
+        "onnx.checker rejected the file (pip install onnx?): {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "['N', 512]");
+}
