@@ -30,6 +30,8 @@ pub struct BenchOptions {
     /// Real images to augment (random bytes when `None`).
     pub data: Option<ImageDataset>,
     pub torch_script: Option<PathBuf>,
+    /// ONNX Runtime throughput script (`bench/onnx_throughput.py`); skipped when `None`.
+    pub onnx_script: Option<PathBuf>,
     pub threads: usize,
 }
 
@@ -150,39 +152,76 @@ impl BackendTask for TrainStepTiming<'_> {
     }
 }
 
-/// Runs the PyTorch reference; `None` (with the reason on stderr) when torch is unavailable.
-fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -> Option<f64> {
-    let device = match options.device {
-        DeviceKind::Cuda => "cuda",
-        _ => "cpu",
-    };
-    let output = std::process::Command::new(std::env::var("PYTHON").unwrap_or("python3".into()))
+/// Last line of a Python helper's stdout as JSON; `None` (reason on stderr) when it fails.
+fn run_python_json(script: &Path, args: &[String], what: &str) -> Option<serde_json::Value> {
+    let python = std::env::var("PYTHON").unwrap_or("python3".into());
+    let output = match std::process::Command::new(python)
         .arg(script)
-        .args(["--batch-size", &batch_size.to_string()])
-        .args(["--steps", &options.steps.to_string()])
-        .args(["--warmup", &options.warmup.to_string()])
-        .args(["--width", &options.model.width.to_string()])
-        .args(["--device", device])
-        .args(["--threads", &options.threads.to_string()])
-        .output();
-    let output = match output {
+        .args(args)
+        .output()
+    {
         Ok(output) => output,
         Err(e) => {
-            eprintln!("PyTorch reference not run: cannot start python3 ({e})");
+            eprintln!("{what} not measured: cannot start python3 ({e})");
             return None;
         }
     };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         eprintln!(
-            "PyTorch reference not run: {}",
+            "{what} not measured: {}",
             stderr.lines().last().unwrap_or("python3 failed")
         );
         return None;
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let json: serde_json::Value = serde_json::from_str(stdout.lines().last()?).ok()?;
-    json["pairs_per_s"].as_f64()
+    serde_json::from_str(stdout.lines().last()?).ok()
+}
+
+/// Images per second of ONNX Runtime on the exported encoder of this width (random weights).
+fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -> Option<f64> {
+    use crate::backend::CpuBackend;
+    let device = Default::default();
+    let encoder = crate::model::ResNet18::<CpuBackend>::new(options.model.width, &device);
+    let proto = crate::export::encoder_to_onnx(
+        &encoder,
+        options.model.embedding_dim(),
+        &AugmentConfig::default(),
+        "",
+        &onnx::ExportOptions::default(),
+    );
+    let path = std::env::temp_dir().join(format!("selfsup-bench-{}.onnx", std::process::id()));
+    onnx::write_model(&proto, &path).ok()?;
+    let args = [
+        path.display().to_string(),
+        "--batch-size".into(),
+        batch_size.to_string(),
+        "--threads".into(),
+        options.threads.to_string(),
+    ];
+    let json = run_python_json(script, &args, "ONNX Runtime throughput");
+    let _ = std::fs::remove_file(&path);
+    json?["images_per_s"].as_f64()
+}
+
+/// Runs the PyTorch reference; `None` (with the reason on stderr) when torch is unavailable.
+fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -> Option<f64> {
+    let device = match options.device {
+        DeviceKind::Cuda => "cuda",
+        _ => "cpu",
+    };
+    let args: Vec<String> = [
+        ("--batch-size", batch_size.to_string()),
+        ("--steps", options.steps.to_string()),
+        ("--warmup", options.warmup.to_string()),
+        ("--width", options.model.width.to_string()),
+        ("--device", device.to_string()),
+        ("--threads", options.threads.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    run_python_json(script, &args, "PyTorch reference")?["pairs_per_s"].as_f64()
 }
 
 pub fn run(options: &BenchOptions) -> Result<BenchReport> {
@@ -221,7 +260,10 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             torch_pairs_per_s: torch,
             ours_over_torch: torch.map(|t| ours / t),
             data_pairs_per_s: data_pairs_per_s(&dataset, batch_size, 4),
-            onnx_images_per_s: None,
+            onnx_images_per_s: options
+                .onnx_script
+                .as_deref()
+                .and_then(|script| onnx_images_per_s(script, options, batch_size)),
         });
     }
     Ok(BenchReport {
@@ -290,6 +332,7 @@ mod tests {
             },
             data: None,
             torch_script: None,
+            onnx_script: None,
             threads: 1,
         };
         let report = run(&options).unwrap();

@@ -145,6 +145,12 @@ pub struct BenchArgs {
     /// Do not run the PyTorch reference.
     #[arg(long)]
     pub no_torch: bool,
+    /// ONNX Runtime throughput script; skipped when python3 cannot import onnxruntime.
+    #[arg(long, default_value = "bench/onnx_throughput.py")]
+    pub onnx_script: PathBuf,
+    /// Do not measure ONNX Runtime.
+    #[arg(long)]
+    pub no_onnx: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
@@ -312,6 +318,8 @@ fn bench(args: BenchArgs) -> Result<i32> {
         },
         data,
         torch_script,
+        onnx_script: (!args.no_onnx && args.onnx_script.is_file())
+            .then(|| args.onnx_script.clone()),
         threads: rayon::current_num_threads(),
     };
     let report = crate::bench::run(&options)?;

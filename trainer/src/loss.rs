@@ -5,6 +5,7 @@
 //! the 2N-2 other rows. `loss = mean_i -log( exp(s_ip/T) / sum_{j != i} exp(s_ij/T) )` with
 //! `s` the cosine similarity.
 
+use crate::knn::l2_normalize;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
@@ -28,13 +29,7 @@ impl NtXentLoss {
         );
         let n = rows / 2;
         let device = z.device();
-        let norm = z
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        let z = z / norm;
+        let z = l2_normalize(z);
         let logits = z.clone().matmul(z.transpose()) / self.temperature;
         // A row is never its own negative: push self-similarity to -inf before the softmax
         // (a large finite value keeps the gradient free of NaN).

@@ -187,6 +187,21 @@ impl TrainJob {
         self.out.join("checkpoints")
     }
 
+    fn save<B: AutodiffBackend, O: Optimizer<SimClrModel<B>, B>>(
+        &self,
+        model: &SimClrModel<B>,
+        optimizer: &O,
+        state: &TrainState,
+    ) -> Result<PathBuf> {
+        checkpoint::save(
+            &self.checkpoints_dir(),
+            model,
+            optimizer.to_record(),
+            state,
+            &self.config,
+        )
+    }
+
     fn train<B: AutodiffBackend, O: Optimizer<SimClrModel<B>, B>>(
         self,
         mut optimizer: O,
@@ -299,13 +314,7 @@ impl TrainJob {
                 bar.inc(1);
                 if self.stop.load(Ordering::SeqCst) && state.step_in_epoch < plan.steps {
                     bar.abandon();
-                    let path = checkpoint::save(
-                        &self.checkpoints_dir(),
-                        &model,
-                        optimizer.to_record(),
-                        &state,
-                        &config,
-                    )?;
+                    let path = self.save(&model, &optimizer, &state)?;
                     eprintln!(
                         "interrupted: saved {} (step {} of epoch {epoch}); continue with --resume",
                         path.display(),
@@ -320,13 +329,7 @@ impl TrainJob {
             let knn_top1 = knn_monitor(&model, &train, &splits.test, &config, &device);
             state.epochs_done = epoch;
             state.step_in_epoch = 0;
-            let path = checkpoint::save(
-                &self.checkpoints_dir(),
-                &model,
-                optimizer.to_record(),
-                &state,
-                &config,
-            )?;
+            let path = self.save(&model, &optimizer, &state)?;
             let metrics = EpochMetrics {
                 epoch,
                 loss: mean_loss,

@@ -260,3 +260,85 @@ fn print_config_shows_the_recipe_defaults() {
         assert!(toml.contains(line), "{line} missing from\n{toml}");
     }
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
+    use std::io::{BufRead, BufReader};
+    let data = cifar10_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(
+        &config,
+        "[model]\nwidth = 4\n\n[knn]\nbank_size = 100\nquery_size = 50\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "16",
+        "--steps-per-epoch",
+        "200000",
+        "--epochs",
+        "1",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training has started, give it a few steps, then press Ctrl-C.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("data:") {
+        line.clear();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("interrupted: saved"), "{rest}");
+    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    assert!(latest.trim().starts_with("epoch-0001-step-"), "{latest}");
+    assert!(out.join("checkpoints").join(latest.trim()).is_file());
+
+    // Resume, capping the epoch two steps past the saved one (the epoch's image order does not
+    // depend on the cap): the run continues from the saved step and completes epoch 1.
+    let step: usize = latest.trim()["epoch-0001-step-".len()..]
+        .trim_end_matches(".ckpt")
+        .parse()
+        .unwrap();
+    let cap = (step + 2).to_string();
+    let resumed = trainer(&[
+        "--resume",
+        "--steps-per-epoch",
+        &cap,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(
+        text(&resumed.stderr).contains("resuming from"),
+        "{}",
+        text(&resumed.stderr)
+    );
+    assert!(
+        text(&resumed.stdout).contains("epoch 1/1: loss"),
+        "{}",
+        text(&resumed.stdout)
+    );
+    assert!(out.join("checkpoints/epoch-0001.ckpt").is_file());
+}
