@@ -310,22 +310,8 @@ mod tests {
         let ckpt = Checkpoint::read(dir.path()).unwrap();
         assert_eq!(ckpt.state, state());
         let back = ckpt.model::<CpuBackend>(&Default::default()).unwrap();
-        let a: Vec<f32> = model
-            .encoder
-            .stem_conv
-            .weight
-            .val()
-            .into_data()
-            .to_vec()
-            .unwrap();
-        let b: Vec<f32> = back
-            .encoder
-            .stem_conv
-            .weight
-            .val()
-            .into_data()
-            .to_vec()
-            .unwrap();
+        let weights = |m: &SimClrModel<CpuBackend>| onnx::values(m.encoder.stem_conv.weight.val());
+        let (a, b) = (weights(&model), weights(&back));
         assert_eq!(a, b);
         assert!(!dir.path().join("epoch-0003.tmp").exists());
     }

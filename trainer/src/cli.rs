@@ -391,7 +391,7 @@ impl crate::backend::BackendTask for EmbedJob {
             "embedding",
         );
         let [rows, cols] = features.dims();
-        let values = crate::export::values_f32(features);
+        let values = onnx::values(features);
         crate::export::write_npy(&args.out, &values, rows, cols)?;
         println!("wrote {} (float32 {rows} x {cols})", args.out.display());
         Ok(())

@@ -79,11 +79,6 @@ pub fn encoder_to_onnx<B: Backend>(
     )
 }
 
-/// Host copy of a tensor as f32.
-pub fn values_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    onnx::values(t)
-}
-
 /// Writes float32 `[rows, cols]` as a NumPy `.npy` file (format 1.0), atomically.
 pub fn write_npy(path: &Path, values: &[f32], rows: usize, cols: usize) -> Result<()> {
     assert_eq!(values.len(), rows * cols);
