@@ -110,8 +110,15 @@ impl<B: AutodiffBackend> OptimizerTask<B> for StepBench<B> {
         for step in 0..self.warmup + self.steps {
             let batch = make_batch(&self.dataset, &augment, &plan, step % plan.steps);
             let started = Instant::now();
-            let (next, loss) =
-                train_step(model, &mut optimizer, &loss_fn, batch, 3e-4, &self.device);
+            let (next, loss) = train_step(
+                model,
+                &mut optimizer,
+                &loss_fn,
+                batch,
+                3e-4,
+                OptimConfig::default().grad_clip,
+                &self.device,
+            );
             model = next;
             anyhow::ensure!(
                 loss.is_finite(),

@@ -28,7 +28,8 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// SGD momentum (ignored by Adam).
     pub momentum: f64,
-    /// Clip each parameter's gradient to this L2 norm; 0 disables clipping.
+    /// Clip the global L2 norm of all gradients to this value (as PyTorch's
+    /// `clip_grad_norm_`); 0 disables clipping.
     pub grad_clip: f64,
     /// Cosine decay of the learning rate to 0 over the whole run (always on for SGD).
     pub cosine: bool,

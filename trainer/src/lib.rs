@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod clip;
 pub mod config;
 pub mod data;
 pub mod eval;

@@ -3,6 +3,7 @@
 
 use crate::backend::BackendTask;
 use crate::checkpoint::{self, Checkpoint, TrainState};
+use crate::clip::clip_grad_norm;
 use crate::config::{OptimConfig, OptimizerKind, TrainConfig};
 use crate::data::{self, ImageDataset, Splits, IMAGE_BYTES};
 use crate::features::encode_dataset;
@@ -12,7 +13,6 @@ use crate::loss::NtXentLoss;
 use crate::model::SimClrModel;
 use crate::progress::steps_bar;
 use anyhow::{bail, Context, Result};
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -118,12 +118,8 @@ pub fn with_optimizer<B: AutodiffBackend, T: OptimizerTask<B>>(
     let weight_decay =
         (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
     match config.optimizer {
-        OptimizerKind::Adam => task.run(
-            AdamConfig::new()
-                .with_weight_decay(weight_decay)
-                .with_grad_clipping(grad_clipping(config.grad_clip))
-                .init(),
-        ),
+        // Gradient clipping is not the optimizer's (per tensor) but global, in `train_step`.
+        OptimizerKind::Adam => task.run(AdamConfig::new().with_weight_decay(weight_decay).init()),
         OptimizerKind::Sgd => task.run(
             SgdConfig::new()
                 .with_weight_decay(weight_decay)
@@ -133,7 +129,6 @@ pub fn with_optimizer<B: AutodiffBackend, T: OptimizerTask<B>>(
                         .with_momentum(config.momentum)
                         .with_dampening(0.0),
                 ))
-                .with_gradient_clipping(grad_clipping(config.grad_clip))
                 .init(),
         ),
     }
@@ -152,14 +147,16 @@ impl<B: AutodiffBackend> OptimizerTask<B> for TrainWithData<B> {
     }
 }
 
-/// One SimCLR step: both views through the model, NT-Xent, backward, clipping and the update.
-/// Returns the updated model and the loss before the update.
+/// One SimCLR step: both views through the model, NT-Xent, backward, clipping of the global
+/// gradient norm to `grad_clip` (0 = off) and the update. Returns the updated model and the loss
+/// before the update.
 pub fn train_step<B: AutodiffBackend, O: Optimizer<SimClrModel<B>, B>>(
     model: SimClrModel<B>,
     optimizer: &mut O,
     loss_fn: &NtXentLoss,
     batch: PairBatch,
     lr: f64,
+    grad_clip: f64,
     device: &B::Device,
 ) -> (SimClrModel<B>, f64) {
     let z = model.forward(batch_tensor::<B>(batch.views, batch.size, device));
@@ -168,12 +165,11 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<SimClrModel<B>, B>>(
     if !loss_value.is_finite() {
         return (model, loss_value); // the caller stops; never step on a NaN gradient
     }
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    if grad_clip > 0.0 {
+        clip_grad_norm(&model, &mut grads, grad_clip);
+    }
     (optimizer.step(lr, model, grads), loss_value)
-}
-
-fn grad_clipping(max_norm: f64) -> Option<GradientClippingConfig> {
-    (max_norm > 0.0).then(|| GradientClippingConfig::Norm(max_norm as f32))
 }
 
 /// Input tensor `[2B, 3, 32, 32]` of a prefetched batch.
@@ -289,8 +285,15 @@ impl TrainJob {
             for batch in loader {
                 let lr = config.optim.lr_at(state.global_step, total_steps);
                 let size = batch.size;
-                let (next, loss_value) =
-                    train_step(model, &mut optimizer, &loss_fn, batch, lr, &device);
+                let (next, loss_value) = train_step(
+                    model,
+                    &mut optimizer,
+                    &loss_fn,
+                    batch,
+                    lr,
+                    config.optim.grad_clip,
+                    &device,
+                );
                 model = next;
                 if !loss_value.is_finite() {
                     bar.abandon();
