@@ -238,30 +238,31 @@ impl Checkpoint {
 
     /// The model, rebuilt from the checkpoint's own architecture.
     pub fn model<B: Backend>(&self, device: &B::Device) -> Result<SimClrModel<B>> {
-        // A record of another layout (an older version of this trainer) panics inside Burn.
-        let record = crate::panics::catch_quietly(|| recorder().load(self.model.clone(), device))
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e:?}")))
-            .with_context(|| {
-                format!(
-                    "{}: the model weights do not fit this trainer's network (written by another version?)",
-                    self.path.display()
-                )
-            })?;
+        let record = load_record(&self.model, device).with_context(|| {
+            format!(
+                "{}: the model weights do not fit this trainer's network (written by another version?)",
+                self.path.display()
+            )
+        })?;
         Ok(self.config.model.init::<B>(device).load_record(record))
     }
 
     pub fn optimizer_record<B: Backend, R: Record<B>>(&self, device: &B::Device) -> Result<R> {
-        crate::panics::catch_quietly(|| recorder().load(self.optimizer.clone(), device))
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e:?}")))
-            .with_context(|| {
-                format!(
-                    "{}: the optimizer state does not load (saved by another optimizer?)",
-                    self.path.display()
-                )
-            })
+        load_record(&self.optimizer, device).with_context(|| {
+            format!(
+                "{}: the optimizer state does not load (saved by another optimizer?)",
+                self.path.display()
+            )
+        })
     }
+}
+
+/// Decodes a record; one of another layout (an older version of this trainer) makes Burn panic,
+/// which becomes an error here.
+fn load_record<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Result<R> {
+    crate::panics::catch_quietly(|| recorder().load(bytes.to_vec(), device))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 #[cfg(test)]
