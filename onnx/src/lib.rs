@@ -129,18 +129,6 @@ impl GraphBuilder {
         name
     }
 
-    /// Adds an int64 constant (shapes) and returns its name.
-    pub fn initializer_i64(&mut self, hint: &str, data: &[i64]) -> String {
-        let name = self.fresh(hint);
-        self.initializers.push(TensorProto {
-            dims: vec![data.len() as i64],
-            data_type: INT64,
-            name: name.clone(),
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        name
-    }
-
     /// Appends a node with one output and returns the output's name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>) -> String {
         let output = self.fresh(&op.to_lowercase());

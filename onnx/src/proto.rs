@@ -6,8 +6,6 @@ use prost::Message;
 
 /// `TensorProto.DataType.FLOAT`.
 pub const FLOAT: i32 = 1;
-/// `TensorProto.DataType.INT64`.
-pub const INT64: i32 = 7;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ModelProto {

@@ -294,14 +294,6 @@ pub fn download_cifar10(cache: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// MD5 of a file as lowercase hex.
-pub fn md5_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Md5::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()))
-}
-
 /// `PATH/<class>/*.{png,jpg,jpeg}`, each image resized to 32 x 32. When `PATH/train` and
 /// `PATH/test` exist they are the splits; otherwise every tenth image of each class is held
 /// out as the test split for the kNN monitor.
