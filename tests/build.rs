@@ -37,6 +37,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let record = model.clone().into_record();
     let path = checkpoint::save(&dir, &model, record, &state, &config).unwrap();
+    // The viewer's browser test exports this checkpoint with `trainer export --viewer`.
+    println!("cargo::rustc-env=TINY_CHECKPOINT={}", path.display());
     // Export what the checkpoint holds (parameters are initialised lazily, so the saved copy is
     // the reference for both sides of the test).
     let saved = Checkpoint::read(&path)

@@ -3,9 +3,9 @@
 use crate::backend::{run_on, DeviceKind};
 use crate::config::{OptimConfig, OptimizerKind, TrainConfig};
 use crate::train::{Outcome, TrainJob};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -46,12 +46,23 @@ pub struct ExportArgs {
     /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Where to write the ONNX file.
-    #[arg(long, default_value = "encoder.onnx")]
-    pub out: PathBuf,
+    /// Where to write the ONNX file [default: encoder.onnx, or only DIR/encoder.onnx with --viewer].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Fold every BatchNorm into the convolution before it (same outputs within 1e-5).
     #[arg(long)]
     pub fold_bn: bool,
+    /// Also write what the browser viewer loads into DIR: encoder.onnx plus a class-balanced
+    /// sample of labelled test images (samples.bin, samples.json). `trunk serve` in viewer/
+    /// then shows them.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "viewer/assets")]
+    pub viewer: Option<PathBuf>,
+    /// Dataset the viewer's sample images come from (test split), as `train --data`.
+    #[arg(long, requires = "viewer")]
+    pub data: Option<String>,
+    /// Number of sample images for the viewer, balanced over the classes.
+    #[arg(long, default_value_t = 1000, requires = "viewer")]
+    pub samples: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -336,6 +347,19 @@ fn eval(args: EvalArgs) -> Result<i32> {
 
 fn export(args: ExportArgs) -> Result<i32> {
     use crate::backend::CpuBackend;
+    // Check the viewer folder before the slow part, so a typo costs nothing.
+    if let Some(dir) = &args.viewer {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            ensure!(
+                parent.is_dir(),
+                "--viewer {}: {} does not exist (run from the repository root, or give \
+                 --viewer DIR with an existing parent folder)",
+                dir.display(),
+                parent.display()
+            );
+        }
+    }
     let ckpt = crate::checkpoint::Checkpoint::read(&args.checkpoint)?;
     let model = ckpt.model::<CpuBackend>(&Default::default())?;
     let proto = crate::export::encoder_to_onnx(
@@ -347,16 +371,47 @@ fn export(args: ExportArgs) -> Result<i32> {
             fold_batch_norm: args.fold_bn,
         },
     );
-    onnx::write_model(&proto, &args.out)?;
-    let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "wrote {} ({:.1} MB, {} nodes, opset {}) from {}",
-        args.out.display(),
-        size as f64 / 1e6,
-        proto.graph.as_ref().map_or(0, |g| g.node.len()),
-        onnx::OPSET,
-        ckpt.path.display()
-    );
+    let nodes = proto.graph.as_ref().map_or(0, |g| g.node.len());
+    let report = |path: &Path| {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "wrote {} ({:.1} MB, {nodes} nodes, opset {}) from {}",
+            path.display(),
+            size as f64 / 1e6,
+            onnx::OPSET,
+            ckpt.path.display()
+        );
+    };
+    let out = match (&args.out, &args.viewer) {
+        (Some(out), _) => Some(out.clone()),
+        (None, None) => Some(PathBuf::from("encoder.onnx")),
+        (None, Some(_)) => None,
+    };
+    if let Some(out) = &out {
+        onnx::write_model(&proto, out)?;
+        report(out);
+    }
+    if let Some(dir) = &args.viewer {
+        use crate::viewer_assets as va;
+        let splits = crate::data::load(&args.data.clone().unwrap_or_default())?;
+        let indices = va::balanced_sample(&splits.test, args.samples)?;
+        va::write(
+            dir,
+            &proto.to_bytes(),
+            &splits.test,
+            &indices,
+            &splits.origin,
+            &ckpt.path,
+        )?;
+        report(&dir.join(va::MODEL_FILE));
+        println!(
+            "wrote {} sample images ({} classes) from {} into {}; view them with `trunk serve` in viewer/",
+            indices.len(),
+            splits.test.classes.len(),
+            splits.origin,
+            dir.display()
+        );
+    }
     Ok(0)
 }
 

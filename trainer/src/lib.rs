@@ -21,3 +21,4 @@ pub mod norm;
 pub mod panics;
 pub mod progress;
 pub mod train;
+pub mod viewer_assets;

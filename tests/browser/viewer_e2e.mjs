@@ -1,0 +1,111 @@
+// Drives the built viewer in Debian's headless Chromium (playwright-core) and prints what it
+// saw as JSON; tests/tests/viewer_browser.rs makes the assertions.
+//
+//   node viewer_e2e.mjs --dist DIR --query IMAGE --corrupt NAME --screenshot PNG
+//
+// DIR is served on 127.0.0.1 (a free port) with the cross-origin isolation headers of
+// viewer/Trunk.toml; nothing else is reached.
+
+import { createServer } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { extname, join, normalize, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((pairs, a, i, all) => (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), [])
+);
+const here = dirname(fileURLToPath(import.meta.url));
+// playwright-core is a devDependency of the viewer (viewer/package.json).
+const require = createRequire(join(here, '..', '..', 'viewer', 'package.json'));
+const { chromium } = require('playwright-core');
+
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css', '.json': 'application/json' };
+
+const server = createServer(async (req, res) => {
+  const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+  const file = join(args.dist, path.endsWith('/') ? path + 'index.html' : path);
+  try {
+    const body = await readFile(file);
+    res.writeHead(200, {
+      'Content-Type': TYPES[extname(file)] || 'application/octet-stream',
+      'Cross-Origin-Opener-Policy': 'same-origin',
+      'Cross-Origin-Embedder-Policy': 'require-corp',
+    });
+    res.end(body);
+  } catch {
+    res.writeHead(404);
+    res.end('not found');
+  }
+});
+await new Promise(resolve => server.listen(0, '127.0.0.1', resolve));
+const base = `http://127.0.0.1:${server.address().port}/`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const result = { console: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  page.on('console', m => result.console.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', e => result.console.push(`pageerror: ${e.message}`));
+
+  // 1. The default model and samples: wait for the finished map.
+  const t0 = Date.now();
+  await page.goto(base);
+  await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.status), null, { timeout: 240000 });
+  result.seconds_to_ready = (Date.now() - t0) / 1000;
+  Object.assign(result, await page.evaluate(() => ({
+    status: document.body.dataset.status,
+    points: Number(document.body.dataset.points),
+    message: document.getElementById('message').textContent,
+    crossOriginIsolated: window.crossOriginIsolated,
+    dim: window.selfsupViewer ? window.selfsupViewer.dim : 0,
+    first8: window.selfsupViewer ? Array.from(window.selfsupViewer.embeddings.slice(0, 8 * window.selfsupViewer.dim)) : [],
+    timings: window.selfsupViewer ? window.selfsupViewer.timings : null,
+  })));
+
+  // 2. Click a point: its neighbours are listed.
+  if (result.status === 'ready') {
+    const box = await page.locator('#map').boundingBox();
+    // The first drawn pixel is the corner of a point's 5x5 square; its centre is 2 px further.
+    const spot = await page.evaluate(() => {
+      const c = document.getElementById('map');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      for (let i = 0; i < d.length / 4; i++) {
+        if (d[4 * i + 3] > 0) return [(i % c.width) + 2, Math.floor(i / c.width) + 2];
+      }
+      return null;
+    });
+    if (spot) {
+      await page.mouse.click(box.x + spot[0], box.y + spot[1]);
+      result.clicked_neighbours = await page.locator('#selection figure.neighbour').count();
+    }
+    // 3. Drop an image on the page: it is embedded and gets neighbours.
+    const bytes = [...await readFile(args.query)];
+    await page.evaluate(([bytes, name]) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
+      document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, [bytes, 'query.png']);
+    await page.waitForFunction(() => document.body.dataset.queries === '1' || document.body.dataset.status === 'error', null, { timeout: 60000 });
+    result.query_neighbours = await page.locator('#queries .query figure.neighbour').count();
+    result.query_status = await page.evaluate(() => document.body.dataset.status);
+    await page.screenshot({ path: args.screenshot });
+  }
+
+  // 4. A corrupt model: a clear message on the page, within seconds.
+  const t1 = Date.now();
+  await page.goto(`${base}?model=assets/${args.corrupt}`);
+  await page.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 60000 });
+  result.corrupt_seconds = (Date.now() - t1) / 1000;
+  result.corrupt_message = await page.evaluate(() => document.getElementById('message').textContent);
+} catch (e) {
+  result.failure = String(e && e.stack || e);
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(JSON.stringify(result));

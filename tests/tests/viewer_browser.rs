@@ -1,0 +1,188 @@
+//! The viewer end to end: `trunk build --release`, `trainer export --viewer` into the built
+//! page, then headless Chromium (tests/browser/viewer_e2e.mjs) loads it from 127.0.0.1. The
+//! browser's embeddings must equal native ONNX Runtime's, a dropped image must get neighbours,
+//! and a corrupt model must show an error on the page.
+//!
+//! Needs what `.ci/run` installs: trunk, wasm-bindgen-cli, the wasm32 target, Chromium and the
+//! viewer's npm packages.
+
+use clap::Parser;
+use e2e::{cifar10_bin, onnxruntime_dylib};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SAMPLES: usize = 200;
+const COMPARED: usize = 8;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn path_with_node_tools() -> String {
+    let bin = root().join("viewer/node_modules/.bin");
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn require_tools() {
+    let trunk = Command::new("trunk").arg("--version").output();
+    assert!(
+        trunk.is_ok_and(|o| o.status.success()),
+        "trunk is not installed: run .ci/run, or `cargo install trunk --version 0.21.14 --locked`"
+    );
+    assert!(
+        root().join("viewer/node_modules/onnxruntime-web").is_dir(),
+        "the viewer's npm packages are missing: run `npm ci` in viewer/ (or .ci/run)"
+    );
+}
+
+/// Builds the page into `dist` with its own target directory, so it never waits on the lock
+/// of the `cargo test` that runs this.
+fn build_viewer(dist: &Path) {
+    let out = Command::new("trunk")
+        .args(["build", "--release", "--dist"])
+        .arg(dist)
+        .current_dir(root().join("viewer"))
+        .env("CARGO_TARGET_DIR", root().join("target/viewer-wasm"))
+        .env("PATH", path_with_node_tools())
+        .output()
+        .expect("trunk runs");
+    assert!(
+        out.status.success(),
+        "trunk build failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// ONNX Runtime's (native) embeddings of the first `n` sample images the viewer got.
+fn native_embeddings(assets: &Path, n: usize) -> (Vec<f32>, usize) {
+    let env = ort::init_from(onnxruntime_dylib())
+        .expect("ONNX Runtime library loads")
+        .with_telemetry(false)
+        .build()
+        .expect("ONNX Runtime environment");
+    let mut session = ort::session::Session::builder(&env)
+        .unwrap()
+        .commit_from_file(assets.join("encoder.onnx"))
+        .unwrap();
+    let pixels = std::fs::read(assets.join("samples.bin")).unwrap();
+    let input: Vec<f32> = pixels[..n * 3072]
+        .iter()
+        .map(|&b| b as f32 / 255.0)
+        .collect();
+    let input = ort::value::Tensor::from_array(([n, 3, 32, 32], input)).unwrap();
+    let outputs = session.run(ort::inputs![input]).unwrap();
+    let (shape, values) = outputs[0].try_extract_tensor::<f32>().unwrap();
+    (values.to_vec(), shape[1] as usize)
+}
+
+/// A CIFAR-10 test image outside the sample, scaled to 64 x 64, as PNG.
+fn query_png(path: &Path) {
+    let splits = trainer::data::load(cifar10_bin().to_str().unwrap()).unwrap();
+    let planar = splits.test.image(splits.test.len() - 1);
+    let img = image::RgbImage::from_fn(32, 32, |x, y| {
+        let p = (y * 32 + x) as usize;
+        image::Rgb([planar[p], planar[1024 + p], planar[2048 + p]])
+    });
+    image::imageops::resize(&img, 64, 64, image::imageops::FilterType::Triangle)
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn browser_embeds_projects_and_answers_queries() {
+    require_tools();
+    let work = root().join("target/viewer-e2e");
+    let _ = std::fs::remove_dir_all(&work);
+    let dist = work.join("dist");
+    build_viewer(&dist);
+    assert!(dist.join("index.html").is_file() && dist.join("ort/ort.wasm.min.js").is_file());
+    assert!(dist.join("tsne_worker_loader.js").is_file());
+
+    // What a user does: export a checkpoint for the viewer (here into the built page).
+    let assets = dist.join("assets");
+    let cli = trainer::cli::Cli::parse_from([
+        "trainer",
+        "export",
+        "--checkpoint",
+        env!("TINY_CHECKPOINT"),
+        "--viewer",
+        assets.to_str().unwrap(),
+        "--data",
+        cifar10_bin().to_str().unwrap(),
+        "--samples",
+        &SAMPLES.to_string(),
+    ]);
+    assert_eq!(trainer::cli::run(cli).unwrap(), 0);
+    let model = std::fs::read(assets.join("encoder.onnx")).unwrap();
+    std::fs::write(assets.join("corrupt.onnx"), &model[..model.len() / 2]).unwrap();
+    let query = work.join("query.png");
+    query_png(&query);
+
+    let screenshot = work.join("viewer.png");
+    let out = Command::new("node")
+        .arg(root().join("tests/browser/viewer_e2e.mjs"))
+        .args(["--dist", dist.to_str().unwrap()])
+        .args(["--query", query.to_str().unwrap()])
+        .args(["--corrupt", "corrupt.onnx"])
+        .args(["--screenshot", screenshot.to_str().unwrap()])
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("browser script printed no JSON ({e}):\n{stdout}"));
+    eprintln!("browser: {seen}");
+    assert!(seen.get("failure").is_none(), "{}", seen["failure"]);
+
+    // The map is ready with every sample on it.
+    assert_eq!(seen["status"], "ready", "page message: {}", seen["message"]);
+    assert_eq!(seen["points"], SAMPLES);
+
+    // Browser (ONNX Runtime Web, wasm) == native ONNX Runtime on the same images.
+    let (native, dim) = native_embeddings(&assets, COMPARED);
+    assert_eq!(seen["dim"], dim);
+    let browser: Vec<f32> = seen["first8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(browser.len(), COMPARED * dim);
+    let max_diff = browser
+        .iter()
+        .zip(&native)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("max |browser - native| over {COMPARED} images: {max_diff:e}");
+    assert!(
+        max_diff <= 1e-4,
+        "browser and native embeddings differ by {max_diff}"
+    );
+
+    // Clicking a point and dropping an image both list the nearest samples.
+    assert_eq!(seen["clicked_neighbours"], viewer::NEIGHBOURS);
+    assert_eq!(seen["query_neighbours"], viewer::NEIGHBOURS);
+    assert_eq!(seen["query_status"], "ready");
+
+    // A corrupt model is an error on the page that names the file, within seconds.
+    let message = seen["corrupt_message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("corrupt.onnx") && message.contains("not a model ONNX Runtime can load"),
+        "{message}"
+    );
+    assert!(seen["corrupt_seconds"].as_f64().unwrap() < 20.0);
+
+    let png = std::fs::read(&screenshot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 20_000, "screenshot of {} bytes", png.len());
+    eprintln!("screenshot: {}", screenshot.display());
+}

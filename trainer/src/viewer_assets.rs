@@ -1,0 +1,140 @@
+//! The files the browser viewer loads (`trainer export --viewer`): the encoder `.onnx`, a
+//! class-balanced sample of labelled test images (`samples.bin`) and its description
+//! (`samples.json`). The viewer's `samples` module reads exactly this layout.
+
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+use std::path::Path;
+
+use crate::data::{ImageDataset, IMAGE_BYTES};
+
+pub const MODEL_FILE: &str = "encoder.onnx";
+pub const SAMPLES_FILE: &str = "samples.bin";
+pub const SAMPLES_META_FILE: &str = "samples.json";
+/// Bumped whenever the layout of `samples.bin` / `samples.json` changes.
+pub const SAMPLES_FORMAT: &str = "selfsup-viewer-samples/1";
+
+/// What `samples.json` holds.
+#[derive(Debug, Serialize)]
+pub struct SamplesMeta<'a> {
+    pub format: &'a str,
+    pub count: usize,
+    pub image_size: usize,
+    /// `planar-rgb-u8`: per image 3 planes (R, G, B) of 32 x 32 bytes, the CIFAR record layout,
+    /// which divided by 255 is exactly the encoder's input.
+    pub layout: &'a str,
+    pub classes: &'a [String],
+    pub labels: Vec<u8>,
+    /// Position of each sample in the source split, to find it again.
+    pub source_index: &'a [usize],
+    pub source: &'a str,
+    pub model: &'a str,
+    pub checkpoint: String,
+}
+
+/// Picks `n` images spread evenly over the classes: the first `n / classes` of each class in
+/// dataset order (one more for the first `n % classes` classes), returned in dataset order.
+pub fn balanced_sample(dataset: &ImageDataset, n: usize) -> Result<Vec<usize>> {
+    let classes = dataset.classes.len().max(1);
+    ensure!(n > 0, "--samples must be at least 1");
+    ensure!(
+        n <= dataset.len(),
+        "--samples {n} is more than the {} images in the split",
+        dataset.len()
+    );
+    let mut quota: Vec<usize> = (0..classes)
+        .map(|c| n / classes + usize::from(c < n % classes))
+        .collect();
+    let mut picked = Vec::with_capacity(n);
+    for (index, &label) in dataset.labels.iter().enumerate() {
+        let q = &mut quota[label as usize];
+        if *q > 0 {
+            *q -= 1;
+            picked.push(index);
+        }
+    }
+    ensure!(
+        picked.len() == n,
+        "the split has too few images of some classes for a balanced sample of {n}"
+    );
+    Ok(picked)
+}
+
+/// Writes `onnx_bytes` and the sample images into `dir` (created if missing), each file
+/// atomically, so a viewer that is serving the folder never sees half a file.
+pub fn write(
+    dir: &Path,
+    onnx_bytes: &[u8],
+    dataset: &ImageDataset,
+    indices: &[usize],
+    source: &str,
+    checkpoint: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the viewer folder {}", dir.display()))?;
+    let mut pixels = Vec::with_capacity(indices.len() * IMAGE_BYTES);
+    for &i in indices {
+        pixels.extend_from_slice(dataset.image(i));
+    }
+    let meta = SamplesMeta {
+        format: SAMPLES_FORMAT,
+        count: indices.len(),
+        image_size: 32,
+        layout: "planar-rgb-u8",
+        classes: &dataset.classes,
+        labels: indices.iter().map(|&i| dataset.labels[i]).collect(),
+        source_index: indices,
+        source,
+        model: MODEL_FILE,
+        checkpoint: checkpoint.display().to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&meta)?;
+    use crate::checkpoint::write_atomically;
+    write_atomically(&dir.join(MODEL_FILE), onnx_bytes)?;
+    write_atomically(&dir.join(SAMPLES_FILE), &pixels)?;
+    write_atomically(&dir.join(SAMPLES_META_FILE), &json)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(labels: &[u8]) -> ImageDataset {
+        ImageDataset {
+            pixels: labels.iter().flat_map(|&l| vec![l; IMAGE_BYTES]).collect(),
+            labels: labels.to_vec(),
+            classes: vec!["a".into(), "b".into(), "c".into()],
+        }
+    }
+
+    #[test]
+    fn balanced_sample_takes_the_first_images_of_each_class() {
+        let d = dataset(&[0, 0, 0, 1, 2, 1, 2, 0, 1]);
+        assert_eq!(balanced_sample(&d, 3).unwrap(), vec![0, 3, 4]);
+        // 7 = 3 + 2 + 2: class a gets the extra one.
+        assert_eq!(balanced_sample(&d, 7).unwrap(), vec![0, 1, 2, 3, 4, 5, 6]);
+        let err = balanced_sample(&d, 9).unwrap_err().to_string();
+        assert!(err.contains("too few images"), "{err}");
+        let err = balanced_sample(&d, 10).unwrap_err().to_string();
+        assert!(err.contains("more than the 9 images"), "{err}");
+    }
+
+    #[test]
+    fn writes_model_pixels_and_metadata() {
+        let d = dataset(&[0, 1, 2, 0]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("assets");
+        write(&out, b"onnx", &d, &[1, 2], "test", Path::new("ck")).unwrap();
+        assert_eq!(std::fs::read(out.join(MODEL_FILE)).unwrap(), b"onnx");
+        let pixels = std::fs::read(out.join(SAMPLES_FILE)).unwrap();
+        assert_eq!(pixels.len(), 2 * IMAGE_BYTES);
+        assert_eq!((pixels[0], pixels[IMAGE_BYTES]), (1, 2));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(SAMPLES_META_FILE)).unwrap()).unwrap();
+        assert_eq!(meta["count"], 2);
+        assert_eq!(meta["labels"], serde_json::json!([1, 2]));
+        assert_eq!(meta["source_index"], serde_json::json!([1, 2]));
+        assert_eq!(meta["format"], SAMPLES_FORMAT);
+    }
+}

@@ -1,0 +1,691 @@
+//! The page: loads the runtime, the encoder and the samples, embeds them, projects them and
+//! draws the interactive map.
+//!
+//! State lives in one thread-local `App`; async steps never hold its borrow across an await.
+//! `document.body.dataset` carries what scripts and tests read: `status` (`loading`,
+//! `embedding`, `projecting`, `ready`, `error`), `points`, `queries`; `window.selfsupViewer`
+//! holds the embeddings and timings.
+
+use anyhow::{anyhow, Context, Result};
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{
+    DragEvent, Event, HtmlCanvasElement, HtmlElement, HtmlInputElement, MessageEvent, MouseEvent,
+    WheelEvent, Worker,
+};
+
+use crate::dom::{self, by_id};
+use crate::neighbors::{l2_normalized, nearest};
+use crate::projection::{max_perplexity, pca_2d, TsneParams};
+use crate::runtime::{self, Encoder};
+use crate::samples::{planar_to_rgba, rgba_to_input, SampleSet};
+use crate::view::View;
+use crate::NEIGHBOURS;
+
+const DEFAULT_MODEL: &str = "assets/encoder.onnx";
+const DEFAULT_SAMPLES: &str = "assets/";
+const BATCH: usize = 16;
+const FETCH_TIMEOUT_MS: i32 = 60_000;
+/// Colours of the classes (matplotlib's tab10).
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+const HOW_TO_EXPORT: &str = "create them with `cargo run -p trainer --release -- export \
+     --checkpoint runs/<run> --viewer --data <CIFAR-10>` in the repository root, then reload; \
+     or drop an encoder .onnx here";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Tsne,
+    Pca,
+}
+
+#[derive(Default)]
+struct Timings {
+    runtime_ms: f64,
+    model_ms: f64,
+    embed_ms: f64,
+    tsne_s: f64,
+}
+
+struct App {
+    env: Option<Rc<ort::environment::Environment>>,
+    encoder: Option<Encoder>,
+    model_name: String,
+    samples: Option<Rc<SampleSet>>,
+    thumbs: Vec<Vec<u8>>,
+    dim: usize,
+    embeddings: Vec<f32>,
+    unit: Vec<f32>,
+    coords: Vec<f64>,
+    view: View,
+    auto_fit: bool,
+    mode: Mode,
+    perplexity: f64,
+    selected: Option<usize>,
+    highlight: Vec<usize>,
+    drag: Option<(f64, f64)>,
+    dragged: bool,
+    worker: Option<Worker>,
+    /// What the worker gets once it says it is ready.
+    tsne_request: Option<JsValue>,
+    /// Bumped by every new model; older async jobs stop when they see a newer one.
+    job: u32,
+    queries: usize,
+    timings: Timings,
+}
+
+thread_local! {
+    static APP: RefCell<App> = RefCell::new(App {
+        env: None,
+        encoder: None,
+        model_name: String::new(),
+        samples: None,
+        thumbs: Vec::new(),
+        dim: 0,
+        embeddings: Vec::new(),
+        unit: Vec::new(),
+        coords: Vec::new(),
+        view: View::default(),
+        auto_fit: true,
+        mode: Mode::Tsne,
+        perplexity: TsneParams::default().perplexity,
+        selected: None,
+        highlight: Vec::new(),
+        drag: None,
+        dragged: false,
+        worker: None,
+        tsne_request: None,
+        job: 0,
+        queries: 0,
+        timings: Timings::default(),
+    });
+}
+
+fn with_app<R>(f: impl FnOnce(&mut App) -> R) -> R {
+    APP.with(|app| f(&mut app.borrow_mut()))
+}
+
+fn set_status(status: &str) {
+    dom::set_body_data("status", status);
+    dom::set_text("status", status);
+}
+
+fn show_message(text: &str, is_error: bool) {
+    let el: HtmlElement = by_id("message");
+    el.set_text_content(Some(text));
+    el.set_class_name(if is_error { "error" } else { "info" });
+}
+
+fn fail(error: &anyhow::Error) {
+    let text = format!("{error:#}");
+    web_sys::console::error_1(&text.clone().into());
+    show_message(&text, true);
+    set_status("error");
+}
+
+fn spawn(work: impl std::future::Future<Output = Result<()>> + 'static) {
+    wasm_bindgen_futures::spawn_local(async move {
+        if let Err(e) = work.await {
+            fail(&e);
+        }
+    });
+}
+
+fn query_param(name: &str) -> Option<String> {
+    let search = dom::window().location().search().ok()?;
+    web_sys::UrlSearchParams::new_with_str(&search)
+        .ok()?
+        .get(name)
+        .filter(|v| !v.is_empty())
+}
+
+/// Entry point of the page.
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        fail(&anyhow!("internal error: {info}"));
+    }));
+    set_status("loading");
+    install_handlers();
+    let model = query_param("model").unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    spawn(async move {
+        let bytes = dom::fetch_optional(&model, FETCH_TIMEOUT_MS).await?;
+        match bytes {
+            Some(bytes) => open_model(bytes, model).await,
+            None => Err(anyhow!("no encoder at {model}: {HOW_TO_EXPORT}")),
+        }
+    });
+}
+
+async fn environment() -> Result<Rc<ort::environment::Environment>> {
+    if let Some(env) = with_app(|a| a.env.clone()) {
+        return Ok(env);
+    }
+    let t0 = dom::now_ms();
+    let env = Rc::new(runtime::load().await?);
+    with_app(|a| {
+        a.env = Some(env.clone());
+        a.timings.runtime_ms = dom::now_ms() - t0;
+    });
+    Ok(env)
+}
+
+async fn samples() -> Result<Rc<SampleSet>> {
+    if let Some(samples) = with_app(|a| a.samples.clone()) {
+        return Ok(samples);
+    }
+    let base = query_param("samples").unwrap_or_else(|| DEFAULT_SAMPLES.to_string());
+    let meta_url = format!("{base}samples.json");
+    let bin_url = format!("{base}samples.bin");
+    let meta = dom::fetch_optional(&meta_url, FETCH_TIMEOUT_MS)
+        .await?
+        .ok_or_else(|| anyhow!("no sample images at {meta_url}: {HOW_TO_EXPORT}"))?;
+    let pixels = dom::fetch_bytes(&bin_url, FETCH_TIMEOUT_MS).await?;
+    let set = Rc::new(SampleSet::parse(&meta, pixels).with_context(|| format!("{base}"))?);
+    let thumbs: Vec<Vec<u8>> = (0..set.len())
+        .map(|i| planar_to_rgba(set.image(i)))
+        .collect();
+    draw_legend(&set);
+    with_app(|a| {
+        a.samples = Some(set.clone());
+        a.thumbs = thumbs;
+    });
+    Ok(set)
+}
+
+/// Opens an encoder, embeds every sample with it, and projects them.
+async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
+    let job = with_app(|a| {
+        a.job += 1;
+        a.job
+    });
+    set_status("loading");
+    show_message(&format!("loading {name} ..."), false);
+    let env = environment().await?;
+    let t0 = dom::now_ms();
+    let mut encoder = Encoder::open(&env, &bytes, &name).await?;
+    let model_ms = dom::now_ms() - t0;
+    let set = samples().await?;
+    dom::set_text(
+        "model-name",
+        &format!(
+            "{name} ({:.1} MB, {}-d embeddings)",
+            bytes.len() as f64 / 1e6,
+            encoder.dim
+        ),
+    );
+
+    set_status("embedding");
+    let n = set.len();
+    let mut embeddings = Vec::with_capacity(n * encoder.dim);
+    let t0 = dom::now_ms();
+    for start in (0..n).step_by(BATCH) {
+        let end = (start + BATCH).min(n);
+        embeddings.extend(
+            encoder
+                .embed(set.input_batch(start..end), end - start)
+                .await?,
+        );
+        if with_app(|a| a.job) != job {
+            return Ok(()); // a newer model took over
+        }
+        let elapsed = (dom::now_ms() - t0) / 1000.0;
+        show_progress(end, n, end as f64 / elapsed.max(1e-9));
+    }
+    let embed_ms = dom::now_ms() - t0;
+    let dim = encoder.dim;
+    let unit = l2_normalized(&embeddings, dim);
+    with_app(|a| {
+        a.encoder = Some(encoder);
+        a.model_name = name.clone();
+        a.dim = dim;
+        a.embeddings = embeddings;
+        a.unit = unit;
+        a.selected = None;
+        a.highlight.clear();
+        a.timings.model_ms = model_ms;
+        a.timings.embed_ms = embed_ms;
+    });
+    show_message(
+        &format!(
+            "{n} images embedded in {:.1} s ({:.1} ms per image)",
+            embed_ms / 1000.0,
+            embed_ms / n as f64
+        ),
+        false,
+    );
+    publish();
+    project();
+    Ok(())
+}
+
+fn show_progress(done: usize, total: usize, per_second: f64) {
+    let bar: HtmlElement = by_id("progress");
+    let _ = bar.set_attribute("max", &total.to_string());
+    let _ = bar.set_attribute("value", &done.to_string());
+    dom::set_text(
+        "progress-text",
+        &format!("{done} / {total} images · {per_second:.1} images/s"),
+    );
+}
+
+/// Exposes the embeddings and timings as `window.selfsupViewer`.
+fn publish() {
+    with_app(|a| {
+        let obj = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| {
+            let _ = js_sys::Reflect::set(&obj, &k.into(), &v);
+        };
+        set(
+            "embeddings",
+            js_sys::Float32Array::from(a.embeddings.as_slice()).into(),
+        );
+        set("dim", (a.dim as f64).into());
+        set("count", ((a.embeddings.len() / a.dim.max(1)) as f64).into());
+        set("model", a.model_name.as_str().into());
+        let n = (a.embeddings.len() / a.dim.max(1)).max(1) as f64;
+        let timings = js_sys::Object::new();
+        for (k, v) in [
+            ("runtime_load_ms", a.timings.runtime_ms),
+            ("model_load_ms", a.timings.model_ms),
+            ("embed_ms", a.timings.embed_ms),
+            ("ms_per_image", a.timings.embed_ms / n),
+            ("tsne_s", a.timings.tsne_s),
+        ] {
+            let _ = js_sys::Reflect::set(&timings, &k.into(), &v.into());
+        }
+        set("timings", timings.into());
+        let _ = js_sys::Reflect::set(&dom::window(), &"selfsupViewer".into(), &obj);
+        dom::set_text(
+            "timings",
+            &format!(
+                "runtime {:.0} ms · model {:.0} ms · {:.1} ms/image · t-SNE {:.1} s",
+                a.timings.runtime_ms,
+                a.timings.model_ms,
+                a.timings.embed_ms / n,
+                a.timings.tsne_s
+            ),
+        );
+    });
+}
+
+/// Lays the points out with the chosen projection: PCA at once, t-SNE animated from a worker.
+fn project() {
+    let (mode, n) = with_app(|a| {
+        if let Some(w) = a.worker.take() {
+            w.terminate();
+        }
+        a.coords = pca_2d(&a.unit, a.dim.max(1));
+        a.auto_fit = true;
+        (a.mode, a.unit.len() / a.dim.max(1))
+    });
+    dom::set_body_data("points", &n.to_string());
+    redraw();
+    if mode == Mode::Pca || n < 4 {
+        set_status("ready");
+        return;
+    }
+    set_status("projecting");
+    if let Err(e) = start_tsne() {
+        fail(&e);
+    }
+}
+
+fn start_tsne() -> Result<()> {
+    let worker = Worker::new("./tsne_worker_loader.js")
+        .map_err(|e| anyhow!("cannot start the t-SNE worker: {}", dom::js_error(e)))?;
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(on_tsne_message);
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    let on_error = Closure::<dyn FnMut(Event)>::new(|e: Event| {
+        let text = e
+            .dyn_ref::<web_sys::ErrorEvent>()
+            .map(|e| e.message())
+            .unwrap_or_default();
+        fail(&anyhow!("the t-SNE worker failed: {text}"));
+    });
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    on_error.forget();
+    let request = with_app(|a| {
+        let n = a.unit.len() / a.dim;
+        let perplexity = a.perplexity.min(max_perplexity(n)).max(1.0);
+        let params = TsneParams {
+            perplexity,
+            ..TsneParams::default()
+        };
+        crate::worker::request(&a.unit, a.dim, params, 10)
+    });
+    with_app(|a| {
+        a.worker = Some(worker);
+        a.tsne_request = Some(request);
+    });
+    Ok(())
+}
+
+fn on_tsne_message(event: MessageEvent) {
+    let data = event.data();
+    let get = |k: &str| js_sys::Reflect::get(&data, &k.into()).unwrap_or(JsValue::UNDEFINED);
+    let kind = get("kind").as_string().unwrap_or_default();
+    if kind == "ready" {
+        let sent = with_app(|a| match (&a.worker, a.tsne_request.take()) {
+            (Some(worker), Some(request)) => worker.post_message(&request).map_err(dom::js_error),
+            _ => Ok(()),
+        });
+        if let Err(e) = sent {
+            fail(&e.context("cannot message the t-SNE worker"));
+        }
+        return;
+    }
+    if kind == "error" {
+        fail(&anyhow!(
+            "t-SNE: {}",
+            get("message").as_string().unwrap_or_default()
+        ));
+        return;
+    }
+    if let Ok(coords) = get("coords").dyn_into::<js_sys::Float64Array>() {
+        with_app(|a| a.coords = coords.to_vec());
+        redraw();
+    }
+    if kind == "progress" {
+        let epoch = get("epoch").as_f64().unwrap_or(0.0);
+        dom::set_text("progress-text", &format!("t-SNE epoch {epoch:.0} / 1000"));
+    } else if kind == "done" {
+        let seconds = get("seconds").as_f64().unwrap_or(0.0);
+        with_app(|a| {
+            a.timings.tsne_s = seconds;
+            a.worker = None;
+        });
+        dom::set_text("progress-text", &format!("t-SNE done in {seconds:.1} s"));
+        publish();
+        set_status("ready");
+    }
+}
+
+fn canvas() -> HtmlCanvasElement {
+    by_id("map")
+}
+
+/// Matches the canvas' pixel size to its size on screen.
+fn resize_canvas() {
+    let c = canvas();
+    let (w, h) = (
+        c.client_width().max(100) as u32,
+        c.client_height().max(100) as u32,
+    );
+    if c.width() != w || c.height() != h {
+        c.set_width(w);
+        c.set_height(h);
+    }
+}
+
+fn redraw() {
+    resize_canvas();
+    let c = canvas();
+    let ctx = dom::context_2d(&c);
+    let (w, h) = (c.width() as f64, c.height() as f64);
+    ctx.clear_rect(0.0, 0.0, w, h);
+    with_app(|a| {
+        if a.auto_fit {
+            a.view = View::fit(&a.coords, w, h, 20.0);
+        }
+        let Some(set) = a.samples.clone() else { return };
+        for (i, p) in a.coords.chunks(2).enumerate() {
+            let (x, y) = a.view.to_screen(p[0], p[1]);
+            let label = set.labels.get(i).copied().unwrap_or(0) as usize;
+            ctx.set_fill_style_str(PALETTE[label % PALETTE.len()]);
+            ctx.fill_rect(x - 2.5, y - 2.5, 5.0, 5.0);
+        }
+        ctx.set_line_width(2.0);
+        ctx.set_stroke_style_str("#000");
+        for &i in a.highlight.iter().chain(a.selected.iter()) {
+            if let Some(p) = a.coords.get(2 * i..2 * i + 2) {
+                let (x, y) = a.view.to_screen(p[0], p[1]);
+                let r = if Some(i) == a.selected { 8.0 } else { 5.0 };
+                ctx.stroke_rect(x - r, y - r, 2.0 * r, 2.0 * r);
+            }
+        }
+    });
+}
+
+fn draw_legend(set: &SampleSet) {
+    let legend: HtmlElement = by_id("legend");
+    legend.set_inner_html("");
+    let doc = dom::document();
+    for (c, class) in set.classes.iter().enumerate() {
+        let count = set.labels.iter().filter(|&&l| l as usize == c).count();
+        let item = doc.create_element("li").expect("li");
+        let swatch = doc.create_element("span").expect("span");
+        swatch.set_class_name("swatch");
+        let _ = swatch.set_attribute("style", &format!("background:{}", PALETTE[c % 10]));
+        item.append_with_node_1(&swatch).ok();
+        item.append_with_str_1(&format!("{class} ({count})")).ok();
+        legend.append_with_node_1(&item).ok();
+    }
+}
+
+/// A thumbnail with a caption, for the neighbour lists.
+fn figure(rgba: &[u8], caption: &str, class: &str) -> web_sys::Element {
+    let doc = dom::document();
+    let fig = doc.create_element("figure").expect("figure");
+    fig.set_class_name(class);
+    fig.append_with_node_1(&dom::image_canvas(rgba, 48)).ok();
+    let cap = doc.create_element("figcaption").expect("figcaption");
+    cap.set_text_content(Some(caption));
+    fig.append_with_node_1(&cap).ok();
+    fig
+}
+
+fn neighbour_figures(hits: &[(usize, f32)]) -> Vec<web_sys::Element> {
+    with_app(|a| {
+        let set = a.samples.clone().expect("samples are loaded");
+        hits.iter()
+            .map(|&(i, sim)| {
+                let label = &set.classes[set.labels[i] as usize];
+                figure(&a.thumbs[i], &format!("{label} {sim:.2}"), "neighbour")
+            })
+            .collect()
+    })
+}
+
+/// Lists the nearest samples of point `i` and marks them on the map.
+fn select_point(i: usize) {
+    let (hits, caption, rgba) = with_app(|a| {
+        let d = a.dim;
+        let hits = nearest(&a.unit, d, &a.unit[i * d..(i + 1) * d], NEIGHBOURS, Some(i));
+        let set = a.samples.clone().expect("samples are loaded");
+        a.selected = Some(i);
+        a.highlight = hits.iter().map(|h| h.0).collect();
+        let caption = format!("#{i} {}", set.classes[set.labels[i] as usize]);
+        (hits, caption, a.thumbs[i].clone())
+    });
+    let panel: HtmlElement = by_id("selection");
+    panel.set_inner_html("");
+    panel
+        .append_with_node_1(&figure(&rgba, &caption, "chosen"))
+        .ok();
+    for fig in neighbour_figures(&hits) {
+        panel.append_with_node_1(&fig).ok();
+    }
+    redraw();
+}
+
+/// Embeds a dropped image and lists its nearest samples.
+async fn query_image(file: web_sys::File) -> Result<()> {
+    let rgba = dom::decode_image_32(&file).await?;
+    let encoder = with_app(|a| a.encoder.take())
+        .ok_or_else(|| anyhow!("no encoder is loaded yet: wait for the map, then drop again"))?;
+    let mut encoder = encoder;
+    let result = encoder.embed(rgba_to_input(&rgba), 1).await;
+    with_app(|a| a.encoder = Some(encoder));
+    let embedding = result?;
+    let hits = with_app(|a| {
+        let hits = nearest(&a.unit, a.dim, &embedding, NEIGHBOURS, None);
+        a.highlight = hits.iter().map(|h| h.0).collect();
+        a.selected = None;
+        a.queries += 1;
+        dom::set_body_data("queries", &a.queries.to_string());
+        hits
+    });
+    let list: HtmlElement = by_id("queries");
+    let row = dom::document().create_element("div").expect("div");
+    row.set_class_name("query");
+    row.append_with_node_1(&figure(&rgba, &file.name(), "chosen"))
+        .ok();
+    for fig in neighbour_figures(&hits) {
+        row.append_with_node_1(&fig).ok();
+    }
+    list.prepend_with_node_1(&row).ok();
+    redraw();
+    Ok(())
+}
+
+/// A dropped or picked file: an `.onnx` replaces the encoder, an image is queried.
+fn handle_files(files: Option<web_sys::FileList>) {
+    let Some(files) = files else { return };
+    for i in 0..files.length() {
+        let Some(file) = files.get(i) else { continue };
+        if file.name().to_lowercase().ends_with(".onnx") {
+            spawn(async move {
+                let bytes = dom::file_bytes(&file).await?;
+                open_model(bytes, file.name()).await
+            });
+        } else {
+            spawn(query_image(file));
+        }
+    }
+}
+
+fn listen<E: wasm_bindgen::convert::FromWasmAbi + 'static>(
+    target: &web_sys::EventTarget,
+    event: &str,
+    handler: impl FnMut(E) + 'static,
+) {
+    let closure = Closure::<dyn FnMut(E)>::new(handler);
+    target
+        .add_event_listener_with_callback(event, closure.as_ref().unchecked_ref())
+        .expect("event listener");
+    closure.forget(); // handlers live as long as the page
+}
+
+fn install_handlers() {
+    let doc: web_sys::EventTarget = dom::document().into();
+    listen(&doc, "dragover", |e: DragEvent| e.prevent_default());
+    listen(&doc, "drop", |e: DragEvent| {
+        e.prevent_default();
+        handle_files(e.data_transfer().and_then(|d| d.files()));
+    });
+    for id in ["model-input", "image-input"] {
+        let input: HtmlInputElement = by_id(id);
+        let target = input.clone();
+        listen(&input.into(), "change", move |_: Event| {
+            handle_files(target.files());
+            target.set_value("");
+        });
+    }
+    let perplexity: HtmlInputElement = by_id("perplexity");
+    let slider = perplexity.clone();
+    listen(&perplexity.into(), "change", move |_: Event| {
+        let value = slider.value_as_number();
+        dom::set_text("perplexity-value", &format!("{value:.0}"));
+        with_app(|a| a.perplexity = value);
+        rerun_projection();
+    });
+    for (id, mode) in [("mode-tsne", Mode::Tsne), ("mode-pca", Mode::Pca)] {
+        let radio: HtmlInputElement = by_id(id);
+        listen(&radio.into(), "change", move |_: Event| {
+            with_app(|a| a.mode = mode);
+            rerun_projection();
+        });
+    }
+    let target: web_sys::EventTarget = canvas().into();
+    listen(&target, "wheel", |e: WheelEvent| {
+        e.prevent_default();
+        let factor = (-e.delta_y() * 0.0015).exp();
+        with_app(|a| {
+            a.auto_fit = false;
+            a.view
+                .zoom_at(e.offset_x() as f64, e.offset_y() as f64, factor);
+        });
+        redraw();
+    });
+    listen(&target, "mousedown", |e: MouseEvent| {
+        with_app(|a| {
+            a.drag = Some((e.offset_x() as f64, e.offset_y() as f64));
+            a.dragged = false;
+        });
+    });
+    listen(&target, "mousemove", on_mouse_move);
+    listen(&target, "mouseup", |e: MouseEvent| {
+        let (clicked, pick) = with_app(|a| {
+            let clicked = a.drag.take().is_some() && !a.dragged;
+            let pick = a
+                .view
+                .pick(&a.coords, e.offset_x() as f64, e.offset_y() as f64, 6.0);
+            (clicked, pick)
+        });
+        if let (true, Some(i)) = (clicked, pick) {
+            select_point(i);
+        }
+    });
+    listen(&target, "mouseleave", |_: MouseEvent| {
+        with_app(|a| a.drag = None);
+        by_id::<HtmlElement>("tooltip").set_hidden(true);
+    });
+    listen(&target, "dblclick", |_: MouseEvent| {
+        with_app(|a| a.auto_fit = true);
+        redraw();
+    });
+    let win: web_sys::EventTarget = dom::window().into();
+    listen(&win, "resize", |_: Event| redraw());
+}
+
+fn rerun_projection() {
+    let ready = with_app(|a| !a.unit.is_empty());
+    if ready {
+        project();
+    }
+}
+
+fn on_mouse_move(e: MouseEvent) {
+    let (x, y) = (e.offset_x() as f64, e.offset_y() as f64);
+    let panned = with_app(|a| match a.drag {
+        Some((px, py)) if (x - px).abs() + (y - py).abs() > 0.0 => {
+            a.view.pan(x - px, y - py);
+            a.drag = Some((x, y));
+            a.dragged = true;
+            a.auto_fit = false;
+            true
+        }
+        _ => false,
+    });
+    if panned {
+        redraw();
+        return;
+    }
+    let tooltip: HtmlElement = by_id("tooltip");
+    let hover = with_app(|a| {
+        let i = a.view.pick(&a.coords, x, y, 6.0)?;
+        let set = a.samples.clone()?;
+        Some((
+            a.thumbs[i].clone(),
+            format!("#{i} {}", set.classes[set.labels[i] as usize]),
+        ))
+    });
+    match hover {
+        Some((rgba, caption)) => {
+            tooltip.set_inner_html("");
+            tooltip
+                .append_with_node_1(&figure(&rgba, &caption, "hover"))
+                .ok();
+            let style = tooltip.style();
+            let _ = style.set_property("left", &format!("{}px", x + 14.0));
+            let _ = style.set_property("top", &format!("{}px", y + 14.0));
+            tooltip.set_hidden(false);
+        }
+        None => tooltip.set_hidden(true),
+    }
+}

@@ -1,0 +1,120 @@
+//! ONNX Runtime Web through `ort` + `ort-web`: loading the runtime from the page's own origin
+//! (no CDN), opening an encoder, and embedding batches of images.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::environment::Environment;
+use ort::session::{RunOptions, Session};
+use ort::value::{Tensor, ValueType};
+
+use crate::contract::{self, Port};
+use crate::dom;
+
+/// Where trunk copies onnxruntime-web's files, relative to the page.
+pub const ORT_DIR: &str = "ort/";
+const ORT_SCRIPT: &str = "ort.wasm.min.js";
+const ORT_BINARY: &str = "ort-wasm-simd-threaded.wasm";
+/// ort-web waits forever when its script never arrives; nothing healthy takes this long.
+const LOAD_TIMEOUT_MS: i32 = 30_000;
+
+/// Loads ONNX Runtime Web and creates the one `ort` environment of the page.
+pub async fn load() -> Result<Environment> {
+    let base = dom::absolute_url(ORT_DIR)?;
+    // Probe first: a missing file would otherwise leave ort-web's loader hanging.
+    let script = format!("{base}{ORT_SCRIPT}");
+    dom::fetch_bytes(&script, LOAD_TIMEOUT_MS)
+        .await
+        .with_context(|| {
+            "ONNX Runtime Web is missing from this page: run `npm install` in viewer/ before \
+         `trunk build` (its files are copied from node_modules/onnxruntime-web/dist)"
+        })?;
+    let dist = ort_web::Dist::new(base).with_binary_name(ORT_BINARY);
+    let api = dom::with_timeout(
+        async move { ort_web::api(dist).await.map_err(|e| anyhow!("{e}")) },
+        LOAD_TIMEOUT_MS,
+        "ONNX Runtime Web did not start within 30 s",
+    )
+    .await
+    .context("cannot start ONNX Runtime Web")?;
+    ort::set_api(api);
+    ort::init()
+        .with_name("selfsup-viewer")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| anyhow!("cannot create the ONNX Runtime environment: {e}"))
+}
+
+/// An opened encoder and the width of its embeddings.
+pub struct Encoder {
+    session: Session,
+    pub dim: usize,
+    pub input_name: String,
+    pub output_name: String,
+}
+
+fn port(name: &str, dtype: &ValueType) -> Port {
+    match dtype {
+        ValueType::Tensor { ty, shape, .. } => Port {
+            name: name.to_string(),
+            is_f32: *ty == ort::value::TensorElementType::Float32,
+            dims: shape.to_vec(),
+        },
+        _ => Port {
+            name: name.to_string(),
+            is_f32: false,
+            dims: Vec::new(),
+        },
+    }
+}
+
+impl Encoder {
+    /// Opens `bytes` (an `.onnx` file named `name`, for messages) and checks its shapes.
+    pub async fn open(env: &Environment, bytes: &[u8], name: &str) -> Result<Encoder> {
+        let session = Session::builder(env)
+            .map_err(|e| anyhow!("{e}"))?
+            .commit_from_memory(bytes)
+            .await
+            .map_err(|e| anyhow!("{name} is not a model ONNX Runtime can load: {e}"))?;
+        let inputs: Vec<Port> = session
+            .inputs()
+            .iter()
+            .map(|o| port(o.name(), o.dtype()))
+            .collect();
+        let outputs: Vec<Port> = session
+            .outputs()
+            .iter()
+            .map(|o| port(o.name(), o.dtype()))
+            .collect();
+        let dim = contract::check(&inputs, &outputs).with_context(|| format!("{name}"))?;
+        Ok(Encoder {
+            session,
+            dim,
+            input_name: inputs[0].name.clone(),
+            output_name: outputs[0].name.clone(),
+        })
+    }
+
+    /// Embeddings (n x dim) of `n` images given as the encoder's input ([n, 3, 32, 32] in [0, 1]).
+    pub async fn embed(&mut self, input: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let tensor = Tensor::from_array(([n, 3, 32, 32], input)).map_err(|e| anyhow!("{e}"))?;
+        let options = RunOptions::new().map_err(|e| anyhow!("{e}"))?;
+        let mut outputs = self
+            .session
+            .run_async(ort::inputs![self.input_name.as_str() => tensor], &options)
+            .await
+            .map_err(|e| anyhow!("the encoder failed on a batch of {n} images: {e}"))?;
+        ort_web::sync_outputs(&mut outputs)
+            .await
+            .map_err(|e| anyhow!("cannot read the embeddings back: {e}"))?;
+        let (shape, values) = outputs[self.output_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("{e}"))?;
+        if shape.len() != 2 || shape[0] as usize != n || shape[1] as usize != self.dim {
+            bail!(
+                "the encoder returned shape {:?} for {n} images, expected [{n}, {}]",
+                shape.to_vec(),
+                self.dim
+            );
+        }
+        Ok(values.to_vec())
+    }
+}

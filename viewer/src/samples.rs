@@ -1,0 +1,165 @@
+//! The labelled sample images that `trainer export --viewer` writes: `samples.json` describes
+//! them, `samples.bin` holds the pixels (per image 3 planes of 32 x 32 bytes, R then G then B).
+
+use anyhow::{bail, ensure, Result};
+use serde::Deserialize;
+
+pub const FORMAT: &str = "selfsup-viewer-samples/1";
+pub const SIDE: usize = 32;
+pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SamplesMeta {
+    pub format: String,
+    pub count: usize,
+    pub image_size: usize,
+    pub layout: String,
+    pub classes: Vec<String>,
+    pub labels: Vec<u8>,
+    #[serde(default)]
+    pub source: String,
+}
+
+/// Images with labels, checked against their description.
+#[derive(Debug, Clone)]
+pub struct SampleSet {
+    pub classes: Vec<String>,
+    pub labels: Vec<u8>,
+    pixels: Vec<u8>,
+    pub source: String,
+}
+
+impl SampleSet {
+    /// Parses `samples.json` and `samples.bin`; every mismatch is an error that names the file.
+    pub fn parse(meta_json: &[u8], pixels: Vec<u8>) -> Result<SampleSet> {
+        let meta: SamplesMeta = serde_json::from_slice(meta_json)
+            .map_err(|e| anyhow::anyhow!("samples.json is not a valid sample description: {e}"))?;
+        ensure!(
+            meta.format == FORMAT,
+            "samples.json has format {:?}, this viewer reads {FORMAT:?}: export again with \
+             `trainer export --viewer`",
+            meta.format
+        );
+        ensure!(
+            meta.image_size == SIDE && meta.layout == "planar-rgb-u8",
+            "samples.json describes {}x{} {} images; the viewer needs 32x32 planar-rgb-u8",
+            meta.image_size,
+            meta.image_size,
+            meta.layout
+        );
+        ensure!(
+            meta.labels.len() == meta.count,
+            "samples.json: {} labels for {} images",
+            meta.labels.len(),
+            meta.count
+        );
+        if let Some(bad) = meta
+            .labels
+            .iter()
+            .find(|&&l| l as usize >= meta.classes.len())
+        {
+            bail!(
+                "samples.json: label {bad} but only {} classes",
+                meta.classes.len()
+            );
+        }
+        ensure!(
+            pixels.len() == meta.count * IMAGE_BYTES,
+            "samples.bin has {} bytes, samples.json says {} images of {IMAGE_BYTES} bytes = {} \
+             (truncated or from another export: run `trainer export --viewer` again)",
+            pixels.len(),
+            meta.count,
+            meta.count * IMAGE_BYTES
+        );
+        Ok(SampleSet {
+            classes: meta.classes,
+            labels: meta.labels,
+            pixels,
+            source: meta.source,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Planar RGB bytes of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+
+    /// Images `range` as the encoder's input: [n, 3, 32, 32] floats in [0, 1].
+    pub fn input_batch(&self, range: std::ops::Range<usize>) -> Vec<f32> {
+        self.pixels[range.start * IMAGE_BYTES..range.end * IMAGE_BYTES]
+            .iter()
+            .map(|&b| b as f32 / 255.0)
+            .collect()
+    }
+}
+
+/// Planar RGB bytes to interleaved RGBA (what a canvas `ImageData` holds).
+pub fn planar_to_rgba(planar: &[u8]) -> Vec<u8> {
+    let pixels = planar.len() / 3;
+    let mut rgba = Vec::with_capacity(pixels * 4);
+    for p in 0..pixels {
+        rgba.extend_from_slice(&[planar[p], planar[pixels + p], planar[2 * pixels + p], 255]);
+    }
+    rgba
+}
+
+/// Interleaved RGBA of a 32 x 32 image to the encoder's input (planar RGB in [0, 1]).
+pub fn rgba_to_input(rgba: &[u8]) -> Vec<f32> {
+    let pixels = rgba.len() / 4;
+    let mut input = vec![0.0; 3 * pixels];
+    for p in 0..pixels {
+        for c in 0..3 {
+            input[c * pixels + p] = rgba[4 * p + c] as f32 / 255.0;
+        }
+    }
+    input
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(count: usize, labels: &str) -> String {
+        format!(
+            r#"{{"format":"{FORMAT}","count":{count},"image_size":32,"layout":"planar-rgb-u8",
+                "classes":["a","b"],"labels":{labels},"source":"test"}}"#
+        )
+    }
+
+    #[test]
+    fn parses_and_converts_images() {
+        let mut pixels = vec![0u8; 2 * IMAGE_BYTES];
+        pixels[IMAGE_BYTES] = 255; // image 1, red plane, first pixel
+        let set = SampleSet::parse(meta(2, "[0,1]").as_bytes(), pixels).unwrap();
+        assert_eq!(set.len(), 2);
+        let batch = set.input_batch(1..2);
+        assert_eq!(batch.len(), IMAGE_BYTES);
+        assert_eq!((batch[0], batch[1]), (1.0, 0.0));
+        let rgba = planar_to_rgba(set.image(1));
+        assert_eq!(&rgba[..8], &[255, 0, 0, 255, 0, 0, 0, 255]);
+        assert_eq!(rgba_to_input(&rgba), batch);
+    }
+
+    #[test]
+    fn rejects_mismatches_with_a_reason() {
+        let err = |json: String, bytes: usize| {
+            SampleSet::parse(json.as_bytes(), vec![0; bytes])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(meta(2, "[0,1]"), IMAGE_BYTES).contains("samples.bin has 3072 bytes"));
+        assert!(err(meta(2, "[0]"), 2 * IMAGE_BYTES).contains("1 labels for 2 images"));
+        assert!(err(meta(1, "[5]"), IMAGE_BYTES).contains("label 5 but only 2 classes"));
+        assert!(err("{".into(), 0).contains("not a valid sample description"));
+        let other = meta(1, "[0]").replace(FORMAT, "other/9");
+        assert!(err(other, IMAGE_BYTES).contains("\"other/9\""));
+    }
+}

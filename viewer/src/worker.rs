@@ -1,0 +1,91 @@
+//! The t-SNE Web Worker and its messages.
+//!
+//! Worker -> page, once started: `{kind: "ready"}` (a message sent before the worker's wasm has
+//! loaded would be lost, so the page waits for this).
+//! Page -> worker: `{rows: Float32Array, dim, perplexity, epochs, every}`.
+//! Worker -> page: `{kind: "progress", epoch, coords: Float64Array}` every `every` epochs,
+//! then `{kind: "done", coords, seconds}`, or `{kind: "error", message}`.
+
+use anyhow::{anyhow, Result};
+use js_sys::{Float32Array, Float64Array, Object, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+
+use crate::projection::{tsne_2d, TsneParams};
+
+fn set(obj: &Object, key: &str, value: &JsValue) {
+    let _ = Reflect::set(obj, &key.into(), value);
+}
+
+fn number(obj: &JsValue, key: &str) -> Result<f64> {
+    Reflect::get(obj, &key.into())
+        .ok()
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| anyhow!("t-SNE request without a number '{key}'"))
+}
+
+/// The request the page sends.
+pub fn request(rows: &[f32], dim: usize, params: TsneParams, every: usize) -> JsValue {
+    let msg = Object::new();
+    set(&msg, "rows", &Float32Array::from(rows).into());
+    set(&msg, "dim", &(dim as f64).into());
+    set(&msg, "perplexity", &params.perplexity.into());
+    set(&msg, "epochs", &(params.epochs as f64).into());
+    set(&msg, "every", &(every as f64).into());
+    msg.into()
+}
+
+fn reply(scope: &DedicatedWorkerGlobalScope, kind: &str, fill: impl FnOnce(&Object)) {
+    let msg = Object::new();
+    set(&msg, "kind", &kind.into());
+    fill(&msg);
+    let _ = scope.post_message(&msg);
+}
+
+fn run(scope: &DedicatedWorkerGlobalScope, data: &JsValue) -> Result<()> {
+    let rows: Float32Array = Reflect::get(data, &"rows".into())
+        .ok()
+        .and_then(|v| v.dyn_into().ok())
+        .ok_or_else(|| anyhow!("t-SNE request without Float32Array 'rows'"))?;
+    let dim = number(data, "dim")? as usize;
+    let every = (number(data, "every")? as usize).max(1);
+    let params = TsneParams {
+        perplexity: number(data, "perplexity")?,
+        epochs: number(data, "epochs")? as usize,
+        ..TsneParams::default()
+    };
+    let rows = rows.to_vec();
+    let start = js_sys::Date::now();
+    let coords = tsne_2d(&rows, dim, params, |epoch, coords| {
+        if epoch % every == 0 {
+            reply(scope, "progress", |m| {
+                set(m, "epoch", &(epoch as f64).into());
+                set(m, "coords", &Float64Array::from(coords).into());
+            });
+        }
+    })?;
+    let seconds = (js_sys::Date::now() - start) / 1000.0;
+    reply(scope, "done", |m| {
+        set(m, "coords", &Float64Array::from(coords.as_slice()).into());
+        set(m, "seconds", &seconds.into());
+    });
+    Ok(())
+}
+
+/// Worker entry point: answers every request with progress and the final layout.
+pub fn serve() {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let reply_scope = scope.clone();
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        if let Err(e) = run(&reply_scope, &event.data()) {
+            reply(&reply_scope, "error", |m| {
+                set(m, "message", &format!("{e:#}").into())
+            });
+        }
+    });
+    scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    // The worker lives as long as the page keeps it; so does its handler.
+    on_message.forget();
+    reply(&scope, "ready", |_| {});
+}
