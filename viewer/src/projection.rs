@@ -177,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn pca_finds_the_direction_of_largest_variance() {
+    fn pca_keeps_the_largest_variance_first() {
         // Points on a line along (3, 4) / 5 plus a small orthogonal wobble.
         let rows: Vec<f32> = (0..50)
             .flat_map(|i| {
@@ -188,14 +188,25 @@ mod tests {
             .collect();
         let coords = pca_2d(&rows, 2);
         assert_eq!(coords.len(), 100);
-        let first: Vec<f64> = coords.iter().step_by(2).copied().collect();
-        // First component = position along the line (up to sign), second = the wobble.
-        assert!(
-            (first[49] - first[0]).abs() > 48.9,
-            "{}",
-            first[49] - first[0]
-        );
-        assert!((coords[1].abs() - 0.1).abs() < 1e-6, "{}", coords[1]);
+        // Closed-form top eigenvalue of the 2 x 2 covariance.
+        let n = 50.0;
+        let mean = |k: usize| rows.iter().skip(k).step_by(2).map(|&v| v as f64).sum::<f64>() / n;
+        let (mx, my) = (mean(0), mean(1));
+        let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
+        for p in rows.chunks(2) {
+            let (x, y) = (p[0] as f64 - mx, p[1] as f64 - my);
+            sxx += x * x / n;
+            syy += y * y / n;
+            sxy += x * y / n;
+        }
+        let top = (sxx + syy) / 2.0 + (((sxx - syy) / 2.0).powi(2) + sxy * sxy).sqrt();
+        let var = |k: usize| coords.iter().skip(k).step_by(2).map(|v| v * v).sum::<f64>() / n;
+        assert!((var(0) - top).abs() < 1e-6 * top, "{} vs {top}", var(0));
+        // Two components of 2-D data are a rotation: distances are kept.
+        let dist = |a: &[f64]| (a[0] * a[0] + a[1] * a[1]).sqrt();
+        let input = [rows[98] as f64 - rows[0] as f64, rows[99] as f64 - rows[1] as f64];
+        let output = [coords[98] - coords[0], coords[99] - coords[1]];
+        assert!((dist(&input) - dist(&output)).abs() < 1e-4);
     }
 
     #[test]
