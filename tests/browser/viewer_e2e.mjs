@@ -1,7 +1,7 @@
 // Drives the built viewer in Debian's headless Chromium (playwright-core) and prints what it
 // saw as JSON; tests/tests/viewer_browser.rs makes the assertions.
 //
-//   node viewer_e2e.mjs --dist DIR --query IMAGE --corrupt NAME --screenshot PNG
+//   node viewer_e2e.mjs --dist DIR --query IMAGE --bad NAME[,NAME...] --screenshot PNG
 //
 // DIR is served on 127.0.0.1 (a free port) with the cross-origin isolation headers of
 // viewer/Trunk.toml; nothing else is reached.
@@ -96,12 +96,28 @@ try {
     await page.screenshot({ path: args.screenshot });
   }
 
-  // 4. A corrupt model: a clear message on the page, within seconds.
-  const t1 = Date.now();
-  await page.goto(`${base}?model=assets/${args.corrupt}`);
-  await page.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 60000 });
-  result.corrupt_seconds = (Date.now() - t1) / 1000;
-  result.corrupt_message = await page.evaluate(() => document.getElementById('message').textContent);
+  // 4. Bad models (comma-separated names in assets/): a clear message on the page, in seconds.
+  result.bad_models = {};
+  for (const name of args.bad.split(',')) {
+    const t1 = Date.now();
+    await page.goto(`${base}?model=assets/${name}`);
+    await page.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 60000 });
+    result.bad_models[name] = {
+      seconds: (Date.now() - t1) / 1000,
+      message: await page.evaluate(() => document.getElementById('message').textContent),
+    };
+  }
+
+  // 5. ONNX Runtime Web's script cannot be loaded: a message, not a page that hangs.
+  const broken = await browser.newPage();
+  await broken.route('**/ort/ort.wasm.min.js', route => route.fulfill({ status: 404, body: 'gone' }));
+  const t2 = Date.now();
+  await broken.goto(base);
+  await broken.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 60000 });
+  result.runtime_missing = {
+    seconds: (Date.now() - t2) / 1000,
+    message: await broken.evaluate(() => document.getElementById('message').textContent),
+  };
 } catch (e) {
   result.failure = String(e && e.stack || e);
 } finally {

@@ -1,7 +1,8 @@
 //! The viewer end to end: `trunk build --release`, `trainer export --viewer` into the built
 //! page, then headless Chromium (tests/browser/viewer_e2e.mjs) loads it from 127.0.0.1. The
-//! browser's embeddings must equal native ONNX Runtime's, a dropped image must get neighbours,
-//! and a corrupt model must show an error on the page.
+//! browser's embeddings must equal native ONNX Runtime's, a clicked point and a dropped image
+//! must get neighbours, and a corrupt model, a wrong-shape model and a missing runtime must show
+//! an error on the page.
 //!
 //! Needs what `.ci/run` installs: trunk, wasm-bindgen-cli, the wasm32 target, Chromium and the
 //! viewer's npm packages.
@@ -93,6 +94,20 @@ fn query_png(path: &Path) {
         .unwrap();
 }
 
+/// A valid ONNX model that is not an encoder: images -> GlobalAveragePool -> [N, 3, 1, 1].
+fn write_wrong_shape_model(path: &Path) {
+    let mut g = onnx::GraphBuilder::new();
+    let pooled = g.global_average_pool("images");
+    let dims = |d: [Result<i64, &'static str>; 4]| d;
+    let model = g.finish(
+        onnx::tensor_value("images", &dims([Err("N"), Ok(3), Ok(32), Ok(32)])),
+        &pooled,
+        onnx::tensor_value("pooled", &dims([Err("N"), Ok(3), Ok(1), Ok(1)])),
+        &[],
+    );
+    onnx::write_model(&model, path).unwrap();
+}
+
 #[test]
 fn browser_embeds_projects_and_answers_queries() {
     require_tools();
@@ -120,6 +135,7 @@ fn browser_embeds_projects_and_answers_queries() {
     assert_eq!(trainer::cli::run(cli).unwrap(), 0);
     let model = std::fs::read(assets.join("encoder.onnx")).unwrap();
     std::fs::write(assets.join("corrupt.onnx"), &model[..model.len() / 2]).unwrap();
+    write_wrong_shape_model(&assets.join("wrong-shape.onnx"));
     let query = work.join("query.png");
     query_png(&query);
 
@@ -128,7 +144,7 @@ fn browser_embeds_projects_and_answers_queries() {
         .arg(root().join("tests/browser/viewer_e2e.mjs"))
         .args(["--dist", dist.to_str().unwrap()])
         .args(["--query", query.to_str().unwrap()])
-        .args(["--corrupt", "corrupt.onnx"])
+        .args(["--bad", "corrupt.onnx,wrong-shape.onnx"])
         .args(["--screenshot", screenshot.to_str().unwrap()])
         .output()
         .expect("node runs");
@@ -175,13 +191,28 @@ fn browser_embeds_projects_and_answers_queries() {
     assert_eq!(seen["query_neighbours"], viewer::NEIGHBOURS);
     assert_eq!(seen["query_status"], "ready");
 
-    // A corrupt model is an error on the page that names the file, within seconds.
-    let message = seen["corrupt_message"].as_str().unwrap_or("");
+    // A corrupt model, a model of the wrong shape and a runtime that cannot load are errors on
+    // the page that say what is wrong, within seconds.
+    let bad = |name: &str| {
+        let seen = &seen["bad_models"][name];
+        let message = seen["message"].as_str().unwrap_or("").to_string();
+        assert!(seen["seconds"].as_f64().unwrap() < 20.0, "{name}: {seen}");
+        message
+    };
+    let message = bad("corrupt.onnx");
     assert!(
         message.contains("corrupt.onnx") && message.contains("not a model ONNX Runtime can load"),
         "{message}"
     );
-    assert!(seen["corrupt_seconds"].as_f64().unwrap() < 20.0);
+    let message = bad("wrong-shape.onnx");
+    assert!(
+        message.contains("wrong-shape.onnx") && message.contains("output 'pooled' is [N, 3, 1, 1]"),
+        "{message}"
+    );
+    let missing = &seen["runtime_missing"];
+    let message = missing["message"].as_str().unwrap_or("");
+    assert!(message.contains("ONNX Runtime Web is missing"), "{message}");
+    assert!(missing["seconds"].as_f64().unwrap() < 20.0, "{missing}");
 
     let png = std::fs::read(&screenshot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

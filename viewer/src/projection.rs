@@ -190,7 +190,14 @@ mod tests {
         assert_eq!(coords.len(), 100);
         // Closed-form top eigenvalue of the 2 x 2 covariance.
         let n = 50.0;
-        let mean = |k: usize| rows.iter().skip(k).step_by(2).map(|&v| v as f64).sum::<f64>() / n;
+        let mean = |k: usize| {
+            rows.iter()
+                .skip(k)
+                .step_by(2)
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / n
+        };
         let (mx, my) = (mean(0), mean(1));
         let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
         for p in rows.chunks(2) {
@@ -204,7 +211,10 @@ mod tests {
         assert!((var(0) - top).abs() < 1e-6 * top, "{} vs {top}", var(0));
         // Two components of 2-D data are a rotation: distances are kept.
         let dist = |a: &[f64]| (a[0] * a[0] + a[1] * a[1]).sqrt();
-        let input = [rows[98] as f64 - rows[0] as f64, rows[99] as f64 - rows[1] as f64];
+        let input = [
+            rows[98] as f64 - rows[0] as f64,
+            rows[99] as f64 - rows[1] as f64,
+        ];
         let output = [coords[98] - coords[0], coords[99] - coords[1]];
         assert!((dist(&input) - dist(&output)).abs() < 1e-4);
     }
