@@ -36,11 +36,32 @@ pub async fn load() -> Result<Environment> {
     .await
     .context("cannot start ONNX Runtime Web")?;
     ort::set_api(api);
+    use_all_cores();
     ort::init()
         .with_name("selfsup-viewer")
         .with_telemetry(false)
         .build()
         .map_err(|e| anyhow!("cannot create the ONNX Runtime environment: {e}"))
+}
+
+/// Lets ONNX Runtime Web use a thread per core (it defaults to half the cores) where the page
+/// is cross-origin isolated, which threads need; elsewhere it stays single-threaded. Read when
+/// the first session starts the runtime.
+fn use_all_cores() {
+    use js_sys::Reflect;
+    let window = dom::window();
+    let isolated = Reflect::get(&window, &"crossOriginIsolated".into())
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let cores = window.navigator().hardware_concurrency();
+    let wasm_env = Reflect::get(&window, &"ort".into())
+        .and_then(|ort| Reflect::get(&ort, &"env".into()))
+        .and_then(|env| Reflect::get(&env, &"wasm".into()));
+    if let (true, Ok(wasm_env)) = (isolated, wasm_env) {
+        let threads = cores.clamp(1.0, 8.0);
+        let _ = Reflect::set(&wasm_env, &"numThreads".into(), &threads.into());
+    }
 }
 
 /// An opened encoder and the width of its embeddings.
