@@ -144,7 +144,7 @@ fn browser_embeds_projects_and_answers_queries() {
         .arg(root().join("tests/browser/viewer_e2e.mjs"))
         .args(["--dist", dist.to_str().unwrap()])
         .args(["--query", query.to_str().unwrap()])
-        .args(["--bad", "corrupt.onnx,wrong-shape.onnx"])
+        .args(["--bad", "corrupt.onnx,wrong-shape.onnx,missing.onnx"])
         .args(["--screenshot", screenshot.to_str().unwrap()])
         .output()
         .expect("node runs");
@@ -207,6 +207,12 @@ fn browser_embeds_projects_and_answers_queries() {
     let message = bad("wrong-shape.onnx");
     assert!(
         message.contains("wrong-shape.onnx") && message.contains("output 'pooled' is [N, 3, 1, 1]"),
+        "{message}"
+    );
+    // No model exported yet: the page says how to make one.
+    let message = bad("missing.onnx");
+    assert!(
+        message.contains("no encoder at assets/missing.onnx") && message.contains("--viewer"),
         "{message}"
     );
     let missing = &seen["runtime_missing"];

@@ -177,6 +177,30 @@ fn export_of_a_bad_checkpoint_fails_cleanly() {
         "{}",
         text(&missing.stderr)
     );
+    // The viewer folder is checked before anything is read or written.
+    let viewer = dir.path().join("no-such-dir/assets");
+    let out = trainer(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--viewer",
+        viewer.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no-such-dir") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!dir.path().join("no-such-dir").exists());
+    // --samples only means something for the viewer.
+    let out = trainer(&["export", "--checkpoint", "x", "--samples", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--viewer"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
