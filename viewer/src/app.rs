@@ -184,7 +184,7 @@ async fn samples() -> Result<Rc<SampleSet>> {
         .await?
         .ok_or_else(|| anyhow!("no sample images at {meta_url}: {HOW_TO_EXPORT}"))?;
     let pixels = dom::fetch_bytes(&bin_url, FETCH_TIMEOUT_MS).await?;
-    let set = Rc::new(SampleSet::parse(&meta, pixels).with_context(|| format!("{base}"))?);
+    let set = Rc::new(SampleSet::parse(&meta, pixels).with_context(|| base.clone())?);
     let thumbs: Vec<Vec<u8>> = (0..set.len())
         .map(|i| planar_to_rgba(set.image(i)))
         .collect();

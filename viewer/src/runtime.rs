@@ -105,7 +105,7 @@ impl Encoder {
             .iter()
             .map(|o| port(o.name(), o.dtype()))
             .collect();
-        let dim = contract::check(&inputs, &outputs).with_context(|| format!("{name}"))?;
+        let dim = contract::check(&inputs, &outputs).with_context(|| name.to_string())?;
         Ok(Encoder {
             session,
             dim,
