@@ -288,14 +288,26 @@ fn train(args: TrainArgs) -> Result<i32> {
     .context("cannot install the Ctrl-C handler")?;
     let job = TrainJob {
         config: config.clone(),
-        out,
+        out: out.clone(),
         resume: args.resume,
         stop,
         data: None,
     };
     let (outcome, _) = run_on(config.device, job)?;
     Ok(match outcome {
-        Outcome::Finished => 0,
+        Outcome::Finished => {
+            let data = if config.data.is_empty() {
+                String::new()
+            } else {
+                format!(" --data {}", config.data)
+            };
+            eprintln!(
+                "next: trainer eval --checkpoint {run}{data}\n      \
+                 trainer export --checkpoint {run} --viewer{data}   (then `trunk serve` in viewer/)",
+                run = out.display()
+            );
+            0
+        }
         Outcome::Interrupted { .. } => 130,
     })
 }

@@ -49,6 +49,13 @@ fn short_real_run_then_resume_adds_an_epoch() {
         "{stdout}"
     );
     assert!(text(&first.stderr).contains("50000 train, 10000 test images"));
+    // The end of a run says how to evaluate it and how to look at it in the viewer.
+    let hint = format!("export --checkpoint {} --viewer --data", out.display());
+    assert!(
+        text(&first.stderr).contains(&hint),
+        "{}",
+        text(&first.stderr)
+    );
     for file in [
         "checkpoints/epoch-0001.ckpt",
         "checkpoints/epoch-0002.ckpt",
