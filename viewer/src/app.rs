@@ -75,6 +75,8 @@ struct App {
     /// Bumped by every new model; older async jobs stop when they see a newer one.
     job: u32,
     queries: usize,
+    /// Dropped images on the map: their thumbnail and nearest samples (placed among them).
+    query_marks: Vec<(HtmlCanvasElement, Vec<usize>)>,
     timings: Timings,
 }
 
@@ -101,6 +103,7 @@ thread_local! {
         tsne_request: None,
         job: 0,
         queries: 0,
+        query_marks: Vec::new(),
         timings: Timings::default(),
     });
 }
@@ -246,6 +249,7 @@ async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
         a.unit = unit;
         a.selected = None;
         a.highlight.clear();
+        a.query_marks.clear(); // placed by the old model's neighbours
         a.timings.model_ms = model_ms;
         a.timings.embed_ms = embed_ms;
     });
@@ -441,6 +445,28 @@ fn redraw() {
         }
         ctx.set_line_width(2.0);
         ctx.set_stroke_style_str("#000");
+        // A dropped image sits at the mean position of its nearest samples.
+        for (thumb, hits) in &a.query_marks {
+            let points: Vec<&[f64]> = hits
+                .iter()
+                .filter_map(|&i| a.coords.get(2 * i..2 * i + 2))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let k = points.len() as f64;
+            let mx = points.iter().map(|p| p[0]).sum::<f64>() / k;
+            let my = points.iter().map(|p| p[1]).sum::<f64>() / k;
+            let (x, y) = a.view.to_screen(mx, my);
+            let _ = ctx.draw_image_with_html_canvas_element_and_dw_and_dh(
+                thumb,
+                x - 12.0,
+                y - 12.0,
+                24.0,
+                24.0,
+            );
+            ctx.stroke_rect(x - 13.0, y - 13.0, 26.0, 26.0);
+        }
         for &i in a.highlight.iter().chain(a.selected.iter()) {
             if let Some(p) = a.coords.get(2 * i..2 * i + 2) {
                 let (x, y) = a.view.to_screen(p[0], p[1]);
@@ -528,6 +554,9 @@ async fn query_image(file: web_sys::File) -> Result<()> {
         a.selected = None;
         a.queries += 1;
         dom::set_body_data("queries", &a.queries.to_string());
+        let mark = dom::image_canvas(&rgba, 24);
+        a.query_marks
+            .push((mark, hits.iter().map(|h| h.0).collect()));
         hits
     });
     let list: HtmlElement = by_id("queries");
