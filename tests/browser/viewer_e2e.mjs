@@ -60,6 +60,7 @@ try {
   Object.assign(result, await page.evaluate(() => ({
     status: document.body.dataset.status,
     points: Number(document.body.dataset.points),
+    tsne_frames: Number(document.body.dataset.tsneFrames || 0),
     message: document.getElementById('message').textContent,
     crossOriginIsolated: window.crossOriginIsolated,
     dim: window.selfsupViewer ? window.selfsupViewer.dim : 0,
@@ -90,7 +91,7 @@ try {
       dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
       document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
     }, [bytes, 'query.png']);
-    await page.waitForFunction(() => document.body.dataset.queries === '1' || document.body.dataset.status === 'error', null, { timeout: 60000 });
+    await page.waitForFunction(() => document.body.dataset.queries === '1' || document.body.dataset.status === 'error', null, { timeout: 45000 });
     result.query_neighbours = await page.locator('#queries .query figure.neighbour').count();
     result.query_status = await page.evaluate(() => document.body.dataset.status);
     await page.screenshot({ path: args.screenshot });
@@ -101,7 +102,7 @@ try {
   for (const name of args.bad.split(',')) {
     const t1 = Date.now();
     await page.goto(`${base}?model=assets/${name}`);
-    await page.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 60000 });
+    await page.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 45000 });
     result.bad_models[name] = {
       seconds: (Date.now() - t1) / 1000,
       message: await page.evaluate(() => document.getElementById('message').textContent),
@@ -113,7 +114,7 @@ try {
   await broken.route('**/ort/ort.wasm.min.js', route => route.fulfill({ status: 404, body: 'gone' }));
   const t2 = Date.now();
   await broken.goto(base);
-  await broken.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 60000 });
+  await broken.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 45000 });
   result.runtime_missing = {
     seconds: (Date.now() - t2) / 1000,
     message: await broken.evaluate(() => document.getElementById('message').textContent),

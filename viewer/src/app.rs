@@ -3,7 +3,7 @@
 //!
 //! State lives in one thread-local `App`; async steps never hold its borrow across an await.
 //! `document.body.dataset` carries what scripts and tests read: `status` (`loading`,
-//! `embedding`, `projecting`, `ready`, `error`), `points`, `queries`; `window.selfsupViewer`
+//! `embedding`, `projecting`, `ready`, `error`), `points`, `queries`, `tsne-frames`; `window.selfsupViewer`
 //! holds the embeddings and timings.
 
 use anyhow::{anyhow, Context, Result};
@@ -72,6 +72,7 @@ struct App {
     worker: Option<Worker>,
     /// What the worker gets once it says it is ready.
     tsne_request: Option<JsValue>,
+    tsne_frames: usize,
     /// Bumped by every new model; older async jobs stop when they see a newer one.
     job: u32,
     queries: usize,
@@ -101,6 +102,7 @@ thread_local! {
         dragged: false,
         worker: None,
         tsne_request: None,
+        tsne_frames: 0,
         job: 0,
         queries: 0,
         query_marks: Vec::new(),
@@ -324,6 +326,7 @@ fn project() {
         }
         a.coords = pca_2d(&a.unit, a.dim.max(1));
         a.auto_fit = true;
+        a.tsne_frames = 0;
         (a.mode, a.unit.len() / a.dim.max(1))
     });
     dom::set_body_data("points", &n.to_string());
@@ -396,6 +399,12 @@ fn on_tsne_message(event: MessageEvent) {
     }
     if kind == "progress" {
         let epoch = get("epoch").as_f64().unwrap_or(0.0);
+        // How many intermediate layouts were drawn: the animation, for tests.
+        let frames = with_app(|a| {
+            a.tsne_frames += 1;
+            a.tsne_frames
+        });
+        dom::set_body_data("tsneFrames", &frames.to_string());
         dom::set_text("progress-text", &format!("t-SNE epoch {epoch:.0} / 1000"));
     } else if kind == "done" {
         let seconds = get("seconds").as_f64().unwrap_or(0.0);
