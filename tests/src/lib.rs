@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -49,4 +50,41 @@ pub fn onnxruntime_dylib() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Runs the ONNX file at `path` in native ONNX Runtime on `n` images (`[n, 3, 32, 32]` floats)
+/// fed to the input named `input`, and returns the shape and values of the output named
+/// `output`. One environment serves the whole test process.
+pub fn onnxruntime_run(
+    path: &Path,
+    input: &str,
+    images: Vec<f32>,
+    n: usize,
+    output: &str,
+) -> (Vec<i64>, Vec<f32>) {
+    static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        ort::init_from(onnxruntime_dylib())
+            .expect("ONNX Runtime library loads")
+            .with_telemetry(false)
+            .build()
+            .expect("ONNX Runtime environment")
+    });
+    let mut session = ort::session::Session::builder(env)
+        .unwrap()
+        .commit_from_file(path)
+        .unwrap();
+    let tensor = ort::value::Tensor::from_array(([n, 3, 32, 32], images)).unwrap();
+    let outputs = session.run(ort::inputs![input => tensor]).unwrap();
+    let (shape, values) = outputs[output].try_extract_tensor::<f32>().unwrap();
+    (shape.to_vec(), values.to_vec())
+}
+
+/// Largest element-wise difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -2,7 +2,7 @@
 //! CIFAR-10 test images, and the file is a valid ONNX model for `onnx.checker`.
 
 use burn::module::AutodiffModule;
-use e2e::{cifar10_bin, onnxruntime_dylib};
+use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -94,35 +94,13 @@ fn burn_embeddings(n: usize) -> Vec<f32> {
 
 /// ONNX Runtime's embeddings of the first `n` test images: the raw bytes / 255, nothing else.
 fn ort_embeddings(path: &Path, n: usize) -> Vec<f32> {
-    static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
-    let env = ENV.get_or_init(|| {
-        ort::init_from(onnxruntime_dylib())
-            .expect("ONNX Runtime library loads")
-            .with_telemetry(false)
-            .build()
-            .expect("ONNX Runtime environment")
-    });
-    let mut session = ort::session::Session::builder(env)
-        .unwrap()
-        .commit_from_file(path)
-        .unwrap();
     let f = fixture();
     let pixels: Vec<f32> = (0..n)
         .flat_map(|i| f.test.image(i).iter().map(|&b| b as f32 / 255.0))
         .collect();
-    let input = ort::value::Tensor::from_array(([n, 3, 32, 32], pixels)).unwrap();
-    let outputs = session.run(ort::inputs![INPUT => input]).unwrap();
-    let (shape, data) = outputs[OUTPUT].try_extract_tensor::<f32>().unwrap();
+    let (shape, values) = onnxruntime_run(path, INPUT, pixels, n, OUTPUT);
     assert_eq!(&shape[..], &[n as i64, 512]);
-    data.to_vec()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    values
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use e2e::cifar10_bin;
+use e2e::{cifar10_bin, max_abs_diff};
 use std::path::Path;
 use trainer::checkpoint::Checkpoint;
 use trainer::features::normalized_batch;
@@ -37,11 +37,7 @@ fn burn_onnx_import_of_the_export_gives_the_same_embeddings() {
         &device,
     )));
     assert_eq!(got.len(), 16 * 32);
-    let diff = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = max_abs_diff(&got, &want);
     println!("max |imported - original| = {diff:e}");
     assert!(diff <= 1e-4, "max difference {diff}");
     assert!(

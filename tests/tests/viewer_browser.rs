@@ -8,9 +8,10 @@
 //! viewer's npm packages.
 
 use clap::Parser;
-use e2e::{cifar10_bin, onnxruntime_dylib};
+use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use trainer::export::{INPUT, OUTPUT};
 
 const SAMPLES: usize = 200;
 const COMPARED: usize = 8;
@@ -61,24 +62,14 @@ fn build_viewer(dist: &Path) {
 
 /// ONNX Runtime's (native) embeddings of the first `n` sample images the viewer got.
 fn native_embeddings(assets: &Path, n: usize) -> (Vec<f32>, usize) {
-    let env = ort::init_from(onnxruntime_dylib())
-        .expect("ONNX Runtime library loads")
-        .with_telemetry(false)
-        .build()
-        .expect("ONNX Runtime environment");
-    let mut session = ort::session::Session::builder(&env)
-        .unwrap()
-        .commit_from_file(assets.join("encoder.onnx"))
-        .unwrap();
     let pixels = std::fs::read(assets.join("samples.bin")).unwrap();
-    let input: Vec<f32> = pixels[..n * 3072]
+    let images: Vec<f32> = pixels[..n * 3072]
         .iter()
         .map(|&b| b as f32 / 255.0)
         .collect();
-    let input = ort::value::Tensor::from_array(([n, 3, 32, 32], input)).unwrap();
-    let outputs = session.run(ort::inputs![input]).unwrap();
-    let (shape, values) = outputs[0].try_extract_tensor::<f32>().unwrap();
-    (values.to_vec(), shape[1] as usize)
+    let model = assets.join("encoder.onnx");
+    let (shape, values) = onnxruntime_run(&model, INPUT, images, n, OUTPUT);
+    (values, shape[1] as usize)
 }
 
 /// A CIFAR-10 test image outside the sample, scaled to 64 x 64, as PNG.
@@ -182,11 +173,7 @@ fn browser_embeds_projects_and_answers_queries() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     assert_eq!(browser.len(), COMPARED * dim);
-    let max_diff = browser
-        .iter()
-        .zip(&native)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let max_diff = max_abs_diff(&browser, &native);
     eprintln!("max |browser - native| over {COMPARED} images: {max_diff:e}");
     assert!(
         max_diff <= 1e-4,
