@@ -290,9 +290,10 @@ fn publish() {
             js_sys::Float32Array::from(a.embeddings.as_slice()).into(),
         );
         set("dim", (a.dim as f64).into());
-        set("count", ((a.embeddings.len() / a.dim.max(1)) as f64).into());
+        let count = a.embeddings.len() / a.dim.max(1);
+        set("count", (count as f64).into());
         set("model", a.model_name.as_str().into());
-        let n = (a.embeddings.len() / a.dim.max(1)).max(1) as f64;
+        let n = count.max(1) as f64;
         let timings = js_sys::Object::new();
         for (k, v) in [
             ("runtime_load_ms", a.timings.runtime_ms),
