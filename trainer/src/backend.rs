@@ -3,6 +3,7 @@
 //! The CPU default is Burn's `flex` backend (pure Rust, SIMD GEMM, multi-threaded): it ran the
 //! SimCLR step fastest of the CPU backends that build here (see README, "Why flex").
 
+use crate::conv::ConvBackend;
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::ValueEnum;
@@ -28,10 +29,20 @@ pub enum DeviceKind {
     Candle,
 }
 
+/// What training and evaluation need of a backend: autodiff, and the network's convolution
+/// passes ([`ConvBackend`]) both on it and on its inner (inference) backend.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend {}
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + ConvBackend,
+    B::InnerBackend: ConvBackend,
+{
+}
+
 /// A piece of work that runs on any autodiff backend, handed the device it runs on.
 pub trait BackendTask {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<Self::Output>;
+    fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output>;
 }
 
 /// Runs `task` on the backend `kind` names, or says how to get that backend.

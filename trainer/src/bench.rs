@@ -5,6 +5,7 @@
 //! pair = the two augmented views of one image).
 
 use crate::augment::AugmentConfig;
+use crate::backend::TrainBackend;
 use crate::backend::{BackendTask, DeviceKind};
 use crate::config::{OptimConfig, TrainConfig};
 use crate::data::{ImageDataset, IMAGE_BYTES};
@@ -14,7 +15,6 @@ use crate::model::{ModelConfig, SimClrModel};
 use crate::train::{train_step, with_optimizer, OptimizerTask};
 use anyhow::{Context, Result};
 use burn::optim::Optimizer;
-use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -89,7 +89,7 @@ pub fn data_pairs_per_s(dataset: &ImageDataset, batch_size: usize, batches: usiz
     (batches * batch_size) as f64 / started.elapsed().as_secs_f64()
 }
 
-struct StepBench<B: AutodiffBackend> {
+struct StepBench<B: TrainBackend> {
     device: B::Device,
     model: SimClrModel<B>,
     dataset: ImageDataset,
@@ -98,7 +98,7 @@ struct StepBench<B: AutodiffBackend> {
     warmup: usize,
 }
 
-impl<B: AutodiffBackend> OptimizerTask<B> for StepBench<B> {
+impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
     type Output = Vec<f64>;
 
     fn run<O: Optimizer<SimClrModel<B>, B>>(self, mut optimizer: O) -> Result<Vec<f64>> {
@@ -142,7 +142,7 @@ struct TrainStepTiming<'a> {
 impl BackendTask for TrainStepTiming<'_> {
     type Output = (String, Vec<f64>);
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
+    fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
         B::seed(&device, 0);
         let task = StepBench::<B> {
             model: self.options.model.init::<B>(&device),

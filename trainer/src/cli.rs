@@ -434,11 +434,7 @@ struct EmbedJob {
 impl crate::backend::BackendTask for EmbedJob {
     type Output = ();
 
-    fn run<B: burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: B::Device,
-        _name: &str,
-    ) -> Result<()> {
+    fn run<B: crate::backend::TrainBackend>(self, device: B::Device, _name: &str) -> Result<()> {
         use burn::module::AutodiffModule;
         let args = self.args;
         let ckpt = crate::checkpoint::Checkpoint::read(&args.checkpoint)?;

@@ -1,6 +1,7 @@
 //! `trainer eval`: computes a checkpoint's encoder features once, then every downstream metric.
 
 use crate::backend::BackendTask;
+use crate::backend::TrainBackend;
 use crate::checkpoint::Checkpoint;
 use crate::cli::EvalArgs;
 use crate::eval::{ari, kmeans, knn_top1, linear_probe, nmi, EvalReport, Features, ProbeConfig};
@@ -8,7 +9,6 @@ use crate::features::encode_dataset;
 use crate::knn::KnnClassifier;
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use std::time::Instant;
 
 pub struct EvalJob {
@@ -18,7 +18,7 @@ pub struct EvalJob {
 impl BackendTask for EvalJob {
     type Output = EvalReport;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
+    fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
         let args = self.args;
         let ckpt = Checkpoint::read(&args.checkpoint)?;
         let data_source = args.data.clone().unwrap_or_default();

@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clip;
 pub mod config;
+pub mod conv;
+pub mod conv_kernels;
 pub mod data;
 pub mod eval;
 pub mod eval_job;

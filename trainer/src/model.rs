@@ -11,6 +11,7 @@
 //! ```
 //! `width` scales every stage (64 is the standard network); tests use a small width.
 
+use crate::conv::{conv2d, ConvBackend};
 use crate::norm::batch_norm_2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
@@ -103,16 +104,18 @@ impl<B: Backend> BasicBlock<B> {
             relu: Relu::new(),
         }
     }
+}
 
+impl<B: ConvBackend> BasicBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let shortcut = match &self.downsample {
-            Some(down) => batch_norm_2d(&down.bn, down.conv.forward(x.clone())),
+            Some(down) => batch_norm_2d(&down.bn, conv2d(&down.conv, x.clone())),
             None => x.clone(),
         };
         let out = self
             .relu
-            .forward(batch_norm_2d(&self.bn1, self.conv1.forward(x)));
-        let out = batch_norm_2d(&self.bn2, self.conv2.forward(out));
+            .forward(batch_norm_2d(&self.bn1, conv2d(&self.conv1, x)));
+        let out = batch_norm_2d(&self.bn2, conv2d(&self.conv2, out));
         self.relu.forward(out + shortcut)
     }
 }
@@ -143,11 +146,14 @@ impl<B: Backend> ResNet18<B> {
             relu: Relu::new(),
         }
     }
+}
 
+impl<B: ConvBackend> ResNet18<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = self
-            .relu
-            .forward(batch_norm_2d(&self.stem_bn, self.stem_conv.forward(images)));
+        let mut x = self.relu.forward(batch_norm_2d(
+            &self.stem_bn,
+            conv2d(&self.stem_conv, images),
+        ));
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -187,7 +193,7 @@ pub struct SimClrModel<B: Backend> {
     pub head: ProjectionHead<B>,
 }
 
-impl<B: Backend> SimClrModel<B> {
+impl<B: ConvBackend> SimClrModel<B> {
     /// Projections z of a batch of normalised images.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         self.head.forward(self.encoder.forward(images))

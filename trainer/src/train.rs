@@ -2,6 +2,7 @@
 //! optimizer), with a checkpoint after every epoch, the kNN monitor, metrics.csv and resume.
 
 use crate::backend::BackendTask;
+use crate::backend::TrainBackend;
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::clip::clip_grad_norm;
 use crate::config::{OptimConfig, OptimizerKind, TrainConfig};
@@ -18,7 +19,6 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -73,7 +73,7 @@ pub struct TrainJob {
 impl BackendTask for TrainJob {
     type Output = (Outcome, Vec<EpochMetrics>);
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
+    fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
         let splits = match self.data.clone() {
             Some(splits) => splits,
             None => data::load(&self.config.data)?,
@@ -105,13 +105,13 @@ impl BackendTask for TrainJob {
 }
 
 /// Work that needs the configured optimizer, whose concrete type differs between presets.
-pub trait OptimizerTask<B: AutodiffBackend> {
+pub trait OptimizerTask<B: TrainBackend> {
     type Output;
     fn run<O: Optimizer<SimClrModel<B>, B>>(self, optimizer: O) -> Result<Self::Output>;
 }
 
 /// Builds the optimizer `config` describes and hands it to `task`.
-pub fn with_optimizer<B: AutodiffBackend, T: OptimizerTask<B>>(
+pub fn with_optimizer<B: TrainBackend, T: OptimizerTask<B>>(
     config: &OptimConfig,
     task: T,
 ) -> Result<T::Output> {
@@ -134,13 +134,13 @@ pub fn with_optimizer<B: AutodiffBackend, T: OptimizerTask<B>>(
     }
 }
 
-struct TrainWithData<B: AutodiffBackend> {
+struct TrainWithData<B: TrainBackend> {
     job: TrainJob,
     splits: Splits,
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> OptimizerTask<B> for TrainWithData<B> {
+impl<B: TrainBackend> OptimizerTask<B> for TrainWithData<B> {
     type Output = (Outcome, Vec<EpochMetrics>);
     fn run<O: Optimizer<SimClrModel<B>, B>>(self, optimizer: O) -> Result<Self::Output> {
         self.job.train::<B, O>(optimizer, self.splits, self.device)
@@ -150,7 +150,7 @@ impl<B: AutodiffBackend> OptimizerTask<B> for TrainWithData<B> {
 /// One SimCLR step: both views through the model, NT-Xent, backward, clipping of the global
 /// gradient norm to `grad_clip` (0 = off) and the update. Returns the updated model and the loss
 /// before the update.
-pub fn train_step<B: AutodiffBackend, O: Optimizer<SimClrModel<B>, B>>(
+pub fn train_step<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
     model: SimClrModel<B>,
     optimizer: &mut O,
     loss_fn: &NtXentLoss,
@@ -183,7 +183,7 @@ impl TrainJob {
         self.out.join("checkpoints")
     }
 
-    fn save<B: AutodiffBackend, O: Optimizer<SimClrModel<B>, B>>(
+    fn save<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
         &self,
         model: &SimClrModel<B>,
         optimizer: &O,
@@ -198,7 +198,7 @@ impl TrainJob {
         )
     }
 
-    fn train<B: AutodiffBackend, O: Optimizer<SimClrModel<B>, B>>(
+    fn train<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
         self,
         mut optimizer: O,
         splits: Splits,
@@ -361,7 +361,7 @@ impl TrainJob {
 }
 
 /// kNN top-1 of the current encoder (BatchNorm in inference mode) on the configured subsets.
-fn knn_monitor<B: AutodiffBackend>(
+fn knn_monitor<B: TrainBackend>(
     model: &SimClrModel<B>,
     train: &ImageDataset,
     test: &ImageDataset,
