@@ -3,7 +3,7 @@
 //! The CPU default is Burn's `flex` backend (pure Rust, SIMD GEMM, multi-threaded): it ran the
 //! SimCLR step fastest of the CPU backends that build here (see README, "Why flex").
 
-use crate::conv::ConvBackend;
+use crate::model::NetworkOps;
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::ValueEnum;
@@ -29,13 +29,13 @@ pub enum DeviceKind {
     Candle,
 }
 
-/// What training and evaluation need of a backend: autodiff, and the network's convolution
-/// passes ([`ConvBackend`]) both on it and on its inner (inference) backend.
-pub trait TrainBackend: AutodiffBackend<InnerBackend: ConvBackend> + ConvBackend {}
+/// What training and evaluation need of a backend: autodiff, and the network's ops
+/// ([`NetworkOps`]) both on it and on its inner (inference) backend.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: NetworkOps> + NetworkOps {}
 impl<B> TrainBackend for B
 where
-    B: AutodiffBackend + ConvBackend,
-    B::InnerBackend: ConvBackend,
+    B: AutodiffBackend + NetworkOps,
+    B::InnerBackend: NetworkOps,
 {
 }
 

@@ -1,9 +1,8 @@
 //! Encoder features h of un-augmented images: what evaluation, export checks and the viewer use.
 
 use crate::augment::{normalize_into, to_float, AugmentConfig};
-use crate::conv::ConvBackend;
 use crate::data::{ImageDataset, IMAGE_BYTES};
-use crate::model::ResNet18;
+use crate::model::{NetworkOps, ResNet18};
 use crate::progress::items_bar;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -34,7 +33,7 @@ pub fn normalized_batch<B: Backend>(
 
 /// Features `[N, D]` of every image of `dataset`. `encoder` must be on an inference backend (a
 /// `valid()` module), so that BatchNorm uses its running statistics.
-pub fn encode_dataset<B: ConvBackend>(
+pub fn encode_dataset<B: NetworkOps>(
     encoder: &ResNet18<B>,
     dataset: &ImageDataset,
     augment: &AugmentConfig,

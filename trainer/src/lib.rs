@@ -20,6 +20,7 @@ pub mod loader;
 pub mod loss;
 pub mod model;
 pub mod norm;
+pub mod norm_kernels;
 pub mod panics;
 pub mod progress;
 pub mod train;

@@ -12,11 +12,16 @@
 //! `width` scales every stage (64 is the standard network); tests use a small width.
 
 use crate::conv::{conv2d, ConvBackend};
-use crate::norm::batch_norm_2d;
+use crate::norm::{batch_norm, NormBackend};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+
+/// What the network's forward pass needs of a backend beyond Burn's ops: its convolution
+/// passes and its fused BatchNorm (both fall back to Burn's ops where a backend has no kernels).
+pub trait NetworkOps: ConvBackend + NormBackend {}
+impl<B: ConvBackend + NormBackend> NetworkOps for B {}
 
 /// Architecture of encoder and head; part of every checkpoint so a mismatch is caught on load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,16 +111,14 @@ impl<B: Backend> BasicBlock<B> {
     }
 }
 
-impl<B: ConvBackend> BasicBlock<B> {
+impl<B: NetworkOps> BasicBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let shortcut = match &self.downsample {
-            Some(down) => batch_norm_2d(&down.bn, conv2d(&down.conv, x.clone())),
+            Some(down) => batch_norm(&down.bn, conv2d(&down.conv, x.clone()), false),
             None => x.clone(),
         };
-        let out = self
-            .relu
-            .forward(batch_norm_2d(&self.bn1, conv2d(&self.conv1, x)));
-        let out = batch_norm_2d(&self.bn2, conv2d(&self.conv2, out));
+        let out = batch_norm(&self.bn1, conv2d(&self.conv1, x), true);
+        let out = batch_norm(&self.bn2, conv2d(&self.conv2, out), false);
         self.relu.forward(out + shortcut)
     }
 }
@@ -148,12 +151,9 @@ impl<B: Backend> ResNet18<B> {
     }
 }
 
-impl<B: ConvBackend> ResNet18<B> {
+impl<B: NetworkOps> ResNet18<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = self.relu.forward(batch_norm_2d(
-            &self.stem_bn,
-            conv2d(&self.stem_conv, images),
-        ));
+        let mut x = batch_norm(&self.stem_bn, conv2d(&self.stem_conv, images), true);
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -193,7 +193,7 @@ pub struct SimClrModel<B: Backend> {
     pub head: ProjectionHead<B>,
 }
 
-impl<B: ConvBackend> SimClrModel<B> {
+impl<B: NetworkOps> SimClrModel<B> {
     /// Projections z of a batch of normalised images.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         self.head.forward(self.encoder.forward(images))

@@ -8,9 +8,252 @@
 //! running-statistics update, same outputs as Burn's module in both modes (tested below), so
 //! checkpoints and exports are unaffected.
 
+use crate::norm_kernels::{self, NormShape};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
 use burn::nn::BatchNorm;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{activation, TensorPrimitive};
 
+/// Output, batch mean and batch (biased) variance of a fused training-mode BatchNorm.
+pub type FusedNorm<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+/// A backend's fused training-mode BatchNorm (+ ReLU). The default has none, and
+/// [`batch_norm`] composes Burn tensor ops instead (what cuda, ndarray and candle run).
+pub trait NormBackend: Backend {
+    /// `relu?(BatchNorm(x))` with batch statistics, `x` `[N, C, H, W]`, `gamma`/`beta` `[C]`;
+    /// `None` where this backend has no fused kernel for it.
+    fn fused_batch_norm(
+        _x: FloatTensor<Self>,
+        _gamma: FloatTensor<Self>,
+        _beta: FloatTensor<Self>,
+        _epsilon: f64,
+        _relu: bool,
+    ) -> Option<FusedNorm<Self>> {
+        None
+    }
+
+    /// Gradients (x, gamma, beta) of [`NormBackend::fused_batch_norm`], given its inputs, output,
+    /// statistics and the output's gradient. Called only where the forward pass returned `Some`.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_batch_norm_backward(
+        _x: FloatTensor<Self>,
+        _output: FloatTensor<Self>,
+        _grad: FloatTensor<Self>,
+        _gamma: FloatTensor<Self>,
+        _statistics: (FloatTensor<Self>, FloatTensor<Self>),
+        _epsilon: f64,
+        _relu: bool,
+    ) -> [FloatTensor<Self>; 3] {
+        unreachable!("fused_batch_norm_backward without a fused forward pass")
+    }
+}
+
+/// `relu?(bn(x))`: training mode (batch statistics, running averages updated) under autodiff,
+/// inference mode (running statistics) otherwise. The backend's fused kernel where it has one.
+pub fn batch_norm<B: NormBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+    if B::ad_enabled(&x.device()) {
+        let [_, c, _, _] = x.dims();
+        let fused = B::fused_batch_norm(
+            x.clone().into_primitive().tensor(),
+            bn.gamma.val().into_primitive().tensor(),
+            bn.beta.val().into_primitive().tensor(),
+            bn.epsilon,
+            relu,
+        );
+        if let Some((y, mean, var)) = fused {
+            let stat =
+                |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t)).reshape([1, c]);
+            update_running_statistics(bn, stat(mean), stat(var));
+            return Tensor::from_primitive(TensorPrimitive::Float(y));
+        }
+    }
+    let y = batch_norm_2d(bn, x);
+    if relu {
+        activation::relu(y)
+    } else {
+        y
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl NormBackend for burn::backend::Cuda {}
+#[cfg(feature = "ndarray")]
+impl NormBackend for burn::backend::NdArray {}
+#[cfg(feature = "candle")]
+#[allow(deprecated)]
+impl NormBackend for burn::backend::Candle {}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::*;
+    use burn::backend::flex::FlexTensor;
+    use burn::backend::Flex;
+    use burn::tensor::{DType, TensorData};
+
+    fn shape_of(x: &FlexTensor) -> Option<NormShape> {
+        let dims = x.layout().shape();
+        (x.dtype() == DType::F32 && dims.num_dims() == 4).then(|| NormShape {
+            images: dims[0],
+            channels: dims[1],
+            plane: dims[2] * dims[3],
+        })
+    }
+
+    fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    impl NormBackend for Flex {
+        fn fused_batch_norm(
+            x: FlexTensor,
+            gamma: FlexTensor,
+            beta: FlexTensor,
+            epsilon: f64,
+            relu: bool,
+        ) -> Option<FusedNorm<Self>> {
+            let s = shape_of(&x)?;
+            let shape = x.layout().shape().to_vec();
+            let (x, gamma, beta) = (
+                x.to_contiguous(),
+                gamma.to_contiguous(),
+                beta.to_contiguous(),
+            );
+            let out = norm_kernels::forward(
+                x.storage(),
+                gamma.storage(),
+                beta.storage(),
+                epsilon,
+                relu,
+                s,
+            );
+            let channels = vec![s.channels];
+            Some((
+                tensor(out.output, shape),
+                tensor(out.mean, channels.clone()),
+                tensor(out.var, channels),
+            ))
+        }
+
+        fn fused_batch_norm_backward(
+            x: FlexTensor,
+            output: FlexTensor,
+            grad: FlexTensor,
+            gamma: FlexTensor,
+            statistics: (FlexTensor, FlexTensor),
+            epsilon: f64,
+            relu: bool,
+        ) -> [FlexTensor; 3] {
+            let s = shape_of(&x).expect("the forward pass was fused, so x is f32 [N, C, H, W]");
+            let shape = x.layout().shape().to_vec();
+            let [x, output, grad, gamma, mean, var] =
+                [x, output, grad, gamma, statistics.0, statistics.1].map(|t| t.to_contiguous());
+            let grads = norm_kernels::backward(
+                x.storage(),
+                output.storage(),
+                grad.storage(),
+                gamma.storage(),
+                (mean.storage(), var.storage()),
+                epsilon,
+                relu,
+                s,
+            );
+            let channels = vec![s.channels];
+            [
+                tensor(grads.x, shape),
+                tensor(grads.gamma, channels.clone()),
+                tensor(grads.beta, channels),
+            ]
+        }
+    }
+}
+
+/// Under autodiff: one node with parents x, gamma and beta whose backward step is the inner
+/// backend's fused backward pass; the statistics come out untracked (they feed only the
+/// running averages).
+impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> Option<FusedNorm<Self>> {
+        #[derive(Debug)]
+        struct NormBackward;
+
+        type State<B> = (
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            f64,
+            bool,
+        );
+
+        impl<B: NormBackend> Backward<B, 3> for NormBackward {
+            type State = State<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, output, gamma, mean, var, epsilon, relu) = ops.state;
+                let all = B::fused_batch_norm_backward(
+                    x,
+                    output,
+                    grad,
+                    gamma,
+                    (mean, var),
+                    epsilon,
+                    relu,
+                );
+                for (node, grad) in ops.parents.into_iter().zip(all) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let (output, mean, var) = B::fused_batch_norm(
+            x.primitive.clone(),
+            gamma.primitive.clone(),
+            beta.primitive,
+            epsilon,
+            relu,
+        )?;
+        let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        let output = match NormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    x.primitive,
+                    output.clone(),
+                    gamma.primitive,
+                    mean.clone(),
+                    var.clone(),
+                    epsilon,
+                    relu,
+                );
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        Some((output, Self::from_inner(mean), Self::from_inner(var)))
+    }
+}
+
+/// BatchNorm composed from Burn tensor ops (no ReLU), for backends without a fused kernel and
+/// for inference mode.
 pub fn batch_norm_2d<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     // One row per (image, channel): every reduction runs along contiguous rows, and every
@@ -60,6 +303,7 @@ mod tests {
     use super::*;
     use crate::backend::CpuBackend;
     use burn::backend::Autodiff;
+    use burn::module::Param;
     use burn::nn::BatchNormConfig;
     use burn::tensor::Distribution;
 
@@ -89,6 +333,55 @@ mod tests {
         };
         for (a, b) in rm(&ours).iter().zip(rm(&theirs)) {
             assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    /// The fused kernel (what `batch_norm` runs on flex under autodiff) against Burn's module:
+    /// output, all three gradients and the running statistics, with and without ReLU.
+    #[test]
+    fn fused_batch_norm_matches_burn_batchnorm() {
+        let device = Default::default();
+        for relu in [false, true] {
+            let x = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(1.0, 2.0), &device);
+            let mut ours = BatchNormConfig::new(3).init::<B>(&device);
+            // Non-trivial affine parameters, so their gradients and uses are checked too.
+            ours.gamma = Param::from_tensor(Tensor::from_floats([1.3, 0.8, -0.5], &device));
+            ours.beta = Param::from_tensor(Tensor::from_floats([0.3, -0.1, 0.2], &device));
+            let theirs = ours.clone();
+            let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+            let ya = batch_norm(&ours, xa.clone(), relu);
+            let yb = theirs.forward(xb.clone());
+            let yb = if relu { activation::relu(yb) } else { yb };
+            let max_diff = |a: Tensor<CpuBackend, 1>, b: Tensor<CpuBackend, 1>| -> f32 {
+                (a - b).abs().max().into_scalar()
+            };
+            let flat = |t: Tensor<CpuBackend, 4>| t.flatten::<1>(0, 3);
+            assert!(
+                max_diff(flat(ya.clone().inner()), flat(yb.clone().inner())) < 1e-4,
+                "output, relu {relu}"
+            );
+            let weights = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Default, &device);
+            let ga = (ya * weights.clone()).sum().backward();
+            let gb = (yb * weights).sum().backward();
+            let dx = max_diff(flat(xa.grad(&ga).unwrap()), flat(xb.grad(&gb).unwrap()));
+            let dgamma = max_diff(
+                ours.gamma.grad(&ga).unwrap(),
+                theirs.gamma.grad(&gb).unwrap(),
+            );
+            let dbeta = max_diff(ours.beta.grad(&ga).unwrap(), theirs.beta.grad(&gb).unwrap());
+            assert!(
+                dx < 1e-4 && dgamma < 1e-4 && dbeta < 1e-4,
+                "relu {relu}: {dx} {dgamma} {dbeta}"
+            );
+            let running = |bn: &BatchNorm<B>| {
+                [
+                    bn.running_mean.value().inner(),
+                    bn.running_var.value().inner(),
+                ]
+            };
+            for (a, b) in running(&ours).into_iter().zip(running(&theirs)) {
+                assert!(max_diff(a, b) < 1e-5, "running statistics, relu {relu}");
+            }
         }
     }
 
