@@ -16,7 +16,7 @@ pub struct NormShape {
 }
 
 impl NormShape {
-    pub fn len(&self) -> usize {
+    pub fn total(&self) -> usize {
         self.images * self.channels * self.plane
     }
     /// Values per channel, the count the statistics are taken over.
@@ -50,7 +50,7 @@ pub fn forward(
 ) -> NormForward {
     assert_eq!(
         (x.len(), gamma.len(), beta.len()),
-        (s.len(), s.channels, s.channels)
+        (s.total(), s.channels, s.channels)
     );
     let (mean, var): (Vec<f32>, Vec<f32>) = (0..s.channels)
         .into_par_iter()
@@ -69,7 +69,7 @@ pub fn forward(
         })
         .unzip();
     let (scale, shift) = affine(gamma, beta, &mean, &var, eps);
-    let mut output = vec![0.0f32; s.len()];
+    let mut output = vec![0.0f32; s.total()];
     output
         .par_chunks_mut(s.plane)
         .zip(x.par_chunks(s.plane))
@@ -130,7 +130,10 @@ pub fn backward(
     s: NormShape,
 ) -> NormGrads {
     let (mean, var) = forward;
-    assert_eq!((x.len(), y.len(), dy.len()), (s.len(), s.len(), s.len()));
+    assert_eq!(
+        (x.len(), y.len(), dy.len()),
+        (s.total(), s.total(), s.total())
+    );
     let inv_std: Vec<f32> = var
         .iter()
         .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
@@ -154,7 +157,7 @@ pub fn backward(
         })
         .unzip();
     let count = s.count() as f32;
-    let mut dx = vec![0.0f32; s.len()];
+    let mut dx = vec![0.0f32; s.total()];
     dx.par_chunks_mut(s.plane)
         .zip(
             x.par_chunks(s.plane)
@@ -208,12 +211,12 @@ mod tests {
 
     #[test]
     fn forward_normalises_each_channel() {
-        let x = values(S.len(), 1);
+        let x = values(S.total(), 1);
         let out = forward(&x, &[1.0, 1.0], &[0.0, 0.0], 0.0, false, S);
         for c in 0..S.channels {
             let ys: Vec<f32> = S.planes(&out.output, c).flatten().copied().collect();
-            let mean = ys.iter().sum::<f32>() / ys.len() as f32;
-            let var = ys.iter().map(|y| (y - mean).powi(2)).sum::<f32>() / ys.len() as f32;
+            let mean = ys.iter().sum::<f32>() / ys.total() as f32;
+            let var = ys.iter().map(|y| (y - mean).powi(2)).sum::<f32>() / ys.total() as f32;
             assert!(
                 mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4,
                 "channel {c}: {mean} {var}"
@@ -225,7 +228,7 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         for relu in [false, true] {
-            let (x, w) = (values(S.len(), 2), values(S.len(), 3));
+            let (x, w) = (values(S.total(), 2), values(S.total(), 3));
             let (gamma, beta) = (vec![1.5, -0.7], vec![0.2, 0.4]);
             let out = forward(&x, &gamma, &beta, 1e-5, relu, S);
             let grads = backward(
@@ -240,7 +243,7 @@ mod tests {
             );
             let h = 1e-2f32;
             let numeric = |f: &dyn Fn(f32) -> f64| ((f(h) - f(-h)) / (2.0 * h as f64)) as f32;
-            for i in 0..S.len() {
+            for i in 0..S.total() {
                 let d = numeric(&|e| {
                     let mut x = x.clone();
                     x[i] += e;
