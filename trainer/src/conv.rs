@@ -14,6 +14,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::TensorPrimitive;
@@ -55,13 +56,31 @@ pub trait ConvBackend: Backend {
     }
 }
 
-/// Applies `conv` (no bias) to `x` through the backend's [`ConvBackend`] passes.
+/// Applies `conv` through the backend's [`ConvBackend`] passes when it is one they cover (no
+/// bias, no groups or dilation, square kernel, symmetric padding: every convolution of the
+/// network), else through Burn's `Conv2d::forward`.
 pub fn conv2d<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [_, _, kernel_h, kernel_w] = conv.weight.dims();
-    debug_assert!(conv.bias.is_none() && kernel_h == kernel_w && conv.groups == 1);
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => Some(0),
+        PaddingConfig2d::Explicit(top, left, bottom, right)
+            if top == left && left == bottom && bottom == right =>
+        {
+            Some(top)
+        }
+        _ => None,
+    };
+    let [kernel_h, kernel_w] = conv.kernel_size;
+    let covered = conv.bias.is_none()
+        && conv.groups == 1
+        && conv.dilation == [1, 1]
+        && kernel_h == kernel_w
+        && conv.stride[0] == conv.stride[1];
+    let Some(padding) = padding.filter(|_| covered) else {
+        return conv.forward(x);
+    };
     let g = ConvGeometry {
         stride: conv.stride[0],
-        padding: kernel_h / 2,
+        padding,
     };
     let weight = conv.weight.val().into_primitive().tensor();
     Tensor::from_primitive(TensorPrimitive::Float(B::conv(
@@ -207,7 +226,6 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
     use burn::nn::conv::Conv2dConfig;
-    use burn::nn::PaddingConfig2d;
     use burn::tensor::Distribution;
 
     type Ad = Autodiff<Flex>;
