@@ -18,11 +18,16 @@ fn back(t: burn::tensor::ops::FloatTensor<Flex>) -> Vec<f32> {
         .to_vec()
         .unwrap()
 }
+/// Fastest of three runs after a warm-up (the machine is shared: the minimum is the stable figure).
 fn time<T>(f: impl Fn() -> T) -> (f64, T) {
-    let _ = f();
-    let t = Instant::now();
-    let r = f();
-    (t.elapsed().as_secs_f64() * 1e3, r)
+    let mut result = f();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        result = f();
+        best = best.min(t.elapsed().as_secs_f64() * 1e3);
+    }
+    (best, result)
 }
 fn diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
