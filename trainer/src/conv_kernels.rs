@@ -53,13 +53,15 @@ impl ConvShape {
         self.c_out * self.patch()
     }
 
-    /// Images per chunk: about `CHUNK_FLOATS` of columns, and at least as many chunks as threads.
+    /// Images per chunk: at most about `CHUNK_FLOATS` of columns, in a number of chunks that is
+    /// a multiple of the thread count, so no core idles at the end of a pass.
     fn images_per_chunk(&self) -> usize {
         const CHUNK_FLOATS: usize = 1 << 20; // 4 MB of f32 columns
         let per_image = self.patch() * self.out_plane();
         let by_size = (CHUNK_FLOATS / per_image.max(1)).max(1);
-        let by_threads = self.batch.div_ceil(rayon::current_num_threads()).max(1);
-        by_size.min(by_threads)
+        let threads = rayon::current_num_threads().max(1);
+        let chunks = self.batch.div_ceil(by_size).next_multiple_of(threads);
+        self.batch.div_ceil(chunks).max(1)
     }
 
     fn chunks(&self) -> Vec<std::ops::Range<usize>> {

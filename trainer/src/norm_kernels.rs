@@ -55,15 +55,14 @@ pub fn forward(
     let (mean, var): (Vec<f32>, Vec<f32>) = (0..s.channels)
         .into_par_iter()
         .map(|c| {
-            // Two passes (mean, then squared deviations) in f64: no cancellation for large means.
-            let sum: f64 = s
-                .planes(x, c)
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                .sum();
+            // Two passes (mean, then squared deviations): no cancellation for large means.
+            // Lane sums within a plane, f64 across planes.
+            let sum: f64 = s.planes(x, c).map(|p| lane_sum(p, |v| v) as f64).sum();
             let mean = sum / s.count();
+            let m = mean as f32;
             let squares: f64 = s
                 .planes(x, c)
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .map(|p| lane_sum(p, |v| (v - m) * (v - m)) as f64)
                 .sum();
             (mean as f32, (squares / s.count()) as f32)
         })
@@ -83,6 +82,57 @@ pub fn forward(
             }
         });
     NormForward { output, mean, var }
+}
+
+/// Independent accumulators: a plain sequential sum waits on each addition's latency (the
+/// compiler may not reorder float additions); 16 lanes vectorise.
+const LANES: usize = 16;
+
+/// `sum f(v)` over `values`, in lanes.
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Both sums of `f(x, y, dy) = (a, b)` over three equally long slices, in lanes.
+fn lane_sums2(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f32, f32) {
+    let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (xs, ys, dys) = (
+        x.chunks_exact(LANES),
+        y.chunks_exact(LANES),
+        dy.chunks_exact(LANES),
+    );
+    let (mut ta, mut tb) = (0.0f32, 0.0f32);
+    for ((&x, &y), &dy) in xs
+        .remainder()
+        .iter()
+        .zip(ys.remainder())
+        .zip(dys.remainder())
+    {
+        let (da, db) = f(x, y, dy);
+        ta += da;
+        tb += db;
+    }
+    for ((x, y), dy) in xs.zip(ys).zip(dys) {
+        for lane in 0..LANES {
+            let (da, db) = f(x[lane], y[lane], dy[lane]);
+            a[lane] += da;
+            b[lane] += db;
+        }
+    }
+    (a.iter().sum::<f32>() + ta, b.iter().sum::<f32>() + tb)
 }
 
 /// Per-channel `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`.
@@ -145,12 +195,10 @@ pub fn backward(
             let (m, inv) = (mean[c], inv_std[c]);
             let mut sums = (0.0f64, 0.0f64);
             for ((x, y), dy) in s.planes(x, c).zip(s.planes(y, c)).zip(s.planes(dy, c)) {
-                let (mut g_sum, mut gx_sum) = (0.0f32, 0.0f32);
-                for ((&x, &y), &dy) in x.iter().zip(y).zip(dy) {
+                let (g_sum, gx_sum) = lane_sums2(x, y, dy, |x, y, dy| {
                     let g = grad(dy, y);
-                    g_sum += g;
-                    gx_sum += g * (x - m) * inv;
-                }
+                    (g, g * (x - m) * inv)
+                });
                 sums = (sums.0 + g_sum as f64, sums.1 + gx_sum as f64);
             }
             (sums.0 as f32, sums.1 as f32)
