@@ -6,6 +6,7 @@
 use burn::backend::Flex;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
 use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+use e2e::max_abs_diff;
 use std::time::Instant;
 use trainer::conv_kernels::{self, ConvShape};
 
@@ -29,13 +30,6 @@ fn time<T>(f: impl Fn() -> T) -> (f64, T) {
     }
     (best, result)
 }
-fn diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-}
-
 fn main() {
     let batch: usize = std::env::args()
         .nth(1)
@@ -119,7 +113,7 @@ fn main() {
             *t += v * c;
         }
         println!("{c_in:>3}->{c_out:>3} {size:>2}px k{k} s{stride} x{count} | {f1:7.1} {f2:7.1} {f3:7.1} | {o1:7.1} {o2:7.1} {o3:7.1}  maxdiff {:.1e} {:.1e} {:.1e}",
-            diff(&y1, &y2), diff(&dx1, &dx2), diff(&dw1, &dw2));
+            max_abs_diff(&y1, &y2), max_abs_diff(&dx1, &dx2), max_abs_diff(&dw1, &dw2));
     }
     println!(
         "total (ms)                | {:7.1} {:7.1} {:7.1} | {:7.1} {:7.1} {:7.1}",

@@ -124,10 +124,6 @@ mod flex {
         )
     }
 
-    fn values(t: &FlexTensor) -> FlexTensor {
-        t.to_contiguous()
-    }
-
     fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, shape))
     }
@@ -137,7 +133,7 @@ mod flex {
             let Some(s) = shape_of(&x, &weight, g) else {
                 return Flex::conv2d(x, weight, None, g.options());
             };
-            let (x, weight) = (values(&x), values(&weight));
+            let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
             let y = conv_kernels::conv2d(x.storage(), weight.storage(), &s);
             tensor(y, [s.batch, s.c_out, s.out_height(), s.out_width()])
         }
@@ -151,7 +147,7 @@ mod flex {
             let Some(s) = shape_of(&x, &weight, g) else {
                 return Flex::conv2d_x_backward(x, weight, grad, g.options());
             };
-            let (grad, weight) = (values(&grad), values(&weight));
+            let (grad, weight) = (grad.to_contiguous(), weight.to_contiguous());
             let dx = conv_kernels::conv2d_input_grad(grad.storage(), weight.storage(), &s);
             tensor(dx, [s.batch, s.c_in, s.height, s.width])
         }
@@ -165,7 +161,7 @@ mod flex {
             let Some(s) = shape_of(&x, &weight, g) else {
                 return Flex::conv2d_weight_backward(x, weight, grad, g.options());
             };
-            let (x, grad) = (values(&x), values(&grad));
+            let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
             let dw = conv_kernels::conv2d_weight_grad(x.storage(), grad.storage(), &s);
             tensor(dw, [s.c_out, s.c_in, s.kernel, s.kernel])
         }

@@ -337,6 +337,7 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use e2e::max_abs_diff;
 
     /// Direct definition of the convolution, the reference for all three passes.
     fn reference_conv(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
@@ -395,14 +396,6 @@ mod tests {
             .sum()
     }
 
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max)
-    }
-
     const SHAPES: [ConvShape; 4] = [
         // 3x3 stride 1 (most of the network), 3x3 stride 2, 1x1 stride 2 (shortcut), odd sizes.
         ConvShape {
@@ -451,7 +444,7 @@ mod tests {
     fn forward_matches_the_definition() {
         for s in SHAPES {
             let (x, w) = (values(s.input_len(), 1), values(s.weight_len(), 2));
-            let diff = max_diff(&conv2d(&x, &w, &s), &reference_conv(&x, &w, &s));
+            let diff = max_abs_diff(&conv2d(&x, &w, &s), &reference_conv(&x, &w, &s));
             assert!(diff < 1e-5, "{s:?}: {diff}");
         }
     }
