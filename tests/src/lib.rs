@@ -9,6 +9,17 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `python3`, started so that no folder of the workspace can stand in for a package: from the
+/// temporary directory, with `PYTHONSAFEPATH` (Python 3.11+) keeping the current directory off
+/// `sys.path`. (From the repository root, `import onnx` finds the workspace's `onnx/` folder.)
+pub fn python3() -> Command {
+    let mut command = Command::new("python3");
+    command
+        .current_dir(std::env::temp_dir())
+        .env("PYTHONSAFEPATH", "1");
+    command
+}
+
 /// The shared CIFAR-10 images in the official binary layout: `$CIFAR10_BIN`, or converted once
 /// into `target/cifar10` from `../shared/data/cifar10-jpeg.tar.gz` by `../shared/tools/cifar10-bin`
 /// (needs Pillow).
@@ -18,7 +29,7 @@ pub fn cifar10_bin() -> PathBuf {
     }
     let root = workspace_root();
     let out = root.join("target").join("cifar10");
-    let status = Command::new("python3")
+    let status = python3()
         .arg(root.join("../shared/tools/cifar10-bin"))
         .arg(&out)
         .status()
@@ -36,7 +47,7 @@ pub fn onnxruntime_dylib() -> PathBuf {
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         return PathBuf::from(path);
     }
-    let out = Command::new("python3")
+    let out = python3()
         .args([
             "-c",
             "import onnxruntime, os, glob; d = os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'); \

@@ -4,7 +4,6 @@
 use burn::module::AutodiffModule;
 use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use trainer::backend::{run_on, CpuBackend, DeviceKind};
@@ -180,7 +179,7 @@ fn file_is_standard_onnx_with_metadata() {
         assert!(meta.contains(&key), "{key} missing from {meta:?}");
     }
     // The reference checker, with shape inference over the whole graph.
-    let check = Command::new("python3")
+    let check = e2e::python3()
         .args([
             "-c",
             "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); \
