@@ -193,6 +193,10 @@ pub struct TrainArgs {
     /// Random seed for initialisation, shuffling and augmentation [default: 42].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Start from these weights instead of a random initialisation: a safetensors file with
+    /// every tensor under its module path (see the README, "Evidence that it learns").
+    #[arg(long, value_name = "FILE")]
+    pub init_weights: Option<String>,
     /// Optimizer preset: adam (lr 3e-4, wd 1e-4) or sgd (momentum 0.9, lr 0.06 x batch/256,
     /// wd 5e-4, cosine schedule) [default: adam].
     #[arg(long, value_enum)]
@@ -243,6 +247,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.seed {
             config.seed = v;
+        }
+        if let Some(v) = &self.init_weights {
+            config.init_weights = v.clone();
         }
         config.validate()?;
         Ok(config)

@@ -105,6 +105,11 @@ pub struct TrainConfig {
     /// Cap on optimizer steps per epoch (0 = a full pass over the data).
     pub steps_per_epoch: usize,
     pub seed: u64,
+    /// A safetensors file with the initial weights: every parameter and BatchNorm running
+    /// statistic under its module path (`encoder.stem_conv.weight`, `head.fc1.weight` as
+    /// [in, out], ...; `bench/golden_simclr.py` writes PyTorch's this way). Empty: Burn's
+    /// initialisation from the seed.
+    pub init_weights: String,
     pub device: DeviceKind,
     /// NT-Xent temperature (0.5 as in the SimCLR CIFAR code; solo-learn uses 0.2).
     pub temperature: f64,
@@ -124,6 +129,7 @@ impl Default for TrainConfig {
             batch_size: 256,
             steps_per_epoch: 0,
             seed: 42,
+            init_weights: String::new(),
             device: DeviceKind::Cpu,
             temperature: 0.5,
             prefetch_batches: 4,

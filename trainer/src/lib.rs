@@ -19,6 +19,7 @@ pub mod knn;
 pub mod loader;
 pub mod loss;
 pub mod model;
+pub mod named_params;
 pub mod norm;
 pub mod norm_kernels;
 pub mod panics;

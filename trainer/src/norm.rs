@@ -4,9 +4,9 @@
 //! `[1, C, 1, 1]` operands over the activations; the flex backend walks both element by element
 //! through a strided iterator (about a third of the SimCLR step in a profile). Here the
 //! activations are viewed as rows `[N*C, H*W]`, statistics are reduced along contiguous rows and
-//! per-channel values are applied as contiguous columns `[N*C, 1]`. Same parameters, same
-//! running-statistics update, same outputs as Burn's module in both modes (tested below), so
-//! checkpoints and exports are unaffected.
+//! per-channel values are applied as contiguous columns `[N*C, 1]`. Same parameters and same
+//! outputs as Burn's module in both modes (tested below), so checkpoints and exports are
+//! unaffected; the running variance is PyTorch's (unbiased), see `update_running_statistics`.
 
 use crate::norm_kernels::{self, NormShape};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -58,7 +58,7 @@ pub trait NormBackend: Backend {
 /// inference mode (running statistics) otherwise. The backend's fused kernel where it has one.
 pub fn batch_norm<B: NormBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
     if B::ad_enabled(&x.device()) {
-        let [_, c, _, _] = x.dims();
+        let [n, c, h, w] = x.dims();
         let fused = B::fused_batch_norm(
             x.clone().into_primitive().tensor(),
             bn.gamma.val().into_primitive().tensor(),
@@ -69,7 +69,7 @@ pub fn batch_norm<B: NormBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool
         if let Some((y, mean, var)) = fused {
             let stat =
                 |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t)).reshape([1, c]);
-            update_running_statistics(bn, stat(mean), stat(var));
+            update_running_statistics(bn, stat(mean), stat(var), n * h * w);
             return Tensor::from_primitive(TensorPrimitive::Float(y));
         }
     }
@@ -269,7 +269,7 @@ pub fn batch_norm_2d<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B
             .mean_dim(1)
             .reshape([n, c])
             .mean_dim(0); // biased, as Burn
-        update_running_statistics(bn, mean, var.clone());
+        update_running_statistics(bn, mean, var.clone(), n * h * w);
         (centered, var)
     } else {
         // Inference: the running statistics, as Burn's BatchNorm::forward uses them.
@@ -283,8 +283,18 @@ pub fn batch_norm_2d<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B
     y.reshape([n, c, h, w])
 }
 
-fn update_running_statistics<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 2>, var: Tensor<B, 2>) {
+/// Moves the running averages towards the batch statistics (`[1, C]`, biased variance over
+/// `count` values per channel). The running variance takes the unbiased estimate, as PyTorch's
+/// BatchNorm2d (Burn's module takes the biased one): a checkpoint then holds the statistics a
+/// PyTorch run of the same recipe would, and exported models normalise the same way.
+fn update_running_statistics<B: Backend>(
+    bn: &BatchNorm<B>,
+    mean: Tensor<B, 2>,
+    var: Tensor<B, 2>,
+    count: usize,
+) {
     let c = mean.dims()[1];
+    let var = var.mul_scalar(count as f64 / (count.max(2) - 1) as f64);
     let momentum = bn.momentum;
     let running_mean = bn.running_mean.value_sync().to_device(&mean.device());
     let running_var = bn.running_var.value_sync().to_device(&var.device());
@@ -314,7 +324,9 @@ mod tests {
         let device = Default::default();
         let x = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(1.0, 2.0), &device);
         let ours = BatchNormConfig::new(3).init::<B>(&device);
-        let theirs = ours.clone();
+        // Not a clone: clones share their running statistics.
+        let theirs = BatchNormConfig::new(3).init::<B>(&device);
+        let expected = expected_running_statistics(&x);
         let xa = x.clone().require_grad();
         let xb = x.require_grad();
         let ya = batch_norm_2d(&ours, xa.clone());
@@ -328,11 +340,36 @@ mod tests {
         let ga = (ya * weights.clone()).sum().backward();
         let gb = (yb * weights).sum().backward();
         close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
-        let rm = |bn: &BatchNorm<B>| -> Vec<f32> {
-            bn.running_var.value().into_data().to_vec().unwrap()
-        };
-        for (a, b) in rm(&ours).iter().zip(rm(&theirs)) {
-            assert!((a - b).abs() < 1e-5);
+        assert_running_statistics(&ours, &expected);
+    }
+
+    /// Running mean and variance after one training step from the initial (0, 1): momentum 0.1
+    /// towards the batch mean and the unbiased batch variance of each channel, as PyTorch.
+    fn expected_running_statistics(x: &Tensor<B, 4>) -> [Vec<f64>; 2] {
+        let [n, c, h, w] = x.dims();
+        let values: Vec<f32> = x.to_data().to_vec().unwrap();
+        let count = (n * h * w) as f64;
+        let mut running = [vec![0.0; c], vec![0.0; c]];
+        for ch in 0..c {
+            let channel: Vec<f64> = (0..n)
+                .flat_map(|i| &values[(i * c + ch) * h * w..(i * c + ch + 1) * h * w])
+                .map(|&v| v as f64)
+                .collect();
+            let mean = channel.iter().sum::<f64>() / count;
+            let var = channel.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (count - 1.0);
+            running[0][ch] = 0.1 * mean;
+            running[1][ch] = 0.9 + 0.1 * var;
+        }
+        running
+    }
+
+    fn assert_running_statistics(bn: &BatchNorm<B>, expected: &[Vec<f64>; 2]) {
+        let actual = [bn.running_mean.value_sync(), bn.running_var.value_sync()]
+            .map(|t| t.into_data().to_vec::<f32>().unwrap());
+        for (what, (actual, expected)) in ["mean", "var"].iter().zip(actual.iter().zip(expected)) {
+            for (a, e) in actual.iter().zip(expected) {
+                assert!((*a as f64 - e).abs() < 1e-5, "running {what}: {a} vs {e}");
+            }
         }
     }
 
@@ -344,10 +381,14 @@ mod tests {
         for relu in [false, true] {
             let x = Tensor::<B, 4>::random([4, 3, 5, 6], Distribution::Normal(1.0, 2.0), &device);
             let mut ours = BatchNormConfig::new(3).init::<B>(&device);
+            // Not a clone: clones share their running statistics.
+            let mut theirs = BatchNormConfig::new(3).init::<B>(&device);
             // Non-trivial affine parameters, so their gradients and uses are checked too.
-            ours.gamma = Param::from_tensor(Tensor::from_floats([1.3, 0.8, -0.5], &device));
-            ours.beta = Param::from_tensor(Tensor::from_floats([0.3, -0.1, 0.2], &device));
-            let theirs = ours.clone();
+            for bn in [&mut ours, &mut theirs] {
+                bn.gamma = Param::from_tensor(Tensor::from_floats([1.3, 0.8, -0.5], &device));
+                bn.beta = Param::from_tensor(Tensor::from_floats([0.3, -0.1, 0.2], &device));
+            }
+            let expected = expected_running_statistics(&x);
             let (xa, xb) = (x.clone().require_grad(), x.require_grad());
             let ya = batch_norm(&ours, xa.clone(), relu);
             let yb = theirs.forward(xb.clone());
@@ -373,15 +414,7 @@ mod tests {
                 dx < 1e-4 && dgamma < 1e-4 && dbeta < 1e-4,
                 "relu {relu}: {dx} {dgamma} {dbeta}"
             );
-            let running = |bn: &BatchNorm<B>| {
-                [
-                    bn.running_mean.value().inner(),
-                    bn.running_var.value().inner(),
-                ]
-            };
-            for (a, b) in running(&ours).into_iter().zip(running(&theirs)) {
-                assert!(max_diff(a, b) < 1e-5, "running statistics, relu {relu}");
-            }
+            assert_running_statistics(&ours, &expected);
         }
     }
 

@@ -12,6 +12,7 @@ use crate::knn::KnnClassifier;
 use crate::loader::{EpochPlan, PairBatch, PrefetchLoader};
 use crate::loss::NtXentLoss;
 use crate::model::SimClrModel;
+use crate::named_params::{load_named_tensors, read_safetensors};
 use crate::progress::steps_bar;
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
@@ -119,7 +120,14 @@ pub fn with_optimizer<B: TrainBackend, T: OptimizerTask<B>>(
         (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
     match config.optimizer {
         // Gradient clipping is not the optimizer's (per tensor) but global, in `train_step`.
-        OptimizerKind::Adam => task.run(AdamConfig::new().with_weight_decay(weight_decay).init()),
+        // epsilon 1e-8 as PyTorch's Adam (Burn's default is 1e-5, which is not small next to
+        // sqrt(v) once clipping has scaled the gradients down: it damps every update).
+        OptimizerKind::Adam => task.run(
+            AdamConfig::new()
+                .with_epsilon(1e-8)
+                .with_weight_decay(weight_decay)
+                .init(),
+        ),
         OptimizerKind::Sgd => task.run(
             SgdConfig::new()
                 .with_weight_decay(weight_decay)
@@ -159,21 +167,50 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
     grad_clip: f64,
     device: &B::Device,
 ) -> (SimClrModel<B>, f64) {
-    let z = model.forward(batch_tensor::<B>(batch.views, batch.size, device));
-    let loss = loss_fn.forward(z);
+    let images = batch_tensor::<B>(batch.views, batch.size, device);
+    let (loss, grads) = loss_and_gradients(&model, loss_fn, images);
+    match grads {
+        Some(grads) => (apply_update(model, optimizer, grads, lr, grad_clip).0, loss),
+        None => (model, loss), // the caller stops; never step on a NaN gradient
+    }
+}
+
+/// Forward pass of `images` (`[2N, 3, 32, 32]`, first views then second views; BatchNorm in
+/// training mode, so running statistics move), NT-Xent and backward. Returns the loss and the
+/// gradient of every parameter, or no gradients when the loss is not finite.
+pub fn loss_and_gradients<B: TrainBackend>(
+    model: &SimClrModel<B>,
+    loss_fn: &NtXentLoss,
+    images: Tensor<B, 4>,
+) -> (f64, Option<GradientsParams>) {
+    let loss = loss_fn.forward(model.forward(images));
     let loss_value = loss.clone().into_scalar().elem::<f64>();
     if !loss_value.is_finite() {
-        return (model, loss_value); // the caller stops; never step on a NaN gradient
+        return (loss_value, None);
     }
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    if grad_clip > 0.0 {
-        clip_grad_norm(&model, &mut grads, grad_clip);
-    }
-    (optimizer.step(lr, model, grads), loss_value)
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    (loss_value, Some(grads))
+}
+
+/// Clips the global gradient norm to `grad_clip` (0 = off), then lets `optimizer` update `model`.
+/// Returns the updated model and the gradient norm before clipping (NaN when clipping is off).
+pub fn apply_update<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
+    model: SimClrModel<B>,
+    optimizer: &mut O,
+    mut grads: GradientsParams,
+    lr: f64,
+    grad_clip: f64,
+) -> (SimClrModel<B>, f64) {
+    let norm = if grad_clip > 0.0 {
+        clip_grad_norm(&model, &mut grads, grad_clip)
+    } else {
+        f64::NAN
+    };
+    (optimizer.step(lr, model, grads), norm)
 }
 
 /// Input tensor `[2B, 3, 32, 32]` of a prefetched batch.
-fn batch_tensor<B: Backend>(views: Vec<f32>, size: usize, device: &B::Device) -> Tensor<B, 4> {
+pub fn batch_tensor<B: Backend>(views: Vec<f32>, size: usize, device: &B::Device) -> Tensor<B, 4> {
     debug_assert_eq!(views.len(), 2 * size * IMAGE_BYTES);
     Tensor::from_data(TensorData::new(views, [2 * size, 3, 32, 32]), device)
 }
@@ -247,7 +284,22 @@ impl TrainJob {
                 epoch_seed: 0,
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
             };
-            (config.model.init::<B>(&device), state)
+            let model = config.model.init::<B>(&device);
+            let model = if config.init_weights.is_empty() {
+                model
+            } else {
+                let path = Path::new(&config.init_weights);
+                let (weights, _) = read_safetensors(path)?;
+                eprintln!("initial weights: {}", path.display());
+                load_named_tensors(model, &weights, &device).with_context(|| {
+                    format!(
+                        "{} does not fit the configured model {:?}",
+                        path.display(),
+                        config.model
+                    )
+                })?
+            };
+            (model, state)
         };
         checkpoint::write_atomically(&self.out.join("config.toml"), config.to_toml().as_bytes())?;
         let mut metrics_rows = MetricsFile::open(&self.out.join("metrics.csv"), state.epochs_done)?;
@@ -361,7 +413,7 @@ impl TrainJob {
 }
 
 /// kNN top-1 of the current encoder (BatchNorm in inference mode) on the configured subsets.
-fn knn_monitor<B: TrainBackend>(
+pub fn knn_monitor<B: TrainBackend>(
     model: &SimClrModel<B>,
     train: &ImageDataset,
     test: &ImageDataset,

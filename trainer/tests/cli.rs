@@ -226,6 +226,7 @@ fn help_explains_every_flag() {
         "--config",
         "--resume",
         "--optimizer",
+        "--init-weights",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -372,4 +373,85 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run() {
         text(&resumed.stdout)
     );
     assert!(out.join("checkpoints/epoch-0001.ckpt").is_file());
+}
+
+#[test]
+fn init_weights_load_by_name_and_misfits_are_named() {
+    use trainer::named_params::read_safetensors;
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/golden_simclr.safetensors"
+    );
+    let data = cifar10_bin();
+    let dir = tempfile::tempdir().unwrap();
+    // The golden fixture's initial weights (PyTorch's initialisation of a width-4 network),
+    // under their module paths.
+    let (tensors, _) = read_safetensors(std::path::Path::new(fixture)).unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .filter_map(|(name, (shape, values))| {
+            let name = name.strip_prefix("init.")?.to_string();
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Some((name, shape.clone(), bytes))
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    let weights = dir.path().join("init.safetensors");
+    safetensors::serialize_to_file(views, None, &weights).unwrap();
+    let config = dir.path().join("width4.toml");
+    std::fs::write(
+        &config,
+        "[model]\nwidth = 4\nhead_hidden = 32\nhead_out = 16\n\n[knn]\nbank_size = 200\nquery_size = 100\n",
+    )
+    .unwrap();
+    let run = |weights: &std::path::Path, out: &str| {
+        trainer(&[
+            "--data",
+            data.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--init-weights",
+            weights.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "16",
+            "--out",
+            dir.path().join(out).to_str().unwrap(),
+        ])
+    };
+    let ok = run(&weights, "ok");
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(text(&ok.stderr).contains("initial weights:"));
+
+    // The fixture itself: every name carries a prefix, so nothing fits.
+    let misfit = run(std::path::Path::new(fixture), "misfit");
+    assert_eq!(misfit.status.code(), Some(1));
+    let err = text(&misfit.stderr);
+    assert!(
+        err.contains("golden_simclr.safetensors does not fit the configured model")
+            && err.contains("encoder.stem_conv.weight: missing")
+            && err.contains("init.head.fc1.bias: not a tensor of this model"),
+        "{err}"
+    );
+
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &std::fs::read(&weights).unwrap()[..1000]).unwrap();
+    let broken = run(&truncated, "broken");
+    assert_eq!(broken.status.code(), Some(1));
+    let err = text(&broken.stderr);
+    assert!(
+        err.contains("truncated.safetensors is not a readable safetensors file"),
+        "{err}"
+    );
 }
