@@ -116,23 +116,61 @@ impl AugmentConfig {
 
     /// One random view of `image` (planar RGB bytes, 3 x 32 x 32), normalised, written to `out`.
     pub fn view(&self, image: &[u8], rng: &mut impl Rng, out: &mut [f32]) {
-        let mut img = to_float(image);
-        let (top, left, h, w) = random_resized_crop_box(SIDE, SIDE, self, rng);
-        img = resize_bilinear(&img, SIDE, SIDE, top, left, h, w);
-        if rng.random_bool(self.flip_prob) {
+        self.sample_view(rng).apply(image, self, out);
+    }
+
+    /// Draws the random choices of one view, in the order torchvision's pipeline draws them.
+    pub fn sample_view(&self, rng: &mut impl Rng) -> ViewParams {
+        let crop = random_resized_crop_box(SIDE, SIDE, self, rng);
+        let flip = rng.random_bool(self.flip_prob);
+        let jitter = rng
+            .random_bool(self.jitter_prob)
+            .then(|| JitterParams::sample(self, rng));
+        let grayscale = rng.random_bool(self.grayscale_prob);
+        let blur_sigma = rng
+            .random_bool(self.blur_prob)
+            .then(|| rng.random_range(self.blur_sigma[0]..=self.blur_sigma[1]) as f32);
+        ViewParams {
+            crop,
+            flip,
+            jitter,
+            grayscale,
+            blur_sigma,
+        }
+    }
+}
+
+/// The random choices of one view (what torchvision's transforms draw in `get_params`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewParams {
+    /// `(top, left, height, width)` of the crop, resized back to 32 x 32.
+    pub crop: (usize, usize, usize, usize),
+    pub flip: bool,
+    /// `None`: color jitter not applied to this view.
+    pub jitter: Option<JitterParams>,
+    pub grayscale: bool,
+    /// `None`: no blur.
+    pub blur_sigma: Option<f32>,
+}
+
+impl ViewParams {
+    /// The view of `image` (planar RGB bytes) these choices describe, normalised, into `out`.
+    pub fn apply(&self, image: &[u8], config: &AugmentConfig, out: &mut [f32]) {
+        let (top, left, h, w) = self.crop;
+        let mut img = resize_bilinear(&to_float(image), SIDE, SIDE, top, left, h, w);
+        if self.flip {
             flip_horizontal(&mut img);
         }
-        if rng.random_bool(self.jitter_prob) {
-            color_jitter(&mut img, self, rng);
+        if let Some(jitter) = &self.jitter {
+            jitter.apply(&mut img);
         }
-        if rng.random_bool(self.grayscale_prob) {
+        if self.grayscale {
             grayscale(&mut img);
         }
-        if rng.random_bool(self.blur_prob) {
-            let sigma = rng.random_range(self.blur_sigma[0]..=self.blur_sigma[1]);
-            img = gaussian_blur(&img, self.blur_kernel, sigma as f32);
+        if let Some(sigma) = self.blur_sigma {
+            img = gaussian_blur(&img, config.blur_kernel, sigma);
         }
-        normalize_into(&img, &self.mean, &self.std, out);
+        normalize_into(&img, &config.mean, &config.std, out);
     }
 }
 
@@ -222,9 +260,9 @@ pub fn flip_horizontal(img: &mut [f32]) {
     }
 }
 
-/// ITU-R 601 luma, the weights torchvision's `rgb_to_grayscale` uses.
+/// ITU-R 601 luma with the weights torchvision's `rgb_to_grayscale` uses on tensors.
 fn luma(img: &[f32], i: usize) -> f32 {
-    0.299 * img[i] + 0.587 * img[PIXELS + i] + 0.114 * img[2 * PIXELS + i]
+    0.2989 * img[i] + 0.587 * img[PIXELS + i] + 0.114 * img[2 * PIXELS + i]
 }
 
 pub fn grayscale(img: &mut [f32]) {
@@ -293,38 +331,72 @@ pub fn adjust_hue(img: &mut [f32], shift: f32) {
     }
 }
 
-/// torchvision's ColorJitter: the four adjustments in random order, each with a random factor.
-pub fn color_jitter(img: &mut [f32], config: &AugmentConfig, rng: &mut impl Rng) {
-    let mut order = [0, 1, 2, 3];
-    order.shuffle(rng);
-    let factor = |strength: f64, rng: &mut dyn rand::RngCore| -> Option<f32> {
-        (strength > 0.0)
-            .then(|| rng.random_range((1.0 - strength).max(0.0)..=1.0 + strength) as f32)
-    };
-    for op in order {
-        match op {
-            0 => {
-                if let Some(f) = factor(config.brightness, rng) {
-                    adjust_brightness(img, f)
-                }
-            }
-            1 => {
-                if let Some(f) = factor(config.contrast, rng) {
-                    adjust_contrast(img, f)
-                }
-            }
-            2 => {
-                if let Some(f) = factor(config.saturation, rng) {
-                    adjust_saturation(img, f)
-                }
-            }
-            _ => {
-                if config.hue > 0.0 {
-                    adjust_hue(img, rng.random_range(-config.hue..=config.hue) as f32)
+/// torchvision's ColorJitter: the four adjustments in a random order, each with a random factor
+/// (`None` where its strength is 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JitterParams {
+    /// 0 brightness, 1 contrast, 2 saturation, 3 hue.
+    pub order: [usize; 4],
+    pub brightness: Option<f32>,
+    pub contrast: Option<f32>,
+    pub saturation: Option<f32>,
+    /// Shift in turns of the color wheel.
+    pub hue: Option<f32>,
+}
+
+impl JitterParams {
+    /// Factors uniform in `[max(0, 1 - s), 1 + s]`, hue shift uniform in `[-hue, hue]`; drawn
+    /// in the (shuffled) order they are applied.
+    pub fn sample(config: &AugmentConfig, rng: &mut impl Rng) -> Self {
+        let mut order = [0, 1, 2, 3];
+        order.shuffle(rng);
+        let mut params = Self {
+            order,
+            brightness: None,
+            contrast: None,
+            saturation: None,
+            hue: None,
+        };
+        fn factor(strength: f64, rng: &mut impl Rng) -> Option<f32> {
+            (strength > 0.0)
+                .then(|| rng.random_range((1.0 - strength).max(0.0)..=1.0 + strength) as f32)
+        }
+        for op in order {
+            match op {
+                0 => params.brightness = factor(config.brightness, rng),
+                1 => params.contrast = factor(config.contrast, rng),
+                2 => params.saturation = factor(config.saturation, rng),
+                _ => {
+                    params.hue = (config.hue > 0.0)
+                        .then(|| rng.random_range(-config.hue..=config.hue) as f32)
                 }
             }
         }
+        params
     }
+
+    pub fn apply(&self, img: &mut [f32]) {
+        for op in self.order {
+            match (
+                op,
+                self.brightness,
+                self.contrast,
+                self.saturation,
+                self.hue,
+            ) {
+                (0, Some(f), ..) => adjust_brightness(img, f),
+                (1, _, Some(f), ..) => adjust_contrast(img, f),
+                (2, _, _, Some(f), _) => adjust_saturation(img, f),
+                (3, .., Some(shift)) => adjust_hue(img, shift),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A random color jitter of `img` (see [`JitterParams`]).
+pub fn color_jitter(img: &mut [f32], config: &AugmentConfig, rng: &mut impl Rng) {
+    JitterParams::sample(config, rng).apply(img);
 }
 
 /// Separable gaussian blur with reflect padding (as torchvision's `gaussian_blur`).
@@ -408,7 +480,7 @@ mod tests {
     #[test]
     fn grayscale_gives_equal_channels_with_luma_weights() {
         let mut img = colorful(1);
-        let expected = 0.299 * img[5] + 0.587 * img[PIXELS + 5] + 0.114 * img[2 * PIXELS + 5];
+        let expected = 0.2989 * img[5] + 0.587 * img[PIXELS + 5] + 0.114 * img[2 * PIXELS + 5];
         grayscale(&mut img);
         for i in 0..PIXELS {
             assert_eq!(img[i], img[PIXELS + i]);
