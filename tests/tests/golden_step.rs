@@ -1,0 +1,310 @@
+//! One SimCLR training step of the trainer against PyTorch's, value by value.
+//!
+//! `tests/fixtures/golden_simclr.safetensors` (written by `bench/golden_simclr.py`: PyTorch
+//! 2.15, float64 arithmetic on float32 weights and inputs) holds a width-4 network's initial
+//! weights and running statistics, one batch of 8 real CIFAR-10 image pairs drawn by
+//! torchvision's SimCLR augmentations, and the results of one step of the recipe: the NT-Xent
+//! loss, the gradient of every parameter, the global gradient norm, and every parameter and
+//! running statistic after clipping and Adam. The trainer loads the same weights by name, runs
+//! its own step code (`loss_and_gradients`, `apply_update`, the optimizer `with_optimizer`
+//! builds from the default config) and must land on the same numbers.
+//!
+//! Tolerances (float32 against float64; measured worst cases are in the README):
+//! - loss: relative 1e-5;
+//! - each gradient tensor: `|ours - torch| / |torch|` (L2 over the tensor) below 1e-3;
+//! - the update of each parameter tensor (after - before; Adam's first step moves a weight by
+//!   about lr = 3e-4): relative L2 error below 1e-3, so a wrong epsilon, weight decay, bias
+//!   correction or clipping shows;
+//! - running statistics: within 1e-5 (a biased running variance is off by 1/(n-1) of it, 2e-5
+//!   and more at the last stage).
+
+use burn::backend::Autodiff;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use std::collections::BTreeMap;
+use trainer::backend::{CpuBackend, TrainBackend};
+use trainer::config::TrainConfig;
+use trainer::loss::NtXentLoss;
+use trainer::model::{ModelConfig, SimClrModel};
+use trainer::named_params::{
+    load_named_tensors, named_tensors, read_safetensors, NamedTensor, TensorMap,
+};
+use trainer::train::{apply_update, loss_and_gradients, with_optimizer, OptimizerTask};
+
+/// The fixture's tensors by name, and its metadata.
+fn golden() -> (TensorMap, BTreeMap<String, String>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/golden_simclr.safetensors"
+    );
+    read_safetensors(std::path::Path::new(path)).unwrap()
+}
+
+/// The entries under `prefix.`, with the prefix removed.
+fn with_prefix(tensors: &TensorMap, prefix: &str) -> TensorMap {
+    tensors
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.strip_prefix(prefix)?.strip_prefix('.')?;
+            Some((name.to_string(), value.clone()))
+        })
+        .collect()
+}
+
+fn relative_l2(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len());
+    let diff: f64 = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+/// The gradient of one named parameter, flattened.
+fn gradient<B: TrainBackend>(grads: &GradientsParams, tensor: &NamedTensor) -> Option<Vec<f32>> {
+    let data = match tensor.shape.len() {
+        1 => grads.get::<B::InnerBackend, 1>(tensor.id)?.into_data(),
+        2 => grads.get::<B::InnerBackend, 2>(tensor.id)?.into_data(),
+        4 => grads.get::<B::InnerBackend, 4>(tensor.id)?.into_data(),
+        d => panic!("{}: unexpected rank {d}", tensor.name),
+    };
+    Some(data.convert::<f32>().to_vec().unwrap())
+}
+
+/// What one step of the trainer produced.
+struct StepResult {
+    loss: f64,
+    /// Parameter name -> gradient (before clipping).
+    grads: BTreeMap<String, Vec<f32>>,
+    grad_norm: f64,
+    /// Every tensor of the model after the update.
+    after: Vec<NamedTensor>,
+}
+
+struct Update<B: TrainBackend> {
+    model: SimClrModel<B>,
+    grads: GradientsParams,
+    lr: f64,
+    grad_clip: f64,
+}
+
+impl<B: TrainBackend> OptimizerTask<B> for Update<B> {
+    type Output = (SimClrModel<B>, f64);
+    fn run<O: Optimizer<SimClrModel<B>, B>>(
+        self,
+        mut optimizer: O,
+    ) -> anyhow::Result<Self::Output> {
+        Ok(apply_update(
+            self.model,
+            &mut optimizer,
+            self.grads,
+            self.lr,
+            self.grad_clip,
+        ))
+    }
+}
+
+/// The trainer's step on backend `B`, from the fixture's weights and views; with
+/// `burn_default_adam`, Adam as Burn configures it by default (epsilon 1e-5) instead of the
+/// optimizer the trainer builds.
+fn trainer_step<B: TrainBackend>(
+    golden: &TensorMap,
+    metadata: &BTreeMap<String, String>,
+    device: &B::Device,
+    burn_default_adam: bool,
+) -> StepResult {
+    let config = TrainConfig::default();
+    // The fixture was made with the default recipe; if a default changes, regenerate it.
+    for (key, ours) in [
+        ("temperature", config.temperature),
+        ("lr", config.optim.lr),
+        ("weight_decay", config.optim.weight_decay),
+        ("grad_clip", config.optim.grad_clip),
+    ] {
+        let theirs: f64 = metadata[key].parse().unwrap();
+        assert_eq!(ours, theirs, "default {key} differs from the fixture's");
+    }
+    let number = |key: &str| metadata[key].parse::<usize>().unwrap();
+    let model = ModelConfig {
+        width: number("width"),
+        head_hidden: number("head_hidden"),
+        head_out: number("head_out"),
+    }
+    .init::<B>(device);
+    let model = load_named_tensors(model, &with_prefix(golden, "init"), device).unwrap();
+    let (shape, views) = golden["views"].clone();
+    let views = Tensor::<B, 4>::from_data(TensorData::new(views, shape), device);
+
+    let (loss, grads) = loss_and_gradients(&model, &NtXentLoss::new(config.temperature), views);
+    let grads = grads.expect("finite loss");
+    let named = named_tensors::<B, _>(&model);
+    let grad_values = named
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), gradient::<B>(&grads, t)?)))
+        .collect();
+    let update = Update {
+        model,
+        grads,
+        lr: config.optim.lr,
+        grad_clip: config.optim.grad_clip,
+    };
+    let (model, grad_norm) = if burn_default_adam {
+        let decay = WeightDecayConfig::new(config.optim.weight_decay as f32);
+        update.run(AdamConfig::new().with_weight_decay(Some(decay)).init())
+    } else {
+        with_optimizer::<B, _>(&config.optim, update)
+    }
+    .unwrap();
+    StepResult {
+        loss,
+        grads: grad_values,
+        grad_norm,
+        after: named_tensors::<B, _>(&model),
+    }
+}
+
+/// Compares a step with the fixture; returns a report line per check (worst cases).
+fn check_against_golden(step: &StepResult, golden: &TensorMap) -> Vec<String> {
+    let mut report = Vec::new();
+    let loss = golden["loss"].1[0] as f64;
+    let loss_error = (step.loss - loss).abs() / loss;
+    assert!(
+        loss_error < 1e-5,
+        "loss {} vs PyTorch {loss} (relative {loss_error:.2e})",
+        step.loss
+    );
+    report.push(format!("loss {:.6} vs {loss:.6}", step.loss));
+
+    let reference_grads = with_prefix(golden, "grad");
+    assert_eq!(
+        step.grads.keys().collect::<Vec<_>>(),
+        reference_grads.keys().collect::<Vec<_>>(),
+        "the trainer's parameters with gradients differ from PyTorch's"
+    );
+    let (worst, error) = reference_grads
+        .iter()
+        .map(|(name, (_, reference))| (name, relative_l2(&step.grads[name], reference)))
+        .fold(
+            ("", 0.0),
+            |acc, (n, e)| if e > acc.1 { (n, e) } else { acc },
+        );
+    assert!(
+        error < 1e-3,
+        "gradient of {worst}: relative L2 error {error:.2e} against PyTorch"
+    );
+    report.push(format!(
+        "gradients: worst relative L2 error {error:.2e} ({worst})"
+    ));
+
+    let norm = golden["grad_norm"].1[0] as f64;
+    assert!(
+        (step.grad_norm - norm).abs() / norm < 1e-4,
+        "gradient norm {} vs PyTorch {norm}",
+        step.grad_norm
+    );
+    report.push(format!("gradient norm {:.5} vs {norm:.5}", step.grad_norm));
+
+    // Parameters: the update each tensor received (after - before) against PyTorch's, as a
+    // relative L2 error; running statistics: absolute.
+    let reference_after = with_prefix(golden, "after");
+    let init = with_prefix(golden, "init");
+    assert_eq!(step.after.len(), reference_after.len());
+    let (mut worst_update, mut worst_running) = (("", 0.0f64), ("", 0.0f64));
+    for tensor in &step.after {
+        let (_, reference) = &reference_after[&tensor.name];
+        let (_, before) = &init[&tensor.name];
+        let (worst, error, tolerance, what) = if tensor.name.contains("running_") {
+            let error = e2e::max_abs_diff(&tensor.values, reference) as f64;
+            (&mut worst_running, error, 1e-5, "off by up to")
+        } else {
+            let delta = |after: &[f32]| -> Vec<f32> {
+                after.iter().zip(before).map(|(a, b)| a - b).collect()
+            };
+            let error = relative_l2(&delta(&tensor.values), &delta(reference));
+            (&mut worst_update, error, 1e-3, "update's relative L2 error")
+        };
+        assert!(
+            error < tolerance,
+            "{} after the step: {what} {error:.2e} against PyTorch",
+            tensor.name
+        );
+        if error > worst.1 {
+            *worst = (tensor.name.as_str(), error);
+        }
+    }
+    report.push(format!(
+        "updates by Adam: worst relative L2 error {:.2e} ({}); running statistics: worst \
+         absolute error {:.2e} ({})",
+        worst_update.1, worst_update.0, worst_running.1, worst_running.0
+    ));
+    report
+}
+
+#[test]
+fn simclr_step_matches_pytorch_on_the_cpu() {
+    let (golden, metadata) = golden();
+    let step = trainer_step::<Autodiff<CpuBackend>>(&golden, &metadata, &Default::default(), false);
+    for line in check_against_golden(&step, &golden) {
+        eprintln!("{line}");
+    }
+}
+
+#[test]
+fn the_golden_check_catches_a_wrong_step() {
+    // The same check must fail on steps that differ from PyTorch's in ways that matter.
+    let (golden, metadata) = golden();
+    let device = Default::default();
+    // Adam with Burn's default epsilon (1e-5 instead of PyTorch's 1e-8).
+    let step = trainer_step::<Autodiff<CpuBackend>>(&golden, &metadata, &device, true);
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_against_golden(&step, &golden)
+    }));
+    let message = *failure
+        .expect_err("Adam with epsilon 1e-5 must fail")
+        .downcast::<String>()
+        .unwrap();
+    assert!(message.contains("after the step"), "{message}");
+
+    // A biased running variance (what Burn's own BatchNorm keeps): undo the n/(n-1) in the last
+    // stage's running variances (n = 16 views x 4 x 4 positions).
+    let mut step = trainer_step::<Autodiff<CpuBackend>>(&golden, &metadata, &device, false);
+    let n = 16.0 * 16.0;
+    let init = with_prefix(&golden, "init");
+    for tensor in step.after.iter_mut() {
+        if tensor.name.starts_with("encoder.blocks.7") && tensor.name.ends_with("running_var") {
+            for (v, old) in tensor.values.iter_mut().zip(&init[&tensor.name].1) {
+                let batch_var = (*v - 0.9 * old) / 0.1;
+                *v = 0.9 * old + 0.1 * batch_var * (n - 1.0) / n;
+            }
+        }
+    }
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_against_golden(&step, &golden)
+    }));
+    let message = *failure
+        .expect_err("a biased running variance must fail")
+        .downcast::<String>()
+        .unwrap();
+    assert!(message.contains("running_var after the step"), "{message}");
+
+    // One gradient 1 % off in two of its entries.
+    let (name, values) = step.grads.iter_mut().next().unwrap();
+    let name = name.clone();
+    values[0] *= 1.01;
+    values[1] *= 0.99;
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_against_golden(&step, &golden)
+    }));
+    let message = *failure
+        .expect_err("a 1 % error in one gradient must fail")
+        .downcast::<String>()
+        .unwrap();
+    assert!(
+        message.contains(&format!("gradient of {name}")),
+        "{message}"
+    );
+}
