@@ -253,6 +253,14 @@ fn simclr_step_matches_pytorch_on_the_cpu() {
     }
 }
 
+/// The message with which `check_against_golden` rejects `step`; panics with `what` if it passes.
+fn rejection(step: &StepResult, golden: &TensorMap, what: &str) -> String {
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_against_golden(step, golden)
+    }));
+    *failure.expect_err(what).downcast::<String>().unwrap()
+}
+
 #[test]
 fn the_golden_check_catches_a_wrong_step() {
     // The same check must fail on steps that differ from PyTorch's in ways that matter.
@@ -260,13 +268,7 @@ fn the_golden_check_catches_a_wrong_step() {
     let device = Default::default();
     // Adam with Burn's default epsilon (1e-5 instead of PyTorch's 1e-8).
     let step = trainer_step::<Autodiff<CpuBackend>>(&golden, &metadata, &device, true);
-    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        check_against_golden(&step, &golden)
-    }));
-    let message = *failure
-        .expect_err("Adam with epsilon 1e-5 must fail")
-        .downcast::<String>()
-        .unwrap();
+    let message = rejection(&step, &golden, "Adam with epsilon 1e-5 must fail");
     assert!(message.contains("after the step"), "{message}");
 
     // A biased running variance (what Burn's own BatchNorm keeps): undo the n/(n-1) in the last
@@ -282,13 +284,7 @@ fn the_golden_check_catches_a_wrong_step() {
             }
         }
     }
-    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        check_against_golden(&step, &golden)
-    }));
-    let message = *failure
-        .expect_err("a biased running variance must fail")
-        .downcast::<String>()
-        .unwrap();
+    let message = rejection(&step, &golden, "a biased running variance must fail");
     assert!(message.contains("running_var after the step"), "{message}");
 
     // One gradient 1 % off in two of its entries.
@@ -296,13 +292,7 @@ fn the_golden_check_catches_a_wrong_step() {
     let name = name.clone();
     values[0] *= 1.01;
     values[1] *= 0.99;
-    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        check_against_golden(&step, &golden)
-    }));
-    let message = *failure
-        .expect_err("a 1 % error in one gradient must fail")
-        .downcast::<String>()
-        .unwrap();
+    let message = rejection(&step, &golden, "a 1 % error in one gradient must fail");
     assert!(
         message.contains(&format!("gradient of {name}")),
         "{message}"
