@@ -236,7 +236,10 @@ mod tests {
         .unwrap();
         assert_eq!(epochs_seen, 300);
         assert!(coords.iter().all(|c| c.is_finite()));
-        assert_eq!(neighbour_agreement(&coords, &labels), 1.0);
+        // bhtsne starts from an unseeded random layout: now and then one of the 240 points ends
+        // next to another cluster (0.992 seen in CI). A random map scores about 1/6 here.
+        let agreement = neighbour_agreement(&coords, &labels);
+        assert!(agreement >= 0.95, "t-SNE neighbour agreement {agreement}");
     }
 
     #[test]
