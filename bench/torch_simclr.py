@@ -65,11 +65,14 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--width", type=int, default=64)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, or auto (cuda when a GPU is visible, else cpu: the wgpu case)")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(a.device)
     torch.manual_seed(0)
     model = SimCLR(a.width).to(device)

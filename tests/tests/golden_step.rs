@@ -253,6 +253,40 @@ fn simclr_step_matches_pytorch_on_the_cpu() {
     }
 }
 
+/// The same step on wgpu (on lavapipe in CI): Burn's own convolution and composed BatchNorm
+/// (the `NetworkOps` defaults), cubecl's kernels with fusion, autodiff on a GPU backend and the
+/// host <-> device transfers. It must match PyTorch with the CPU's tolerances, and the CPU
+/// backend's step with the same tolerances (the CPU's step standing in for the fixture).
+#[cfg(feature = "wgpu")]
+#[test]
+fn simclr_step_on_wgpu_matches_pytorch_and_the_cpu() {
+    use trainer::backend::{wgpu_adapter, WgpuBackend};
+    let (golden, metadata) = golden();
+    let adapter = wgpu_adapter().expect("a wgpu adapter (.ci/run installs mesa-vulkan-drivers)");
+    eprintln!("wgpu adapter: {adapter}");
+    let gpu = trainer_step::<Autodiff<WgpuBackend>>(&golden, &metadata, &Default::default(), false);
+    for line in check_against_golden(&gpu, &golden) {
+        eprintln!("wgpu vs PyTorch: {line}");
+    }
+    let cpu = trainer_step::<Autodiff<CpuBackend>>(&golden, &metadata, &Default::default(), false);
+    let mut cpu_as_reference: TensorMap = with_prefix(&golden, "init")
+        .into_iter()
+        .map(|(name, value)| (format!("init.{name}"), value))
+        .collect();
+    cpu_as_reference.insert("loss".into(), (vec![1], vec![cpu.loss as f32]));
+    cpu_as_reference.insert("grad_norm".into(), (vec![1], vec![cpu.grad_norm as f32]));
+    for (name, values) in &cpu.grads {
+        cpu_as_reference.insert(format!("grad.{name}"), (vec![values.len()], values.clone()));
+    }
+    for tensor in &cpu.after {
+        let entry = (tensor.shape.clone(), tensor.values.clone());
+        cpu_as_reference.insert(format!("after.{}", tensor.name), entry);
+    }
+    for line in check_against_golden(&gpu, &cpu_as_reference) {
+        eprintln!("wgpu vs cpu: {line}");
+    }
+}
+
 /// The message with which `check_against_golden` rejects `step`; panics with `what` if it passes.
 fn rejection(step: &StepResult, golden: &TensorMap, what: &str) -> String {
     let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -14,6 +14,10 @@ pub type CpuBackend = burn::backend::Flex;
 #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
 pub type CpuBackend = burn::backend::NdArray;
 
+/// The GPU backend of `--device wgpu` (without autodiff).
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend = burn::backend::Wgpu;
+
 /// Where training and inference run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +27,8 @@ pub enum DeviceKind {
     Cpu,
     /// An NVIDIA GPU through burn-cuda (binary built with `--features cuda`).
     Cuda,
+    /// Any GPU through wgpu: Vulkan, Metal or DirectX 12 (binary built with `--features wgpu`).
+    Wgpu,
     /// Burn's ndarray CPU backend, kept for comparison in benchmarks.
     Ndarray,
     /// Burn's candle CPU backend (binary built with `--features candle`), for comparison.
@@ -64,6 +70,20 @@ pub fn run_on<T: BackendTask>(kind: DeviceKind, task: T) -> Result<T::Output> {
             #[cfg(not(feature = "candle"))]
             bail!("this binary was built without the candle backend: rebuild with `--features candle`")
         }
+        DeviceKind::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                let adapter = wgpu_adapter()?;
+                let name = format!("wgpu ({adapter})");
+                return task.run::<Autodiff<WgpuBackend>>(Default::default(), &name);
+            }
+            #[cfg(not(feature = "wgpu"))]
+            bail!(
+                "this binary was built without wgpu support: build it with \
+                 `cargo build --release -p trainer --features wgpu` (needs a Vulkan, Metal or \
+                 DirectX 12 driver at run time)"
+            )
+        }
         DeviceKind::Cuda => {
             #[cfg(feature = "cuda")]
             {
@@ -95,6 +115,35 @@ fn check_cuda(device: &burn::backend::cuda::CudaDevice) -> Result<()> {
         Err(reason) => bail!(
             "no usable CUDA GPU ({reason}): the NVIDIA driver (libcuda) or a GPU was not \
              found. Run on a machine with an NVIDIA GPU, or use `--device cpu`"
+        ),
+    }
+}
+
+/// Starts wgpu on the default device once per process and returns the adapter's description,
+/// or an error naming the missing driver. cubecl-wgpu panics when no adapter exists, and a
+/// device can be set up only once, so the outcome is kept.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapter() -> Result<String> {
+    use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, RuntimeOptions, WgpuDevice};
+    use std::sync::OnceLock;
+    static ADAPTER: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    let outcome = ADAPTER.get_or_init(|| {
+        crate::panics::catch_quietly(|| {
+            let setup =
+                init_setup::<AutoGraphicsApi>(&WgpuDevice::default(), RuntimeOptions::default());
+            let info = setup.adapter.get_info();
+            format!("{}, {:?}, {:?}", info.name, info.backend, info.device_type)
+        })
+    });
+    match outcome {
+        Ok(adapter) => Ok(adapter.clone()),
+        Err(reason) => bail!(
+            "no GPU adapter for wgpu ({}). wgpu needs a Vulkan driver on Linux (e.g. \
+             `apt-get install mesa-vulkan-drivers` for Mesa's drivers, lavapipe included, or the \
+             NVIDIA/AMD driver), Metal on macOS, DirectX 12 on Windows. Check VK_ICD_FILENAMES \
+             and `vulkaninfo --summary`, or use `--device cpu`",
+            // cubecl's message continues with a long debug dump of wgpu's search.
+            reason.split(". ").next().unwrap_or(reason)
         ),
     }
 }

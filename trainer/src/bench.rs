@@ -215,6 +215,8 @@ fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
 fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -> Option<f64> {
     let device = match options.device {
         DeviceKind::Cuda => "cuda",
+        // Vulkan/Metal/DX12 GPUs: PyTorch's CUDA where the card is NVIDIA, else its CPU step.
+        DeviceKind::Wgpu => "auto",
         _ => "cpu",
     };
     let args: Vec<String> = [

@@ -82,7 +82,7 @@ pub struct EmbedArgs {
     /// Output file: float32 [N, 512] in NumPy .npy format, in dataset order.
     #[arg(long, default_value = "embeddings.npy")]
     pub out: PathBuf,
-    /// Device (cpu, cuda, ndarray, candle).
+    /// Device (cpu, cuda, wgpu, ndarray, candle).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Images per forward pass.
@@ -104,7 +104,7 @@ pub struct EvalArgs {
     /// Dataset, as `train --data` (default: the cached official CIFAR-10 download).
     #[arg(long)]
     pub data: Option<String>,
-    /// Device (cpu, cuda, ndarray, candle).
+    /// Device (cpu, cuda, wgpu, ndarray, candle).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Neighbours that vote in kNN.
@@ -141,7 +141,7 @@ pub struct BenchArgs {
     /// Untimed warm-up steps before them.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// Device to measure (cpu, cuda, ndarray, candle).
+    /// Device to measure (cpu, cuda, wgpu, ndarray, candle).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// ResNet-18 width (64 is the standard network).
@@ -186,8 +186,9 @@ pub struct TrainArgs {
     /// Output directory for checkpoints, metrics.csv and config.toml [default: runs/<timestamp>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where to train: cpu, cuda (binary built with --features cuda), or another CPU backend for
-    /// comparison (ndarray, candle) [default: cpu].
+    /// Where to train: cpu, cuda (binary built with --features cuda), wgpu (any GPU through
+    /// Vulkan/Metal/DX12; --features wgpu), or another CPU backend for comparison (ndarray,
+    /// candle) [default: cpu].
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
     /// Random seed for initialisation, shuffling and augmentation [default: 42].

@@ -92,6 +92,8 @@ pub fn conv2d<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
 
 #[cfg(feature = "cuda")]
 impl ConvBackend for burn::backend::Cuda {}
+#[cfg(feature = "wgpu")]
+impl ConvBackend for burn::backend::Wgpu {}
 #[cfg(feature = "ndarray")]
 impl ConvBackend for burn::backend::NdArray {}
 #[cfg(feature = "candle")]

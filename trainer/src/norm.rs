@@ -83,6 +83,8 @@ pub fn batch_norm<B: NormBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool
 
 #[cfg(feature = "cuda")]
 impl NormBackend for burn::backend::Cuda {}
+#[cfg(feature = "wgpu")]
+impl NormBackend for burn::backend::Wgpu {}
 #[cfg(feature = "ndarray")]
 impl NormBackend for burn::backend::NdArray {}
 #[cfg(feature = "candle")]

@@ -1,0 +1,425 @@
+//! The GPU code path, executed: `--device wgpu` on a real Vulkan device. CI runs these on Mesa's
+//! lavapipe (Vulkan on the CPU, installed by `.ci/run`), so the cubecl kernels, Burn's own
+//! convolution and composed BatchNorm (the `NetworkOps` defaults), fusion, autodiff on a GPU
+//! backend and the host <-> device transfers all run on every CI run. CUDA shares that code.
+//!
+//! Built only with `--features wgpu` (`.ci/run` turns it on).
+#![cfg(feature = "wgpu")]
+
+use burn::backend::Autodiff;
+use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use trainer::backend::CpuBackend;
+use trainer::checkpoint::Checkpoint;
+use trainer::named_params::named_tensors;
+
+fn trainer(args: &[&str]) -> Output {
+    trainer_with_env(args, &[])
+}
+
+fn trainer_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env(
+            "SELFSUP_CACHE",
+            std::env::temp_dir().join("selfsup-test-cache-empty"),
+        )
+        .output()
+        .expect("the trainer binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn succeeded(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stderr)
+}
+
+/// A narrow network and a small kNN monitor: lavapipe runs a GPU's kernels on two CPU cores.
+const SMALL: &str = "[model]\nwidth = 4\nhead_hidden = 32\nhead_out = 16\n\n\
+                     [knn]\nbank_size = 200\nquery_size = 100\n";
+
+/// `trainer` training arguments for a short real run into `out` on `device`.
+fn train_args<'a>(data: &'a str, config: &'a str, out: &'a str, device: &'a str) -> Vec<&'a str> {
+    vec![
+        "--data",
+        data,
+        "--config",
+        config,
+        "--batch-size",
+        "16",
+        "--steps-per-epoch",
+        "3",
+        "--out",
+        out,
+        "--device",
+        device,
+    ]
+}
+
+/// metrics.csv rows: epoch, loss, kNN top-1, pairs/s, ...
+fn metrics(run: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
+
+/// Every parameter and running statistic of a checkpoint, by name.
+fn weights(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
+    let ckpt = Checkpoint::read(checkpoint).unwrap();
+    let model = ckpt
+        .model::<Autodiff<CpuBackend>>(&Default::default())
+        .unwrap();
+    named_tensors::<Autodiff<CpuBackend>, _>(&model)
+        .into_iter()
+        .map(|t| (t.name, t.values))
+        .collect()
+}
+
+/// Worst relative L2 error, over tensors, of the change `after - before` in `ours` against
+/// `reference`: what an epoch of Adam did to each tensor, on two backends.
+fn worst_update_error(
+    before: &[(String, Vec<f32>)],
+    ours: &[(String, Vec<f32>)],
+    reference: &[(String, Vec<f32>)],
+) -> (String, f64) {
+    let mut worst = (String::new(), 0.0);
+    for ((name, b), ((_, o), (_, r))) in before.iter().zip(ours.iter().zip(reference)) {
+        let (mut diff, mut norm) = (0.0f64, 0.0f64);
+        for ((b, o), r) in b.iter().zip(o).zip(r) {
+            let (du, dr) = ((o - b) as f64, (r - b) as f64);
+            diff += (du - dr).powi(2);
+            norm += dr.powi(2);
+        }
+        let error = if norm == 0.0 {
+            diff.sqrt()
+        } else {
+            (diff / norm).sqrt()
+        };
+        if error > worst.1 {
+            worst = (name.clone(), error);
+        }
+    }
+    worst
+}
+
+fn copy_run(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("checkpoints")).unwrap();
+    for file in ["config.toml", "metrics.csv"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+    for entry in std::fs::read_dir(from.join("checkpoints")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join("checkpoints").join(entry.file_name())).unwrap();
+    }
+}
+
+/// Two epochs on `device` into `out`, then the third epoch resumed on the other backend and,
+/// from a copy, on the same one. Returns the runs (other, same).
+fn train_then_resume_on_both(
+    data: &str,
+    config: &str,
+    out: &Path,
+    device: &str,
+) -> (PathBuf, PathBuf) {
+    let first = trainer(
+        &[
+            &train_args(data, config, out.to_str().unwrap(), device)[..],
+            &["--epochs", "2"],
+        ]
+        .concat(),
+    );
+    let stderr = succeeded(&first);
+    let expected = if device == "wgpu" {
+        "device: wgpu ("
+    } else {
+        "device: cpu"
+    };
+    assert!(stderr.contains(expected), "{stderr}");
+    let other = if device == "wgpu" { "cpu" } else { "wgpu" };
+    let same_run = out.with_extension("same");
+    copy_run(out, &same_run);
+    for (run, resume_on) in [(out, other), (&same_run, device)] {
+        let resumed = trainer(&[
+            "--resume",
+            "--epochs",
+            "3",
+            "--out",
+            run.to_str().unwrap(),
+            "--device",
+            resume_on,
+        ]);
+        let stderr = succeeded(&resumed);
+        assert!(stderr.contains("resuming from"), "{stderr}");
+        assert!(
+            text(&resumed.stdout).contains("epoch 3/3")
+                && !text(&resumed.stdout).contains("epoch 2/3"),
+            "{}",
+            text(&resumed.stdout)
+        );
+    }
+    (out.to_path_buf(), same_run)
+}
+
+/// A short real run on wgpu writes checkpoints and metrics; its checkpoint resumes on the CPU,
+/// and a CPU checkpoint resumes on wgpu. The resumed epoch must do what it does on the backend
+/// that wrote the checkpoint: same loss and the same parameter updates, within float32
+/// reduction-order noise (a lost Adam state, step count or RNG position changes them by far more).
+#[test]
+fn wgpu_trains_and_checkpoints_resume_across_backends() {
+    let data = cifar10_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, SMALL).unwrap();
+    let (data, config) = (data.to_str().unwrap(), config.to_str().unwrap());
+
+    for device in ["wgpu", "cpu"] {
+        let run = dir.path().join(format!("from-{device}"));
+        let (crossed, same) = train_then_resume_on_both(data, config, &run, device);
+        for file in ["epoch-0001.ckpt", "epoch-0002.ckpt", "epoch-0003.ckpt"] {
+            assert!(crossed.join("checkpoints").join(file).is_file(), "{file}");
+        }
+        let (crossed_rows, same_rows) = (metrics(&crossed), metrics(&same));
+        assert_eq!(crossed_rows.len(), 3);
+        for row in &crossed_rows {
+            assert!(row[1] > 1.0 && row[1] < 10.0, "loss {}", row[1]);
+            assert!((0.0..=1.0).contains(&row[2]), "kNN {}", row[2]);
+        }
+        // Epochs 1-2 are the same file; epoch 3 ran on the two backends.
+        assert_eq!(crossed_rows[..2], same_rows[..2]);
+        let (loss_crossed, loss_same) = (crossed_rows[2][1], same_rows[2][1]);
+        assert!(
+            (loss_crossed - loss_same).abs() / loss_same < 1e-3,
+            "from {device}: epoch 3 loss {loss_crossed} resumed on the other backend, \
+             {loss_same} on the same"
+        );
+        let before = weights(&crossed.join("checkpoints/epoch-0002.ckpt"));
+        let (name, error) = worst_update_error(
+            &before,
+            &weights(&crossed.join("checkpoints/epoch-0003.ckpt")),
+            &weights(&same.join("checkpoints/epoch-0003.ckpt")),
+        );
+        eprintln!(
+            "from {device}: epoch 3 updates, worst relative L2 difference {error:.2e} ({name})"
+        );
+        assert!(
+            error < 1e-2,
+            "from {device}: epoch 3's update of {name} differs by {error:.2e} between backends"
+        );
+    }
+}
+
+/// Embeddings (the features `eval` and `embed` compute) of the first `limit` test images.
+fn embed(run: &Path, data: &str, device: &str, limit: usize, out: &Path) -> Vec<f32> {
+    let limit = limit.to_string();
+    succeeded(&trainer(&[
+        "embed",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--limit",
+        &limit,
+        "--device",
+        device,
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let bytes = std::fs::read(out).unwrap();
+    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[header..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// A checkpoint trained on wgpu: its features on wgpu equal the CPU's, its ONNX export computes
+/// them in ONNX Runtime, and `eval` on wgpu reports what `eval` on the CPU reports.
+#[test]
+fn wgpu_features_export_and_eval_agree_with_the_cpu() {
+    let data = cifar10_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, SMALL).unwrap();
+    let data = data.to_str().unwrap();
+    let run = dir.path().join("run");
+    succeeded(&trainer(
+        &[
+            &train_args(
+                data,
+                config.to_str().unwrap(),
+                run.to_str().unwrap(),
+                "wgpu",
+            )[..],
+            &["--epochs", "1"],
+        ]
+        .concat(),
+    ));
+
+    let n = 64;
+    let gpu = embed(&run, data, "wgpu", n, &dir.path().join("gpu.npy"));
+    let cpu = embed(&run, data, "cpu", n, &dir.path().join("cpu.npy"));
+    assert_eq!(gpu.len(), n * 32);
+    let scale = cpu.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 1e-3, "embeddings are all zero");
+    let diff = max_abs_diff(&gpu, &cpu);
+    eprintln!("embeddings, wgpu vs cpu: max difference {diff:.2e} (largest value {scale:.2})");
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "wgpu vs cpu embeddings: {diff}"
+    );
+
+    let onnx = dir.path().join("encoder.onnx");
+    succeeded(&trainer(&[
+        "export",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        onnx.to_str().unwrap(),
+    ]));
+    let splits = trainer::data::load(data).unwrap();
+    let pixels: Vec<f32> = (0..n)
+        .flat_map(|i| splits.test.image(i).iter().map(|&b| b as f32 / 255.0))
+        .collect();
+    let (shape, ort) = onnxruntime_run(
+        &onnx,
+        trainer::export::INPUT,
+        pixels,
+        n,
+        trainer::export::OUTPUT,
+    );
+    assert_eq!(shape, [n as i64, 32]);
+    let diff = max_abs_diff(&ort, &gpu);
+    eprintln!("embeddings, ONNX Runtime vs wgpu: max difference {diff:.2e}");
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "ONNX Runtime vs wgpu embeddings: {diff}"
+    );
+
+    let eval = |device: &str| {
+        let stdout = text(
+            &trainer(&[
+                "eval",
+                "--checkpoint",
+                run.to_str().unwrap(),
+                "--data",
+                data,
+                "--limit-train",
+                "500",
+                "--limit-test",
+                "200",
+                "--probe-epochs",
+                "2",
+                "--device",
+                device,
+            ])
+            .stdout,
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("kNN"))
+            .unwrap_or_else(|| panic!("no kNN line in eval's output:\n{stdout}"))
+            .to_string();
+        line
+    };
+    let (gpu_knn, cpu_knn) = (eval("wgpu"), eval("cpu"));
+    assert_eq!(gpu_knn, cpu_knn, "eval's kNN on wgpu and on the CPU");
+}
+
+/// Without a Vulkan driver, `--device wgpu` stops at once with what to install: no panic trace,
+/// no hang, for every command that takes `--device`.
+#[test]
+fn wgpu_without_a_driver_is_a_clear_error() {
+    let data = cifar10_bin();
+    let data = data.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let commands: [&[&str]; 3] = [
+        &[
+            "--data", data, "--epochs", "1", "--out", out, "--device", "wgpu",
+        ],
+        &[
+            "bench",
+            "--device",
+            "wgpu",
+            "--no-torch",
+            "--no-onnx",
+            "--steps",
+            "1",
+        ],
+        &[
+            "eval",
+            "--checkpoint",
+            out,
+            "--data",
+            data,
+            "--device",
+            "wgpu",
+        ],
+    ];
+    for args in commands {
+        let started = Instant::now();
+        let output = trainer_with_env(args, &[("VK_ICD_FILENAMES", "/nonexistent")]);
+        let took = started.elapsed();
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no GPU adapter for wgpu")
+                && stderr.contains("mesa-vulkan-drivers")
+                && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+        // A hang guard, not a speed test: the probe fails in well under a second here.
+        assert!(took < Duration::from_secs(60), "{args:?} took {took:?}");
+    }
+}
+
+/// `trainer bench --device wgpu` measures the step on the GPU and says which adapter.
+#[test]
+fn bench_runs_on_wgpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("bench.json");
+    let stderr = succeeded(&trainer(&[
+        "bench",
+        "--device",
+        "wgpu",
+        "--width",
+        "4",
+        "--batch-size",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--no-torch",
+        "--no-onnx",
+        "--out",
+        report.to_str().unwrap(),
+    ]));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(
+        json["device"].as_str().unwrap().starts_with("wgpu ("),
+        "{json}\n{stderr}"
+    );
+    let result = &json["results"][0];
+    assert_eq!(result["batch_size"], 8);
+    assert!(
+        result["train_step_pairs_per_s"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+}
