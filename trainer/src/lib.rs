@@ -18,6 +18,7 @@ pub mod features;
 pub mod knn;
 pub mod loader;
 pub mod loss;
+pub mod methods;
 pub mod model;
 pub mod named_params;
 pub mod norm;

@@ -1,0 +1,118 @@
+//! VICReg (Bardes, Ponce and LeCun, ICLR 2022): variance-invariance-covariance regularisation of
+//! the two views' embeddings `z_a`, `z_b` (`[N, D]`), with no negatives and no momentum network:
+//! - invariance: mean squared error between the views;
+//! - variance: hinge `mean_d relu(1 - sqrt(var_d + eps))` per view (unbiased variance over the
+//!   batch), averaged over the views: keeps every dimension from collapsing;
+//! - covariance: `sum of squared off-diagonal covariances / D` per view, summed over the views:
+//!   decorrelates the dimensions.
+//! `loss = invariance_weight * inv + variance_weight * var + covariance_weight * cov`, with the
+//! paper's weights 25 / 25 / 1 as defaults (its reference code: facebookresearch/vicreg).
+
+use super::{centred, off_diagonal_mask};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+#[derive(Debug, Clone, Copy)]
+pub struct VicRegLoss {
+    pub invariance_weight: f64,
+    pub variance_weight: f64,
+    pub covariance_weight: f64,
+    /// Added to the variance under the square root (keeps its gradient finite at collapse).
+    pub epsilon: f64,
+}
+
+impl Default for VicRegLoss {
+    fn default() -> Self {
+        Self {
+            invariance_weight: 25.0,
+            variance_weight: 25.0,
+            covariance_weight: 1.0,
+            epsilon: 1e-4,
+        }
+    }
+}
+
+/// The three terms before weighting, each `[1]`.
+pub struct VicRegTerms<B: Backend> {
+    pub invariance: Tensor<B, 1>,
+    pub variance: Tensor<B, 1>,
+    pub covariance: Tensor<B, 1>,
+}
+
+impl VicRegLoss {
+    pub fn terms<B: Backend>(&self, z_a: Tensor<B, 2>, z_b: Tensor<B, 2>) -> VicRegTerms<B> {
+        let [n, _] = z_a.dims();
+        assert!(n >= 2, "VICReg needs at least 2 images per batch, got {n}");
+        assert_eq!(
+            z_a.dims(),
+            z_b.dims(),
+            "the two views' embeddings differ in shape"
+        );
+        let invariance = (z_a.clone() - z_b.clone()).powi_scalar(2).mean();
+        let variance = (self.variance_term(z_a.clone()) + self.variance_term(z_b.clone())) / 2.0;
+        let covariance = covariance_term(z_a) + covariance_term(z_b);
+        VicRegTerms {
+            invariance,
+            variance,
+            covariance,
+        }
+    }
+
+    /// The weighted loss, `[1]`.
+    pub fn forward<B: Backend>(&self, z_a: Tensor<B, 2>, z_b: Tensor<B, 2>) -> Tensor<B, 1> {
+        let t = self.terms(z_a, z_b);
+        t.invariance * self.invariance_weight
+            + t.variance * self.variance_weight
+            + t.covariance * self.covariance_weight
+    }
+
+    fn variance_term<B: Backend>(&self, z: Tensor<B, 2>) -> Tensor<B, 1> {
+        let [n, _] = z.dims();
+        let variance = centred(z).powi_scalar(2).sum_dim(0) / (n - 1) as f64;
+        relu((variance + self.epsilon).sqrt().neg() + 1.0).mean()
+    }
+}
+
+/// Sum of the squared off-diagonal entries of the (unbiased) covariance matrix, divided by `D`.
+fn covariance_term<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [n, d] = z.dims();
+    let device = z.device();
+    let z = centred(z);
+    let covariance = z.clone().transpose().matmul(z) / (n - 1) as f64;
+    (covariance * off_diagonal_mask::<B>(d, &device))
+        .powi_scalar(2)
+        .sum()
+        / d as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::tests::{matrix, scalar, DECORRELATED, Z_A, Z_B};
+
+    #[test]
+    fn terms_match_the_reference_code() {
+        // Values of facebookresearch/vicreg's loss (float64 PyTorch) on these inputs.
+        let loss = VicRegLoss::default();
+        let t = loss.terms(matrix(&Z_A, 1.0), matrix(&Z_B, 1.0));
+        assert!((scalar(t.invariance) - 0.145333333).abs() < 1e-6);
+        assert!((scalar(t.variance) - 0.020800066).abs() < 1e-6);
+        assert!((scalar(t.covariance) - 2.151972833).abs() < 1e-5);
+        let total = scalar(loss.forward(matrix(&Z_A, 1.0), matrix(&Z_B, 1.0)));
+        assert!((total - 6.305307823).abs() < 1e-5, "{total}");
+        // Scaled down by 0.3, the variance hinge is active in every dimension.
+        let total = scalar(loss.forward(matrix(&Z_A, 0.3), matrix(&Z_B, 0.3)));
+        assert!((total - 17.018183300).abs() < 1e-4, "{total}");
+    }
+
+    #[test]
+    fn spread_decorrelated_identical_views_cost_nothing_and_collapse_costs_the_variance_hinge() {
+        let loss = VicRegLoss::default();
+        let z = matrix(&DECORRELATED, 2.0);
+        assert!(scalar(loss.forward(z.clone(), z)).abs() < 1e-6);
+        // Every image mapped to the same point: each dimension's std is sqrt(eps) = 0.01.
+        let collapsed = matrix(&[[0.3, -0.2], [0.3, -0.2], [0.3, -0.2], [0.3, -0.2]], 1.0);
+        let total = scalar(loss.forward(collapsed.clone(), collapsed));
+        assert!((total - 25.0 * 0.99).abs() < 1e-4, "{total}");
+    }
+}
