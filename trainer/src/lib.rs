@@ -16,6 +16,7 @@ pub mod eval_job;
 pub mod export;
 pub mod features;
 pub mod knn;
+pub mod lars;
 pub mod loader;
 pub mod loss;
 pub mod methods;
