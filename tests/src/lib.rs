@@ -20,6 +20,17 @@ pub fn python3() -> Command {
     command
 }
 
+/// The trainer binary at `binary` (a test's `env!("CARGO_BIN_EXE_trainer")`), with an empty
+/// download cache of its own, so no test ever reuses or fetches a user's CIFAR-10 download.
+pub fn trainer_command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    command.env(
+        "SELFSUP_CACHE",
+        std::env::temp_dir().join("selfsup-test-cache-empty"),
+    );
+    command
+}
+
 /// The shared CIFAR-10 images in the official binary layout: `$CIFAR10_BIN`, or converted once
 /// into `target/cifar10` from `../shared/data/cifar10-jpeg.tar.gz` by `../shared/tools/cifar10-bin`
 /// (needs Pillow).

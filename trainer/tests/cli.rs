@@ -1,15 +1,11 @@
 //! The `trainer` binary as a user runs it, on the real CIFAR-10 images from `../shared/data`.
 
-use e2e::cifar10_bin;
+use e2e::{cifar10_bin, trainer_command};
 use std::process::{Command, Output};
 
 fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
+    trainer_command(env!("CARGO_BIN_EXE_trainer"))
         .args(args)
-        .env(
-            "SELFSUP_CACHE",
-            std::env::temp_dir().join("selfsup-test-cache-empty"),
-        )
         .output()
         .expect("the trainer binary runs")
 }

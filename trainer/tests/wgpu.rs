@@ -7,9 +7,9 @@
 #![cfg(feature = "wgpu")]
 
 use burn::backend::Autodiff;
-use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
+use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run, trainer_command};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 use trainer::backend::CpuBackend;
 use trainer::checkpoint::Checkpoint;
@@ -20,13 +20,9 @@ fn trainer(args: &[&str]) -> Output {
 }
 
 fn trainer_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
+    trainer_command(env!("CARGO_BIN_EXE_trainer"))
         .args(args)
         .envs(env.iter().copied())
-        .env(
-            "SELFSUP_CACHE",
-            std::env::temp_dir().join("selfsup-test-cache-empty"),
-        )
         .output()
         .expect("the trainer binary runs")
 }
