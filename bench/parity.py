@@ -93,7 +93,7 @@ def train_ours(weights, args, seed, scratch):
     """The trainer from the same weights; returns (loss per epoch, final kNN, kNN per epoch)."""
     config = os.path.join(scratch, "parity.toml")
     with open(config, "w") as f:
-        f.write(f"[model]\nwidth = {args.width}\nhead_hidden = {args.head_hidden}\nhead_out = {args.head_out}\n")
+        f.write(f"[model]\nwidth = {args.width}\n\n[model.head]\nhidden = {args.head_hidden}\nout = {args.head_out}\n")
     out = os.path.join(args.keep or scratch, f"ours-{seed}")
     subprocess.run([args.trainer, "--data", args.data, "--config", config, "--init-weights", weights,
                     "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),

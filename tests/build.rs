@@ -19,24 +19,21 @@ fn main() {
     let device = Default::default();
     Flex::seed(&device, 7);
     let mut config = TrainConfig::default();
-    config.model = ModelConfig {
-        width: 4,
-        head_hidden: 8,
-        head_out: 4,
-    };
+    config.model = ModelConfig::small(4, 8, 4);
     let model = config.model.init::<Flex>(&device);
     let state = TrainState {
         epochs_done: 1,
         global_step: 0,
         step_in_epoch: 0,
         loss_sum_in_epoch: 0.0,
+        z_std_sum_in_epoch: 0.0,
         epoch_seed: 0,
         rng: rand_chacha::ChaCha8Rng::seed_from_u64(0),
     };
     let dir = out.join("roundtrip");
     let _ = std::fs::remove_dir_all(&dir);
     let record = model.clone().into_record();
-    let path = checkpoint::save(&dir, &model, record, &state, &config).unwrap();
+    let path = checkpoint::save(&dir, &model, record, &[], &state, &config).unwrap();
     // The viewer's browser test exports this checkpoint with `trainer export --viewer`.
     println!("cargo::rustc-env=TINY_CHECKPOINT={}", path.display());
     // Export what the checkpoint holds (parameters are initialised lazily, so the saved copy is
@@ -45,10 +42,11 @@ fn main() {
         .unwrap()
         .model::<Flex>(&device)
         .unwrap();
-    let proto = trainer::export::encoder_to_onnx(
+    let proto = trainer::jobs::export::encoder_to_onnx(
         &saved.encoder,
         config.model.embedding_dim(),
         &config.augment,
+        config.method.kind(),
         &config.to_toml(),
         &onnx::ExportOptions::default(),
     );

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use trainer::augment::{self, AugmentConfig, JitterParams, PIXELS, SIDE};
+use trainer::data::augment::{self, AugmentConfig, JitterParams, PIXELS, SIDE};
 use trainer::data::{self, Splits};
 use trainer::named_params::read_safetensors;
 
@@ -213,7 +213,7 @@ fn crop_jitter_and_probabilities_follow_torchvision_laws() {
         );
     }
 
-    let views: Vec<_> = (0..20_000).map(|_| config.sample_view(&mut rng)).collect();
+    let views: Vec<_> = (0..20_000).map(|_| config.sample_view(0, &mut rng)).collect();
     let fraction = |f: fn(&augment::ViewParams) -> bool| {
         views.iter().filter(|v| f(v)).count() as f64 / views.len() as f64
     };
@@ -240,7 +240,7 @@ fn whole_views_have_torchvision_channel_statistics() {
     let mut view = vec![0.0; 3 * PIXELS];
     let views = 4000;
     for i in 0..views {
-        config.view(train.image(i / 2), &mut rng, &mut view);
+        config.view(train.image(i / 2), i % 2, &mut rng, &mut view);
         for (c, sum) in sums.iter_mut().enumerate() {
             for &v in &view[c * PIXELS..(c + 1) * PIXELS] {
                 sum[0] += v as f64;

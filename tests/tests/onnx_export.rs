@@ -10,9 +10,9 @@ use trainer::backend::{run_on, CpuBackend, DeviceKind};
 use trainer::checkpoint::Checkpoint;
 use trainer::config::TrainConfig;
 use trainer::data::{self, ImageDataset, Splits};
-use trainer::export::{encoder_to_onnx, INPUT, OUTPUT};
-use trainer::features::normalized_batch;
-use trainer::train::TrainJob;
+use trainer::jobs::export::{encoder_to_onnx, INPUT, OUTPUT};
+use trainer::eval::features::normalized_batch;
+use trainer::jobs::train::TrainJob;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -66,6 +66,7 @@ fn export(dir: &Path, fold: bool) -> std::path::PathBuf {
         &model.encoder,
         512,
         &f.checkpoint.config.augment,
+        f.checkpoint.config.method.kind(),
         &f.checkpoint.config.to_toml(),
         &onnx::ExportOptions {
             fold_batch_norm: fold,

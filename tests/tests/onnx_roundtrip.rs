@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, TensorData};
 use e2e::{cifar10_bin, max_abs_diff};
 use std::path::Path;
 use trainer::checkpoint::Checkpoint;
-use trainer::features::normalized_batch;
+use trainer::eval::features::normalized_batch;
 
 #[allow(clippy::all, unused)]
 mod imported {

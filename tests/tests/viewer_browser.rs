@@ -11,7 +11,7 @@ use clap::Parser;
 use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use trainer::export::{INPUT, OUTPUT};
+use trainer::jobs::export::{INPUT, OUTPUT};
 
 const SAMPLES: usize = 200;
 const COMPARED: usize = 8;

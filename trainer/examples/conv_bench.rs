@@ -1,5 +1,5 @@
 //! Times the three passes (output, input gradient, weight gradient) of every convolution of the
-//! CIFAR ResNet-18 (width 64): flex's own ops against `trainer::conv_kernels`, and checks that
+//! CIFAR ResNet-18 (width 64): flex's own ops against `trainer::kernels::conv_kernels`, and checks that
 //! both give the same values.
 //!
 //! `cargo run --release -p trainer --example conv_bench -- [VIEWS]` (default 64 = batch 32 pairs)
@@ -8,7 +8,7 @@ use burn::tensor::ops::{ConvOptions, ModuleOps};
 use burn::tensor::{Distribution, Tensor, TensorPrimitive};
 use e2e::max_abs_diff;
 use std::time::Instant;
-use trainer::conv_kernels::{self, ConvShape};
+use trainer::kernels::conv_kernels::{self, ConvShape};
 
 fn prim(t: Tensor<Flex, 4>) -> burn::tensor::ops::FloatTensor<Flex> {
     t.into_primitive().tensor()

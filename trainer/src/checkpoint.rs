@@ -2,14 +2,16 @@
 //!
 //! Layout of `OUT/checkpoints/epoch-NNNN.ckpt`:
 //! ```text
-//! b"SELFSUP-CKPT\n" | u64 LE header length | header (JSON) | model record | optimizer record
+//! b"SELFSUP-CKPT\n" | u64 LE header length | header (JSON) | model | optimizer | method state
 //! ```
 //! The header holds the epoch, the position inside the next epoch (for a Ctrl-C save), the
-//! RNG state, the full config and the MD5 of both records, so a truncated or corrupted file is
-//! reported as such instead of loading garbage. `OUT/checkpoints/latest` names the newest file.
+//! RNG state, the full config (with the method) and the MD5 of the three records, so a truncated
+//! or corrupted file is reported as such instead of loading garbage. The method state is what a
+//! method keeps beside the trained model (BYOL's target network, MoCo's key encoder and queue). `OUT/checkpoints/latest` names the newest file.
 
 use crate::config::TrainConfig;
-use crate::model::{ModelConfig, SimClrModel};
+use crate::methods::MethodKind;
+use crate::model::{ModelConfig, SslModel};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::Module;
 use burn::prelude::Backend;
@@ -21,7 +23,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8] = b"SELFSUP-CKPT\n";
-const FORMAT_VERSION: u32 = 1;
+/// 2: several methods (method state section, heads with BatchNorm, predictor). Version 1 files
+/// (SimCLR only) are refused with a message.
+const FORMAT_VERSION: u32 = 2;
 pub const LATEST: &str = "latest";
 
 /// Where training stands: enough to continue exactly where it stopped.
@@ -35,6 +39,8 @@ pub struct TrainState {
     pub step_in_epoch: usize,
     /// Sum of the losses of those steps, so the epoch's mean loss stays exact after resume.
     pub loss_sum_in_epoch: f64,
+    /// Sum of their collapse monitors (`z_std`), for the same reason.
+    pub z_std_sum_in_epoch: f64,
     /// Seed of the epoch in progress (meaningful when `step_in_epoch > 0`).
     pub epoch_seed: u64,
     /// The run's RNG, which draws each new epoch's seed.
@@ -48,6 +54,7 @@ struct Header {
     config: TrainConfig,
     model_bytes: u64,
     optimizer_bytes: u64,
+    method_bytes: u64,
     md5: String,
     saved_at: String,
 }
@@ -59,6 +66,7 @@ pub struct Checkpoint {
     pub config: TrainConfig,
     model: Vec<u8>,
     optimizer: Vec<u8>,
+    pub method_state: Vec<u8>,
 }
 
 fn recorder() -> BinBytesRecorder<FullPrecisionSettings> {
@@ -97,39 +105,53 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Saves model, optimizer record and training state into `dir`, then points `latest` at it.
+/// A Burn record as bytes (what checkpoints store).
+pub fn encode_record<B: Backend, R: Record<B>>(record: R) -> Result<Vec<u8>> {
+    recorder()
+        .record(record, ())
+        .map_err(|e| anyhow::anyhow!("cannot serialise a record: {e:?}"))
+}
+
+/// Saves model, optimizer record, method state and training state into `dir`, then points
+/// `latest` at it.
 pub fn save<B: Backend, R: Record<B>>(
     dir: &Path,
-    model: &SimClrModel<B>,
+    model: &SslModel<B>,
     optimizer: R,
+    method_state: &[u8],
     state: &TrainState,
     config: &TrainConfig,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let model_bytes = recorder()
-        .record(model.clone().into_record(), ())
-        .context("cannot serialise the model")?;
-    let optimizer_bytes = recorder()
-        .record(optimizer, ())
-        .context("cannot serialise the optimizer state")?;
+    let model_bytes =
+        encode_record::<B, _>(model.clone().into_record()).context("cannot serialise the model")?;
+    let optimizer_bytes =
+        encode_record::<B, _>(optimizer).context("cannot serialise the optimizer state")?;
     let header = Header {
         format: FORMAT_VERSION,
         state: state.clone(),
         config: config.clone(),
         model_bytes: model_bytes.len() as u64,
         optimizer_bytes: optimizer_bytes.len() as u64,
-        md5: payload_md5(&model_bytes, &optimizer_bytes),
+        method_bytes: method_state.len() as u64,
+        md5: payload_md5(&[&model_bytes, &optimizer_bytes, method_state]),
         saved_at: chrono::Local::now().to_rfc3339(),
     };
     let header = serde_json::to_vec(&header)?;
     let mut bytes = Vec::with_capacity(
-        MAGIC.len() + 8 + header.len() + model_bytes.len() + optimizer_bytes.len(),
+        MAGIC.len()
+            + 8
+            + header.len()
+            + model_bytes.len()
+            + optimizer_bytes.len()
+            + method_state.len(),
     );
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&header);
     bytes.extend_from_slice(&model_bytes);
     bytes.extend_from_slice(&optimizer_bytes);
+    bytes.extend_from_slice(method_state);
     let name = checkpoint_name(state);
     let path = dir.join(&name);
     write_atomically(&path, &bytes)?;
@@ -137,10 +159,11 @@ pub fn save<B: Backend, R: Record<B>>(
     Ok(path)
 }
 
-fn payload_md5(model: &[u8], optimizer: &[u8]) -> String {
+fn payload_md5(parts: &[&[u8]]) -> String {
     let mut hasher = Md5::new();
-    hasher.update(model);
-    hasher.update(optimizer);
+    for part in parts {
+        hasher.update(part);
+    }
     format!("{:x}", hasher.finalize())
 }
 
@@ -195,24 +218,41 @@ impl Checkpoint {
             rest.len() >= header_len,
             "truncated: the file ends inside its header"
         );
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        let format = serde_json::from_slice::<Format>(&rest[..header_len])
+            .context("corrupt header")?
+            .format;
+        ensure!(
+            format == FORMAT_VERSION,
+            "format version {format} is not supported by this trainer (expects {FORMAT_VERSION}){}",
+            if format == 1 {
+                ": version 1 checkpoints come from the SimCLR-only trainer before several methods \
+                 were added; export or evaluate them with that version, or train again"
+            } else {
+                ""
+            }
+        );
         let header: Header =
             serde_json::from_slice(&rest[..header_len]).context("corrupt header")?;
-        ensure!(
-            header.format == FORMAT_VERSION,
-            "format version {} is not supported by this trainer (expects {FORMAT_VERSION})",
-            header.format
-        );
         let payload = &rest[header_len..];
-        let (model_len, optim_len) = (header.model_bytes as usize, header.optimizer_bytes as usize);
+        let lengths = [
+            header.model_bytes as usize,
+            header.optimizer_bytes as usize,
+            header.method_bytes as usize,
+        ];
+        let promised: usize = lengths.iter().sum();
         ensure!(
-            payload.len() == model_len + optim_len,
-            "truncated or padded: {} bytes of weights where the header promises {}",
+            payload.len() == promised,
+            "truncated or padded: {} bytes of weights where the header promises {promised}",
             payload.len(),
-            model_len + optim_len
         );
-        let (model, optimizer) = payload.split_at(model_len);
+        let (model, rest) = payload.split_at(lengths[0]);
+        let (optimizer, method_state) = rest.split_at(lengths[1]);
         ensure!(
-            payload_md5(model, optimizer) == header.md5,
+            payload_md5(&[model, optimizer, method_state]) == header.md5,
             "corrupt: the weights do not match the checksum in the header"
         );
         Ok(Self {
@@ -221,6 +261,7 @@ impl Checkpoint {
             config: header.config,
             model: model.to_vec(),
             optimizer: optimizer.to_vec(),
+            method_state: method_state.to_vec(),
         })
     }
 
@@ -236,9 +277,21 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The model, rebuilt from the checkpoint's own architecture.
-    pub fn model<B: Backend>(&self, device: &B::Device) -> Result<SimClrModel<B>> {
-        let record = load_record(&self.model, device).with_context(|| {
+    /// Fails unless the checkpoint was trained with the method `expected`.
+    pub fn ensure_method(&self, expected: MethodKind) -> Result<()> {
+        let saved = self.config.method.kind();
+        ensure!(
+            saved == expected,
+            "{} was trained with {saved}, but this run uses {expected}: resume it with \
+             --method {saved}, or start a new run (another --out) for {expected}",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    /// The model (encoder, heads), rebuilt from the checkpoint's own architecture.
+    pub fn model<B: Backend>(&self, device: &B::Device) -> Result<SslModel<B>> {
+        let record = decode_record(&self.model, device).with_context(|| {
             format!(
                 "{}: the model weights do not fit this trainer's network (written by another version?)",
                 self.path.display()
@@ -248,7 +301,7 @@ impl Checkpoint {
     }
 
     pub fn optimizer_record<B: Backend, R: Record<B>>(&self, device: &B::Device) -> Result<R> {
-        load_record(&self.optimizer, device).with_context(|| {
+        decode_record(&self.optimizer, device).with_context(|| {
             format!(
                 "{}: the optimizer state does not load (saved by another optimizer?)",
                 self.path.display()
@@ -259,7 +312,7 @@ impl Checkpoint {
 
 /// Decodes a record; one of another layout (an older version of this trainer) makes Burn panic,
 /// which becomes an error here.
-fn load_record<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Result<R> {
+pub fn decode_record<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Result<R> {
     crate::panics::catch_quietly(|| recorder().load(bytes.to_vec(), device))
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .map_err(|e| anyhow::anyhow!("{e:?}"))
@@ -273,11 +326,7 @@ mod tests {
 
     fn small_config() -> TrainConfig {
         let mut config = TrainConfig::default();
-        config.model = ModelConfig {
-            width: 2,
-            head_hidden: 4,
-            head_out: 3,
-        };
+        config.model = ModelConfig::small(2, 4, 3);
         config
     }
 
@@ -287,18 +336,19 @@ mod tests {
             global_step: 30,
             step_in_epoch: 0,
             loss_sum_in_epoch: 0.0,
+            z_std_sum_in_epoch: 0.0,
             epoch_seed: 0,
             rng: ChaCha8Rng::seed_from_u64(1),
         }
     }
 
-    fn saved(dir: &Path) -> (PathBuf, SimClrModel<CpuBackend>) {
+    fn saved(dir: &Path) -> (PathBuf, SslModel<CpuBackend>) {
         let config = small_config();
         let model = config.model.init::<CpuBackend>(&Default::default());
         // Parameters are initialised lazily; read one so the saved copy and `model` agree.
         let _ = model.encoder.stem_conv.weight.val();
         let record = model.clone().into_record();
-        let path = save(dir, &model, record, &state(), &config).unwrap();
+        let path = save(dir, &model, record, b"method", &state(), &config).unwrap();
         (path, model)
     }
 
@@ -310,8 +360,9 @@ mod tests {
         assert_eq!(latest_in(dir.path()).unwrap().unwrap(), path);
         let ckpt = Checkpoint::read(dir.path()).unwrap();
         assert_eq!(ckpt.state, state());
+        assert_eq!(ckpt.method_state, b"method");
         let back = ckpt.model::<CpuBackend>(&Default::default()).unwrap();
-        let weights = |m: &SimClrModel<CpuBackend>| onnx::values(m.encoder.stem_conv.weight.val());
+        let weights = |m: &SslModel<CpuBackend>| onnx::values(m.encoder.stem_conv.weight.val());
         let (a, b) = (weights(&model), weights(&back));
         assert_eq!(a, b);
         assert!(!dir.path().join("epoch-0003.tmp").exists());
@@ -347,6 +398,7 @@ mod tests {
             config: small_config(),
             model: vec![7; 64],
             optimizer: vec![],
+            method_state: vec![],
         };
         let err = format!(
             "{:#}",
@@ -367,5 +419,24 @@ mod tests {
             .ensure_architecture(&ModelConfig::default())
             .unwrap_err();
         assert!(err.to_string().contains("architecture"), "{err}");
+        let err = ckpt.ensure_method(MethodKind::Byol).unwrap_err().to_string();
+        assert!(
+            err.contains("trained with simclr, but this run uses byol") && err.contains("epoch-0003"),
+            "{err}"
+        );
+        ckpt.ensure_method(MethodKind::Simclr).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = saved(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let key = b"\"format\":2";
+        let at = bytes.windows(key.len()).position(|w| w == key).unwrap();
+        bytes[at + key.len() - 1] = b'1';
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", Checkpoint::read(&path).err().unwrap());
+        assert!(err.contains("version 1") && err.contains("SimCLR-only"), "{err}");
     }
 }

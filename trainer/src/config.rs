@@ -1,75 +1,18 @@
 //! The recipe: every hyper-parameter of a run in one place, with the values it uses by default.
 //!
-//! A run's config is built as defaults < `--config FILE` (TOML) < command-line flags, and saved as
-//! `OUT/config.toml`, so `trainer train --config OUT/config.toml` reproduces it.
+//! A run's config is built as the method's preset < `--config FILE` (TOML) < command-line
+//! flags, and saved as `OUT/config.toml`, so `trainer train --config OUT/config.toml`
+//! reproduces it. A config file only needs the keys it changes: the rest comes from the preset
+//! of the method it names (`[method] name = "byol"`), SimCLR's when it names none.
 
-use crate::augment::AugmentConfig;
 use crate::backend::DeviceKind;
+use crate::data::augment::AugmentConfig;
+use crate::methods::{MethodConfig, MethodKind};
 use crate::model::ModelConfig;
-use anyhow::{Context, Result};
+use crate::optim::OptimConfig;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// Adam with L2 weight decay (this project's seed recipe).
-    Adam,
-    /// SGD with momentum and a cosine learning-rate schedule (most published CIFAR results).
-    Sgd,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptimConfig {
-    pub optimizer: OptimizerKind,
-    /// Peak learning rate. Adam: 3e-4. SGD: 0.06 x batch/256 is the usual choice.
-    pub lr: f64,
-    pub weight_decay: f64,
-    /// SGD momentum (ignored by Adam).
-    pub momentum: f64,
-    /// Clip the global L2 norm of all gradients to this value (as PyTorch's
-    /// `clip_grad_norm_`); 0 disables clipping.
-    pub grad_clip: f64,
-    /// Cosine decay of the learning rate to 0 over the whole run (always on for SGD).
-    pub cosine: bool,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            optimizer: OptimizerKind::Adam,
-            lr: 3e-4,
-            weight_decay: 1e-4,
-            momentum: 0.9,
-            grad_clip: 1.0,
-            cosine: false,
-        }
-    }
-}
-
-impl OptimConfig {
-    /// The SGD preset: momentum 0.9, lr 0.06 x batch/256, weight decay 5e-4, cosine schedule.
-    pub fn sgd_preset(batch_size: usize) -> Self {
-        Self {
-            optimizer: OptimizerKind::Sgd,
-            lr: 0.06 * batch_size as f64 / 256.0,
-            weight_decay: 5e-4,
-            momentum: 0.9,
-            grad_clip: 1.0,
-            cosine: true,
-        }
-    }
-
-    /// Learning rate for `step` of `total_steps` (cosine decay when enabled, else constant).
-    pub fn lr_at(&self, step: usize, total_steps: usize) -> f64 {
-        if !(self.cosine || self.optimizer == OptimizerKind::Sgd) || total_steps == 0 {
-            return self.lr;
-        }
-        let progress = (step as f64 / total_steps as f64).min(1.0);
-        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-    }
-}
 
 /// kNN monitor run at the end of every epoch (the lightly / MoCo-demo protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,10 +54,10 @@ pub struct TrainConfig {
     /// initialisation from the seed.
     pub init_weights: String,
     pub device: DeviceKind,
-    /// NT-Xent temperature (0.5 as in the SimCLR CIFAR code; solo-learn uses 0.2).
-    pub temperature: f64,
     /// Batches prepared ahead of the training step by the augmentation threads.
     pub prefetch_batches: usize,
+    /// The self-supervised method and its settings.
+    pub method: MethodConfig,
     pub model: ModelConfig,
     pub augment: AugmentConfig,
     pub optim: OptimConfig,
@@ -131,8 +74,8 @@ impl Default for TrainConfig {
             seed: 42,
             init_weights: String::new(),
             device: DeviceKind::Cpu,
-            temperature: 0.5,
             prefetch_batches: 4,
+            method: MethodConfig::default(),
             model: ModelConfig::default(),
             augment: AugmentConfig::default(),
             optim: OptimConfig::default(),
@@ -143,15 +86,68 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let config = Self::load_for(path, None)?;
+        config
+            .validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(config)
     }
 
+    /// The config file at `path` over its method's preset, not yet validated (command-line flags
+    /// may still change it). `method` (from `--method`) is the method when the file names none;
+    /// a file naming another one is an error.
+    pub fn load_for(path: &Path, method: Option<MethodKind>) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml_for(&text, method)
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The config `text` describes over the preset of the method it names (SimCLR's if none).
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text)?;
+        let config = Self::from_toml_for(text, None)?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn from_toml_for(text: &str, method: Option<MethodKind>) -> Result<Self> {
+        let table: toml::Table = toml::from_str(text)?;
+        let named = match table.get("method").and_then(|m| m.get("name")) {
+            None => None,
+            Some(toml::Value::String(name)) => Some(MethodKind::from_name(name).with_context(|| {
+                format!(
+                    "unknown method \"{name}\" in [method] name; one of: {}",
+                    MethodKind::ALL.map(|k| k.name()).join(", ")
+                )
+            })?),
+            Some(other) => bail!("[method] name must be a string, got {other}"),
+        };
+        let kind = match (named, method) {
+            (Some(named), Some(method)) if named != method => {
+                bail!("it configures {named}, but --method {method} was given: drop one of the two")
+            }
+            (named, method) => named.or(method).unwrap_or(MethodKind::Simclr),
+        };
+        let batch_size = match table.get("batch_size") {
+            Some(toml::Value::Integer(b)) if *b > 0 => *b as usize,
+            _ => Self::default().batch_size,
+        };
+        let toml::Value::Table(mut merged) = toml::Value::try_from(Self::preset(kind, batch_size))?
+        else {
+            unreachable!("a TrainConfig serialises to a table")
+        };
+        merge(&mut merged, table);
+        Ok(toml::Value::Table(merged).try_into()?)
+    }
+
+    /// The defaults with `kind`'s preset applied (for a run with `batch_size`).
+    pub fn preset(kind: MethodKind, batch_size: usize) -> Self {
+        let mut config = Self {
+            batch_size,
+            ..Self::default()
+        };
+        kind.apply_preset(&mut config);
+        config
     }
 
     pub fn to_toml(&self) -> String {
@@ -163,10 +159,25 @@ impl TrainConfig {
         anyhow::ensure!(self.epochs >= 1, "epochs must be at least 1");
         anyhow::ensure!(
             self.batch_size >= 2,
-            "batch_size must be at least 2: NT-Xent needs other images as negatives"
+            "batch_size must be at least 2: every method compares images within a batch"
         );
-        anyhow::ensure!(self.temperature > 0.0, "temperature must be positive");
         anyhow::ensure!(self.optim.lr > 0.0, "optim.lr must be positive");
+        anyhow::ensure!(
+            self.optim.warmup_epochs >= 0.0,
+            "optim.warmup_epochs must be >= 0"
+        );
+        anyhow::ensure!(
+            matches!(self.model.head.layers, 2 | 3)
+                && self.model.predictor.is_none_or(|p| matches!(p.layers, 2 | 3)),
+            "model.head.layers and model.predictor.layers must be 2 or 3"
+        );
+        anyhow::ensure!(
+            self.model
+                .predictor
+                .is_none_or(|p| p.out == self.model.head.out),
+            "model.predictor.out must equal model.head.out (it predicts a projection)"
+        );
+        self.method.validate(self)?;
         anyhow::ensure!(self.model.width >= 1, "model.width must be at least 1");
         anyhow::ensure!(self.knn.k >= 1, "knn.k must be at least 1");
         anyhow::ensure!(
@@ -174,6 +185,18 @@ impl TrainConfig {
             "prefetch_batches must be at least 1"
         );
         self.augment.validate()
+    }
+}
+
+/// `base` with every key of `over` written over it; tables merge key by key.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -186,7 +209,7 @@ mod tests {
         let mut config = TrainConfig::default();
         config.epochs = 7;
         config.model.width = 16;
-        config.augment.blur_prob = 0.5;
+        config.augment.blur_prob = crate::data::augment::PerView([0.5, 0.0]);
         let back = TrainConfig::from_toml(&config.to_toml()).unwrap();
         assert_eq!(back, config);
     }
@@ -204,11 +227,37 @@ mod tests {
     }
 
     #[test]
-    fn cosine_schedule_decays_to_zero() {
-        let sgd = OptimConfig::sgd_preset(256);
-        assert!((sgd.lr_at(0, 100) - 0.06).abs() < 1e-12);
-        assert!((sgd.lr_at(50, 100) - 0.03).abs() < 1e-12);
-        assert!(sgd.lr_at(100, 100).abs() < 1e-12);
-        assert_eq!(OptimConfig::default().lr_at(50, 100), 3e-4);
+    fn a_file_changes_only_its_keys_over_its_methods_preset() {
+        let config = TrainConfig::from_toml(
+            "batch_size = 128\n[method]\nname = \"byol\"\ntau_base = 0.9\n[optim]\nlr = 2.0",
+        )
+        .unwrap();
+        let mut want = TrainConfig::preset(MethodKind::Byol, 128);
+        want.optim.lr = 2.0;
+        if let MethodConfig::Byol(byol) = &mut want.method {
+            byol.tau_base = 0.9;
+        }
+        assert_eq!(config, want);
+        assert_eq!(config.model.head.hidden, 4096);
+        assert_eq!(config.optim.peak_lr(128), 1.0);
+        let err = TrainConfig::from_toml("[method]\nname = \"simsiam\"").unwrap_err();
+        assert!(format!("{err:#}").contains("simsiam"), "{err:#}");
+    }
+
+    #[test]
+    fn every_preset_is_valid_and_round_trips() {
+        for kind in MethodKind::ALL {
+            let preset = TrainConfig::preset(kind, 256);
+            preset.validate().unwrap();
+            assert_eq!(preset.method.kind(), kind);
+            assert_eq!(TrainConfig::from_toml(&preset.to_toml()).unwrap(), preset);
+        }
+    }
+
+    #[test]
+    fn a_queue_that_is_not_a_multiple_of_the_batch_is_rejected() {
+        let err = TrainConfig::from_toml("batch_size = 100\n[method]\nname = \"mocov2\"")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("queue_size (32768)"), "{err:#}");
     }
 }

@@ -1,30 +1,28 @@
-//! SimCLR pretraining of a CIFAR ResNet-18, in the order data flows:
-//! data -> augment -> loader -> model -> loss -> train (checkpoint, knn) ; backend picks the device.
+//! Self-supervised pretraining of a CIFAR ResNet-18, in rooms that follow the data path:
+//!
+//! - `data`: datasets, augmentations, the prefetching loader (images -> pairs of views);
+//! - `model`: the encoder and the MLP heads (views -> embeddings -> projections);
+//! - `methods`: one file per self-supervised method (SimCLR, BYOL, MoCo v2, VICReg, Barlow
+//!   Twins) behind the `Method` trait: projections -> loss, and per-step updates (EMA, queue);
+//! - `optim`: optimizers (Adam, SGD, LARS), learning-rate schedule, gradient clipping;
+//! - `kernels`: the CPU backend extension (fast convolution and BatchNorm);
+//! - `eval`: kNN, linear probe, k-means on frozen features;
+//! - `jobs`: what the commands run (train, eval, export, bench);
+//!
+//! and shared plumbing: `config` (the recipe and presets), `checkpoint`, `backend` (device
+//! choice), `named_params`, `progress`, `panics`, `cli`.
 
-pub mod augment;
 pub mod backend;
-pub mod bench;
 pub mod checkpoint;
 pub mod cli;
-pub mod clip;
 pub mod config;
-pub mod conv;
-pub mod conv_kernels;
 pub mod data;
 pub mod eval;
-pub mod eval_job;
-pub mod export;
-pub mod features;
-pub mod knn;
-pub mod lars;
-pub mod loader;
-pub mod loss;
+pub mod jobs;
+pub mod kernels;
 pub mod methods;
 pub mod model;
 pub mod named_params;
-pub mod norm;
-pub mod norm_kernels;
+pub mod optim;
 pub mod panics;
 pub mod progress;
-pub mod train;
-pub mod viewer_assets;

@@ -189,11 +189,7 @@ mod tests {
     use crate::model::ModelConfig;
 
     fn small() -> ModelConfig {
-        ModelConfig {
-            width: 4,
-            head_hidden: 8,
-            head_out: 4,
-        }
+        ModelConfig::small(4, 8, 4)
     }
 
     #[test]

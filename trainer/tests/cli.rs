@@ -405,7 +405,7 @@ fn init_weights_load_by_name_and_misfits_are_named() {
     let config = dir.path().join("width4.toml");
     std::fs::write(
         &config,
-        "[model]\nwidth = 4\nhead_hidden = 32\nhead_out = 16\n\n[knn]\nbank_size = 200\nquery_size = 100\n",
+        "[model]\nwidth = 4\n[model.head]\nhidden = 32\nout = 16\n\n[knn]\nbank_size = 200\nquery_size = 100\n",
     )
     .unwrap();
     let run = |weights: &std::path::Path, out: &str| {

@@ -11,7 +11,7 @@ use trainer::backend::{run_on, BackendTask, DeviceKind, TrainBackend};
 use trainer::config::TrainConfig;
 use trainer::data::{self, Splits};
 use trainer::model::ModelConfig;
-use trainer::train::{knn_monitor, EpochMetrics, TrainJob};
+use trainer::jobs::train::{knn_monitor, EpochMetrics, TrainJob};
 
 /// kNN accuracy must rise by at least this many points (measured rise: see the README).
 const MIN_KNN_GAIN: f64 = 0.04;
@@ -24,11 +24,7 @@ fn config(seed: u64) -> TrainConfig {
         seed,
         ..Default::default()
     };
-    config.model = ModelConfig {
-        width: 8,
-        head_hidden: 64,
-        head_out: 32,
-    };
+    config.model = ModelConfig::small(8, 64, 32);
     config.knn.bank_size = 5_000;
     config.knn.query_size = 2_000;
     config

@@ -9,8 +9,10 @@ use trainer::backend::{run_on, DeviceKind};
 use trainer::checkpoint::{latest_in, Checkpoint};
 use trainer::config::TrainConfig;
 use trainer::data::{ImageDataset, Splits, IMAGE_BYTES};
+use trainer::methods::simclr::NtXentLoss;
+use trainer::methods::MethodConfig;
 use trainer::model::ModelConfig;
-use trainer::train::{EpochMetrics, Outcome, TrainJob};
+use trainer::jobs::train::{EpochMetrics, Outcome, TrainJob};
 
 /// Burn's seeded RNG is global: runs that initialise models must not interleave.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -39,11 +41,7 @@ fn config(epochs: usize) -> TrainConfig {
         steps_per_epoch: 3,
         ..Default::default()
     };
-    config.model = ModelConfig {
-        width: 4,
-        head_hidden: 16,
-        head_out: 8,
-    };
+    config.model = ModelConfig::small(4, 16, 8);
     config.knn.bank_size = 48;
     config.knn.query_size = 12;
     config.knn.k = 5;
@@ -93,7 +91,7 @@ fn run_writes_checkpoints_metrics_and_config() {
     assert_eq!(saved, config(2));
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "epoch,loss,knn_top1,pairs_per_s,seconds");
+    assert_eq!(lines[0], "epoch,loss,z_std,knn_top1,pairs_per_s,seconds");
     assert_eq!(lines.len(), 3);
     assert!(lines[2].starts_with("2,"));
     let ckpt = Checkpoint::read(&ckpts).unwrap();
@@ -153,7 +151,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     train(config(1), dir.path(), false, false).unwrap();
     let mut broken = config(2);
-    broken.temperature = 1e-300; // logits overflow to inf: the loss is NaN
+    broken.method = MethodConfig::Simclr(NtXentLoss::new(1e-300)); // logits overflow: NaN loss
     let err = train(broken, dir.path(), true, false).unwrap_err();
     let msg = err.to_string();
     assert!(

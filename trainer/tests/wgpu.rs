@@ -42,7 +42,7 @@ fn succeeded(output: &Output) -> String {
 }
 
 /// A narrow network and a small kNN monitor: lavapipe runs a GPU's kernels on two CPU cores.
-const SMALL: &str = "[model]\nwidth = 4\nhead_hidden = 32\nhead_out = 16\n\n\
+const SMALL: &str = "[model]\nwidth = 4\n[model.head]\nhidden = 32\nout = 16\n\n\
                      [knn]\nbank_size = 200\nquery_size = 100\n";
 
 /// `trainer` training arguments for a short real run into `out` on `device`.
@@ -292,10 +292,10 @@ fn wgpu_features_export_and_eval_agree_with_the_cpu() {
         .collect();
     let (shape, ort) = onnxruntime_run(
         &onnx,
-        trainer::export::INPUT,
+        trainer::jobs::export::INPUT,
         pixels,
         n,
-        trainer::export::OUTPUT,
+        trainer::jobs::export::OUTPUT,
     );
     assert_eq!(shape, [n as i64, 32]);
     let diff = max_abs_diff(&ort, &gpu);

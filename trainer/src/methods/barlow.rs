@@ -4,10 +4,18 @@
 //! the identity: `loss = scale * (sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2)`.
 //! Defaults: the paper's lambda 0.0051 and scale 1 (solo-learn's CIFAR-10 preset scales by 0.1).
 
-use super::{centred, off_diagonal_mask};
+use super::{centred, off_diagonal_mask, split_views, Method, StepOutput};
+use crate::backend::TrainBackend;
+use crate::config::TrainConfig;
+use crate::data::augment::AugmentConfig;
+use crate::model::{HeadConfig, SslModel};
+use crate::optim::OptimConfig;
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy)]
+/// Barlow Twins' settings (`[method] name = "barlow"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BarlowTwinsLoss {
     /// Weight of the off-diagonal (redundancy reduction) term.
     pub lambda: f64,
@@ -20,6 +28,39 @@ impl Default for BarlowTwinsLoss {
         Self {
             lambda: 0.0051,
             scale: 1.0,
+        }
+    }
+}
+
+/// solo-learn's CIFAR-10 Barlow Twins (`scripts/pretrain/cifar/barlow.yaml`): projector
+/// 2048-2048-2048 with BatchNorm, lambda 0.0051, loss scale 0.1, LARS lr 0.3 (batch 256) and
+/// weight decay 1e-4, asymmetric augmentations.
+pub fn preset(config: &mut TrainConfig) {
+    config.method = super::MethodConfig::Barlow(BarlowTwinsLoss {
+        scale: 0.1,
+        ..Default::default()
+    });
+    config.model.head = HeadConfig {
+        hidden: 2048,
+        out: 2048,
+        layers: 3,
+        batchnorm: true,
+    };
+    config.model.predictor = None;
+    config.optim = OptimConfig::lars_preset(0.3, 1e-4);
+    config.augment = AugmentConfig::asymmetric();
+}
+
+/// Barlow Twins on the projections of the two views.
+pub struct BarlowTwins(pub BarlowTwinsLoss);
+
+impl<B: TrainBackend> Method<B> for BarlowTwins {
+    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+        let z = model.forward(images);
+        let (z_a, z_b) = split_views(z.clone());
+        StepOutput {
+            loss: self.0.forward(z_a, z_b),
+            projections: z,
         }
     }
 }

@@ -1,11 +1,197 @@
-//! Self-supervised methods beside SimCLR (issue 12, in progress): each file holds one method.
-//! So far the losses of the two methods without momentum networks or queues, each checked
-//! against its paper's reference code on small inputs.
+//! Self-supervised methods, one file each, behind one trait: the training loop hands a batch of
+//! two views to a [`Method`] and gets the loss back; after the optimizer's update it lets the
+//! method update its own state (a momentum network, a queue of negatives). Encoder, heads,
+//! augmentations, loop, checkpoints, kNN monitor, eval and export are shared.
+//!
+//! Adding a method: a file with its config (serde, with the published defaults), its CIFAR-10
+//! preset and its `Method` implementation, plus one variant in [`MethodConfig`] and [`MethodKind`].
 
 pub mod barlow;
+pub mod byol;
+pub mod mocov2;
+pub mod momentum;
+pub mod simclr;
 pub mod vicreg;
 
+use crate::backend::TrainBackend;
+use crate::config::TrainConfig;
+use crate::model::SslModel;
+use crate::optim::Schedule;
+use anyhow::{ensure, Result};
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// What one training step of a method produces.
+pub struct StepOutput<B: Backend> {
+    /// The loss to minimise, `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// The online projections of both views, `[2N, d]`, for the collapse monitor.
+    pub projections: Tensor<B, 2>,
+}
+
+/// A self-supervised method on backend `B`.
+pub trait Method<B: TrainBackend> {
+    /// The loss of `model` on `images`, `[2N, 3, 32, 32]`: the first views of N images, then
+    /// their second views. BatchNorm runs in training mode.
+    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B>;
+
+    /// Called after the optimizer updated `model` at 0-based step `step` of the run (momentum
+    /// networks follow the online one, keys enter the queue).
+    fn after_update(&mut self, _model: &SslModel<B>, _step: usize, _schedule: &Schedule) {}
+
+    /// The method's own state for a checkpoint (momentum network, queue); empty if it has none.
+    fn save_state(&self) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores what [`Method::save_state`] saved.
+    fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
+        ensure!(
+            bytes.is_empty(),
+            "the checkpoint holds method state this method does not have"
+        );
+        Ok(())
+    }
+}
+
+/// The method of a run and its settings: `[method]` in the config, `name` picks the method.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum MethodConfig {
+    Simclr(simclr::NtXentLoss),
+    Byol(byol::ByolConfig),
+    Mocov2(mocov2::MocoV2Config),
+    Vicreg(vicreg::VicRegLoss),
+    Barlow(barlow::BarlowTwinsLoss),
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        Self::Simclr(Default::default())
+    }
+}
+
+/// The methods by name (`--method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodKind {
+    /// SimCLR (Chen et al. 2020): NT-Xent over the batch's other images as negatives.
+    Simclr,
+    /// BYOL (Grill et al. 2020): predictor + momentum target network, no negatives.
+    Byol,
+    /// MoCo v2 (Chen et al. 2020): momentum key encoder and a queue of negatives.
+    Mocov2,
+    /// VICReg (Bardes et al. 2022): variance, invariance and covariance terms.
+    Vicreg,
+    /// Barlow Twins (Zbontar et al. 2021): cross-correlation pushed to the identity.
+    Barlow,
+}
+
+impl MethodKind {
+    pub const ALL: [MethodKind; 5] = [
+        Self::Simclr,
+        Self::Byol,
+        Self::Mocov2,
+        Self::Vicreg,
+        Self::Barlow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Simclr => "simclr",
+            Self::Byol => "byol",
+            Self::Mocov2 => "mocov2",
+            Self::Vicreg => "vicreg",
+            Self::Barlow => "barlow",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The method's published CIFAR-10 ResNet-18 configuration (SimCLR: this project's seed
+    /// recipe), applied to `config`: method settings, heads, optimizer and augmentations.
+    pub fn apply_preset(self, config: &mut TrainConfig) {
+        match self {
+            Self::Simclr => simclr::preset(config),
+            Self::Byol => byol::preset(config),
+            Self::Mocov2 => mocov2::preset(config),
+            Self::Vicreg => vicreg::preset(config),
+            Self::Barlow => barlow::preset(config),
+        }
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl MethodConfig {
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Self::Simclr(_) => MethodKind::Simclr,
+            Self::Byol(_) => MethodKind::Byol,
+            Self::Mocov2(_) => MethodKind::Mocov2,
+            Self::Vicreg(_) => MethodKind::Vicreg,
+            Self::Barlow(_) => MethodKind::Barlow,
+        }
+    }
+
+    /// Rejects settings that would only fail later, deep in training.
+    pub fn validate(&self, config: &TrainConfig) -> Result<()> {
+        match self {
+            Self::Simclr(c) => c.validate(config),
+            Self::Byol(c) => c.validate(config),
+            Self::Mocov2(c) => c.validate(config),
+            Self::Vicreg(_) | Self::Barlow(_) => Ok(()),
+        }
+    }
+}
+
+/// The method `config` describes, for the freshly built or loaded `model`.
+pub fn build<B: TrainBackend>(
+    config: &TrainConfig,
+    model: &SslModel<B>,
+    device: &B::Device,
+) -> Box<dyn Method<B>> {
+    match config.method {
+        MethodConfig::Simclr(loss) => Box::new(simclr::SimClr(loss)),
+        MethodConfig::Byol(c) => Box::new(byol::Byol::new(c, &config.model, model, device)),
+        MethodConfig::Mocov2(c) => Box::new(mocov2::MocoV2::new(c, &config.model, model, device)),
+        MethodConfig::Vicreg(loss) => Box::new(vicreg::VicReg(loss)),
+        MethodConfig::Barlow(loss) => Box::new(barlow::BarlowTwins(loss)),
+    }
+}
+
+/// The two views' rows of `z` (`[2N, d]`): `(first views, second views)`.
+pub fn split_views<B: Backend>(z: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [rows, d] = z.dims();
+    let n = rows / 2;
+    (z.clone().slice([0..n, 0..d]), z.slice([n..rows, 0..d]))
+}
+
+/// Collapse monitor: the standard deviation over the batch of the L2-normalised projections,
+/// averaged over dimensions (solo-learn's `z_std`). About `1/sqrt(d)` when the projections
+/// spread over the sphere, 0 when every image maps to the same point.
+pub fn projection_std<B: Backend>(z: Tensor<B, 2>) -> f64 {
+    let [n, _] = z.dims();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let z = crate::eval::knn::l2_normalize(z.detach());
+    let var = centred(z).powi_scalar(2).sum_dim(0) / (n - 1) as f64;
+    var.sqrt().mean().into_scalar().elem::<f64>()
+}
+
+/// Below this fraction of `1/sqrt(d)`, [`projection_std`] means the projections collapsed.
+pub const COLLAPSE_FRACTION: f64 = 0.1;
+
+/// Whether a [`projection_std`] of projections of size `d` means collapse.
+pub fn is_collapsed(std: f64, d: usize) -> bool {
+    std < COLLAPSE_FRACTION / (d as f64).sqrt()
+}
 
 /// `1 - I` of size `d`: keeps the off-diagonal entries of a `[d, d]` matrix.
 fn off_diagonal_mask<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> {
@@ -20,8 +206,8 @@ fn centred<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 2> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::*;
     use crate::backend::CpuBackend;
-    use burn::prelude::*;
     use burn::tensor::TensorData;
 
     /// Two views' embeddings of 5 images in 3 dimensions (the reference values of each loss's
@@ -53,5 +239,38 @@ pub(crate) mod tests {
 
     pub fn scalar(t: Tensor<CpuBackend, 1>) -> f64 {
         t.into_scalar() as f64
+    }
+
+    #[test]
+    fn projection_std_is_zero_at_collapse_and_large_when_spread() {
+        let collapsed = matrix(&[[1.0, 2.0], [1.0, 2.0], [2.0, 4.0]], 1.0);
+        let std = projection_std(collapsed);
+        assert!(std.abs() < 1e-6 && is_collapsed(std, 2), "{std}");
+        // Four unit vectors at +-45 degrees: each normalised coordinate is +-1/sqrt(2), whose
+        // unbiased std over 4 rows is sqrt(4/3 * 1/2).
+        let spread = projection_std(matrix(&DECORRELATED, 1.0));
+        assert!((spread - (2.0f64 / 3.0).sqrt()).abs() < 1e-6, "{spread}");
+        assert!(!is_collapsed(spread, 2));
+    }
+
+    #[test]
+    fn method_config_reads_the_named_block_and_rejects_unknown_keys() {
+        #[derive(Deserialize, Debug)]
+        struct T {
+            method: MethodConfig,
+        }
+        let t: T = toml::from_str("[method]\nname = \"byol\"\ntau_base = 0.9").unwrap();
+        let MethodConfig::Byol(byol) = t.method else {
+            panic!("{t:?}")
+        };
+        assert_eq!((byol.tau_base, byol.tau_final), (0.9, 1.0));
+        let err = toml::from_str::<T>("[method]\nname = \"byol\"\nqueue_size = 4")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue_size"), "{err}");
+        let err = toml::from_str::<T>("[method]\nname = \"simsiam\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("simsiam"), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 //! normalises them with the training run's mean and std inside the graph, and returns the
 //! encoder feature h (`embedding`, `[N, 512]`) with BatchNorm in inference mode.
 
-use crate::augment::AugmentConfig;
+use crate::data::augment::AugmentConfig;
+use crate::methods::MethodKind;
 use crate::model::{BasicBlock, ResNet18};
 use anyhow::{Context, Result};
 use burn::prelude::*;
@@ -42,11 +43,13 @@ impl<B: Backend> ToOnnx for ResNet18<B> {
     }
 }
 
-/// The ONNX model of `encoder` with the normalisation of `augment` in front.
+/// The ONNX model of `encoder` (trained by `method`) with the normalisation of `augment` in
+/// front.
 pub fn encoder_to_onnx<B: Backend>(
     encoder: &ResNet18<B>,
     embedding_dim: usize,
     augment: &AugmentConfig,
+    method: MethodKind,
     config_toml: &str,
     options: &ExportOptions,
 ) -> ModelProto {
@@ -70,6 +73,11 @@ pub fn encoder_to_onnx<B: Backend>(
             (
                 "output",
                 format!("embedding: float32 [N, {embedding_dim}], encoder feature h"),
+            ),
+            ("method", method.name().to_string()),
+            (
+                "encoder",
+                "the online encoder (the one the optimizer trained, not a momentum copy)".into(),
             ),
             ("normalization_mean", fmt(&augment.mean)),
             ("normalization_std", fmt(&augment.std)),

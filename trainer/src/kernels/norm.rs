@@ -8,7 +8,7 @@
 //! outputs as Burn's module in both modes (tested below), so checkpoints and exports are
 //! unaffected; the running variance is PyTorch's (unbiased), see `update_running_statistics`.
 
-use crate::norm_kernels::{self, NormShape};
+use crate::kernels::norm_kernels::{self, NormShape};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;

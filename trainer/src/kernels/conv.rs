@@ -1,12 +1,12 @@
 //! The network's convolutions as a Burn backend extension, so the CPU backend can run them with
-//! the GEMM kernels of [`crate::conv_kernels`] (3.3x faster than flex's own over the three passes of
+//! the GEMM kernels of [`crate::kernels::conv_kernels`] (3.3x faster than flex's own over the three passes of
 //! a ResNet-18 step: `cargo run --release -p trainer --example conv_bench`), while every other
 //! backend keeps Burn's.
 //!
 //! Only how the output and the two gradients are computed changes: the parameters are Burn's
 //! `Conv2d` weights, so checkpoints, ONNX export and the optimizer see the same model.
 
-use crate::conv_kernels::{self, ConvShape};
+use crate::kernels::conv_kernels::{self, ConvShape};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;

@@ -1,24 +1,24 @@
-//! The training loop: plumbing around the recipe (data -> two views -> model -> NT-Xent ->
-//! optimizer), with a checkpoint after every epoch, the kNN monitor, metrics.csv and resume.
+//! The training loop: plumbing around the recipe (data -> two views -> model -> the method's
+//! loss -> optimizer -> the method's own update), with a checkpoint after every epoch, the kNN
+//! and collapse monitors, metrics.csv and resume. It knows no method by name.
 
 use crate::backend::BackendTask;
 use crate::backend::TrainBackend;
 use crate::checkpoint::{self, Checkpoint, TrainState};
-use crate::clip::clip_grad_norm;
-use crate::config::{OptimConfig, OptimizerKind, TrainConfig};
+use crate::config::TrainConfig;
+use crate::data::loader::{EpochPlan, PairBatch, PrefetchLoader};
 use crate::data::{self, ImageDataset, Splits, IMAGE_BYTES};
-use crate::features::encode_dataset;
-use crate::knn::KnnClassifier;
-use crate::loader::{EpochPlan, PairBatch, PrefetchLoader};
-use crate::loss::NtXentLoss;
-use crate::model::SimClrModel;
+use crate::eval::features::encode_dataset;
+use crate::eval::knn::KnnClassifier;
+use crate::methods::{self, is_collapsed, projection_std, Method};
+use crate::model::SslModel;
 use crate::named_params::{load_named_tensors, read_safetensors};
+use crate::optim::clip::clip_grad_norm;
+use crate::optim::{with_optimizer, OptimizerTask, Schedule};
 use crate::progress::steps_bar;
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rand::{RngCore, SeedableRng};
@@ -29,13 +29,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const METRICS_HEADER: &str = "epoch,loss,knn_top1,pairs_per_s,seconds";
+pub const METRICS_HEADER: &str = "epoch,loss,z_std,knn_top1,pairs_per_s,seconds";
 
 /// One line of `metrics.csv`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochMetrics {
     pub epoch: usize,
     pub loss: f64,
+    /// Mean collapse monitor of the epoch's steps ([`projection_std`]).
+    pub z_std: f64,
     pub knn_top1: f64,
     pub pairs_per_s: f64,
     pub seconds: f64,
@@ -44,8 +46,8 @@ pub struct EpochMetrics {
 impl EpochMetrics {
     pub fn csv_row(&self) -> String {
         format!(
-            "{},{:.6},{:.4},{:.2},{:.1}",
-            self.epoch, self.loss, self.knn_top1, self.pairs_per_s, self.seconds
+            "{},{:.6},{:.5},{:.4},{:.2},{:.1}",
+            self.epoch, self.loss, self.z_std, self.knn_top1, self.pairs_per_s, self.seconds
         )
     }
 }
@@ -87,11 +89,12 @@ impl BackendTask for TrainJob {
             self.config.batch_size
         );
         eprintln!(
-            "data: {} ({} train, {} test images, {} classes); device: {name}",
+            "data: {} ({} train, {} test images, {} classes); device: {name}; method: {}",
             splits.origin,
             splits.train.len(),
             splits.test.len(),
-            splits.train.classes.len()
+            splits.train.classes.len(),
+            self.config.method.kind()
         );
         let optim = self.config.optim.clone();
         with_optimizer::<B, _>(
@@ -105,43 +108,6 @@ impl BackendTask for TrainJob {
     }
 }
 
-/// Work that needs the configured optimizer, whose concrete type differs between presets.
-pub trait OptimizerTask<B: TrainBackend> {
-    type Output;
-    fn run<O: Optimizer<SimClrModel<B>, B>>(self, optimizer: O) -> Result<Self::Output>;
-}
-
-/// Builds the optimizer `config` describes and hands it to `task`.
-pub fn with_optimizer<B: TrainBackend, T: OptimizerTask<B>>(
-    config: &OptimConfig,
-    task: T,
-) -> Result<T::Output> {
-    let weight_decay =
-        (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
-    match config.optimizer {
-        // Gradient clipping is not the optimizer's (per tensor) but global, in `train_step`.
-        // epsilon 1e-8 as PyTorch's Adam (Burn's default is 1e-5, which is not small next to
-        // sqrt(v) once clipping has scaled the gradients down: it damps every update).
-        OptimizerKind::Adam => task.run(
-            AdamConfig::new()
-                .with_epsilon(1e-8)
-                .with_weight_decay(weight_decay)
-                .init(),
-        ),
-        OptimizerKind::Sgd => task.run(
-            SgdConfig::new()
-                .with_weight_decay(weight_decay)
-                // PyTorch's SGD has no dampening; Burn's default is 0.1.
-                .with_momentum(Some(
-                    MomentumConfig::new()
-                        .with_momentum(config.momentum)
-                        .with_dampening(0.0),
-                ))
-                .init(),
-        ),
-    }
-}
-
 struct TrainWithData<B: TrainBackend> {
     job: TrainJob,
     splits: Splits,
@@ -150,57 +116,86 @@ struct TrainWithData<B: TrainBackend> {
 
 impl<B: TrainBackend> OptimizerTask<B> for TrainWithData<B> {
     type Output = (Outcome, Vec<EpochMetrics>);
-    fn run<O: Optimizer<SimClrModel<B>, B>>(self, optimizer: O) -> Result<Self::Output> {
+    fn run<O: Optimizer<SslModel<B>, B>>(self, optimizer: O) -> Result<Self::Output> {
         self.job.train::<B, O>(optimizer, self.splits, self.device)
     }
 }
 
-/// One SimCLR step: both views through the model, NT-Xent, backward, clipping of the global
-/// gradient norm to `grad_clip` (0 = off) and the update. Returns the updated model and the loss
-/// before the update.
-pub fn train_step<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
-    model: SimClrModel<B>,
+/// What a step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The loss before the update.
+    pub loss: f64,
+    /// The collapse monitor of the step's projections ([`projection_std`]).
+    pub z_std: f64,
+}
+
+/// The loss of a step and the gradient of every parameter.
+pub struct StepGradients {
+    pub stats: StepStats,
+    /// `None` when the loss is not finite.
+    pub grads: Option<GradientsParams>,
+}
+
+/// One training step: both views through the method's loss, backward, clipping of the global
+/// gradient norm to `grad_clip` (0 = off), the optimizer's update, then the method's own update
+/// (momentum network, queue) for 0-based step `step`. Returns the updated model and what the
+/// step measured; a non-finite loss leaves the model as it was (the caller stops).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
+    model: SslModel<B>,
+    method: &mut dyn Method<B>,
     optimizer: &mut O,
-    loss_fn: &NtXentLoss,
     batch: PairBatch,
     lr: f64,
     grad_clip: f64,
+    (step, schedule): (usize, &Schedule),
     device: &B::Device,
-) -> (SimClrModel<B>, f64) {
+) -> (SslModel<B>, StepStats) {
     let images = batch_tensor::<B>(batch.views, batch.size, device);
-    let (loss, grads) = loss_and_gradients(&model, loss_fn, images);
+    let StepGradients { stats, grads } = loss_and_gradients(&model, method, images);
     match grads {
-        Some(grads) => (apply_update(model, optimizer, grads, lr, grad_clip).0, loss),
-        None => (model, loss), // the caller stops; never step on a NaN gradient
+        Some(grads) => {
+            let model = apply_update(model, optimizer, grads, lr, grad_clip).0;
+            method.after_update(&model, step, schedule);
+            (model, stats)
+        }
+        None => (model, stats), // never step on a NaN gradient
     }
 }
 
-/// Forward pass of `images` (`[2N, 3, 32, 32]`, first views then second views; BatchNorm in
-/// training mode, so running statistics move), NT-Xent and backward. Returns the loss and the
-/// gradient of every parameter, or no gradients when the loss is not finite.
+/// The method's loss of `images` (`[2N, 3, 32, 32]`, first views then second views; BatchNorm
+/// in training mode, so running statistics move) and backward. Returns the loss, the collapse
+/// monitor and the gradient of every parameter (none when the loss is not finite).
 pub fn loss_and_gradients<B: TrainBackend>(
-    model: &SimClrModel<B>,
-    loss_fn: &NtXentLoss,
+    model: &SslModel<B>,
+    method: &mut dyn Method<B>,
     images: Tensor<B, 4>,
-) -> (f64, Option<GradientsParams>) {
-    let loss = loss_fn.forward(model.forward(images));
-    let loss_value = loss.clone().into_scalar().elem::<f64>();
-    if !loss_value.is_finite() {
-        return (loss_value, None);
+) -> StepGradients {
+    let out = method.step(model, images);
+    let stats = StepStats {
+        loss: out.loss.clone().into_scalar().elem::<f64>(),
+        z_std: projection_std(out.projections),
+    };
+    if !stats.loss.is_finite() {
+        return StepGradients { stats, grads: None };
     }
-    let grads = GradientsParams::from_grads(loss.backward(), model);
-    (loss_value, Some(grads))
+    let grads = GradientsParams::from_grads(out.loss.backward(), model);
+    StepGradients {
+        stats,
+        grads: Some(grads),
+    }
 }
 
 /// Clips the global gradient norm to `grad_clip` (0 = off), then lets `optimizer` update `model`.
 /// Returns the updated model and the gradient norm before clipping (NaN when clipping is off).
-pub fn apply_update<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
-    model: SimClrModel<B>,
+pub fn apply_update<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
+    model: SslModel<B>,
     optimizer: &mut O,
     mut grads: GradientsParams,
     lr: f64,
     grad_clip: f64,
-) -> (SimClrModel<B>, f64) {
+) -> (SslModel<B>, f64) {
     let norm = if grad_clip > 0.0 {
         clip_grad_norm(&model, &mut grads, grad_clip)
     } else {
@@ -220,22 +215,24 @@ impl TrainJob {
         self.out.join("checkpoints")
     }
 
-    fn save<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
+    fn save<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
         &self,
-        model: &SimClrModel<B>,
+        model: &SslModel<B>,
         optimizer: &O,
+        method: &dyn Method<B>,
         state: &TrainState,
     ) -> Result<PathBuf> {
         checkpoint::save(
             &self.checkpoints_dir(),
             model,
             optimizer.to_record(),
+            &method.save_state()?,
             state,
             &self.config,
         )
     }
 
-    fn train<B: TrainBackend, O: Optimizer<SimClrModel<B>, B>>(
+    fn train<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
         self,
         mut optimizer: O,
         splits: Splits,
@@ -246,7 +243,7 @@ impl TrainJob {
             .with_context(|| format!("cannot create output directory {}", self.out.display()))?;
         eprintln!("output: {}", self.out.display());
 
-        let (mut model, mut state) = if self.resume {
+        let (mut model, mut method, mut state) = if self.resume {
             let ckpt = checkpoint::latest_in(&self.checkpoints_dir())?.with_context(|| {
                 format!(
                     "--resume: no checkpoint in {}; start without --resume",
@@ -254,6 +251,7 @@ impl TrainJob {
                 )
             })?;
             let ckpt = Checkpoint::read(&ckpt)?;
+            ckpt.ensure_method(config.method.kind())?;
             ckpt.ensure_architecture(&config.model)?;
             anyhow::ensure!(
                 ckpt.config.optim.optimizer == config.optim.optimizer,
@@ -264,8 +262,12 @@ impl TrainJob {
             );
             let model = ckpt.model::<B>(&device)?;
             optimizer = optimizer.load_record(ckpt.optimizer_record::<B, O::Record>(&device)?);
+            let mut method = methods::build(&config, &model, &device);
+            method
+                .load_state(&ckpt.method_state)
+                .with_context(|| format!("{}: the method state does not load", ckpt.path.display()))?;
             eprintln!("resuming from {}", ckpt.path.display());
-            (model, ckpt.state)
+            (model, method, ckpt.state)
         } else {
             if let Some(existing) = checkpoint::latest_in(&self.checkpoints_dir())? {
                 bail!(
@@ -281,6 +283,7 @@ impl TrainJob {
                 global_step: 0,
                 step_in_epoch: 0,
                 loss_sum_in_epoch: 0.0,
+                z_std_sum_in_epoch: 0.0,
                 epoch_seed: 0,
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
             };
@@ -299,16 +302,20 @@ impl TrainJob {
                     )
                 })?
             };
-            (model, state)
+            let method = methods::build(&config, &model, &device);
+            (model, method, state)
         };
         checkpoint::write_atomically(&self.out.join("config.toml"), config.to_toml().as_bytes())?;
         let mut metrics_rows = MetricsFile::open(&self.out.join("metrics.csv"), state.epochs_done)?;
 
         let train = Arc::new(splits.train);
-        let loss_fn = NtXentLoss::new(config.temperature);
         let steps_per_epoch =
             EpochPlan::new(train.len(), config.batch_size, config.steps_per_epoch, 0).steps;
-        let total_steps = steps_per_epoch * config.epochs;
+        let schedule = Schedule {
+            batch_size: config.batch_size,
+            steps_per_epoch,
+            total_steps: steps_per_epoch * config.epochs,
+        };
         let mut all_metrics = Vec::new();
 
         while state.epochs_done < config.epochs {
@@ -316,6 +323,7 @@ impl TrainJob {
             if state.step_in_epoch == 0 {
                 state.epoch_seed = state.rng.next_u64();
                 state.loss_sum_in_epoch = 0.0;
+                state.z_std_sum_in_epoch = 0.0;
             }
             let plan = EpochPlan::new(
                 train.len(),
@@ -335,18 +343,20 @@ impl TrainJob {
             let started = Instant::now();
             let mut pairs = 0usize;
             for batch in loader {
-                let lr = config.optim.lr_at(state.global_step, total_steps);
+                let lr = config.optim.lr_at(state.global_step, &schedule);
                 let size = batch.size;
-                let (next, loss_value) = train_step(
+                let (next, stats) = train_step(
                     model,
+                    method.as_mut(),
                     &mut optimizer,
-                    &loss_fn,
                     batch,
                     lr,
                     config.optim.grad_clip,
+                    (state.global_step, &schedule),
                     &device,
                 );
                 model = next;
+                let loss_value = stats.loss;
                 if !loss_value.is_finite() {
                     bar.abandon();
                     bail!(
@@ -360,16 +370,18 @@ impl TrainJob {
                 state.global_step += 1;
                 state.step_in_epoch += 1;
                 state.loss_sum_in_epoch += loss_value;
+                state.z_std_sum_in_epoch += stats.z_std;
                 pairs += size;
                 let rate = pairs as f64 / started.elapsed().as_secs_f64();
                 bar.set_message(format!(
-                    "loss {:.4} | {rate:.1} pairs/s",
-                    state.loss_sum_in_epoch / state.step_in_epoch as f64
+                    "loss {:.4} | z_std {:.4} | lr {lr:.3e} | {rate:.1} pairs/s",
+                    state.loss_sum_in_epoch / state.step_in_epoch as f64,
+                    state.z_std_sum_in_epoch / state.step_in_epoch as f64
                 ));
                 bar.inc(1);
                 if self.stop.load(Ordering::SeqCst) && state.step_in_epoch < plan.steps {
                     bar.abandon();
-                    let path = self.save(&model, &optimizer, &state)?;
+                    let path = self.save(&model, &optimizer, method.as_ref(), &state)?;
                     eprintln!(
                         "interrupted: saved {} (step {} of epoch {epoch}); continue with --resume",
                         path.display(),
@@ -381,22 +393,35 @@ impl TrainJob {
             let train_seconds = started.elapsed().as_secs_f64();
             bar.finish_and_clear();
             let mean_loss = state.loss_sum_in_epoch / plan.steps.max(1) as f64;
+            let z_std = state.z_std_sum_in_epoch / plan.steps.max(1) as f64;
+            if is_collapsed(z_std, config.model.head.out) {
+                eprintln!(
+                    "warning: the projections are collapsing at epoch {epoch} (z_std {z_std:.5}, \
+                     about {:.4} when spread): the encoder maps images to nearly the same point. \
+                     Early in a run this can recover (watch z_std in metrics.csv); if it stays, \
+                     check the method's settings against its preset (BYOL needs its predictor) \
+                     or lower the learning rate",
+                    1.0 / (config.model.head.out as f64).sqrt()
+                );
+            }
             let knn_top1 = knn_monitor(&model, &train, &splits.test, &config, &device);
             state.epochs_done = epoch;
             state.step_in_epoch = 0;
-            let path = self.save(&model, &optimizer, &state)?;
+            let path = self.save(&model, &optimizer, method.as_ref(), &state)?;
             let metrics = EpochMetrics {
                 epoch,
                 loss: mean_loss,
+                z_std,
                 knn_top1,
                 pairs_per_s: pairs as f64 / train_seconds,
                 seconds: started.elapsed().as_secs_f64(),
             };
             metrics_rows.append(&metrics)?;
             println!(
-                "epoch {epoch}/{}: loss {:.4} | kNN top-1 {:.2} % | {:.1} pairs/s | {:.0} s | saved {}",
+                "epoch {epoch}/{}: loss {:.4} | z_std {:.4} | kNN top-1 {:.2} % | {:.1} pairs/s | {:.0} s | saved {}",
                 config.epochs,
                 metrics.loss,
+                metrics.z_std,
                 100.0 * metrics.knn_top1,
                 metrics.pairs_per_s,
                 metrics.seconds,
@@ -414,7 +439,7 @@ impl TrainJob {
 
 /// kNN top-1 of the current encoder (BatchNorm in inference mode) on the configured subsets.
 pub fn knn_monitor<B: TrainBackend>(
-    model: &SimClrModel<B>,
+    model: &SslModel<B>,
     train: &ImageDataset,
     test: &ImageDataset,
     config: &TrainConfig,

@@ -2,8 +2,12 @@
 //!
 //! The features are computed once (BatchNorm in inference mode, no augmentation); each metric
 //! then works on them alone, so they can be tested on synthetic embeddings whose answer is known.
+//! `features` computes them, `knn` is also the training loop's monitor.
 
-use crate::knn::{l2_normalize, top1, KnnClassifier};
+pub mod features;
+pub mod knn;
+
+use knn::{l2_normalize, top1, KnnClassifier};
 use anyhow::{ensure, Result};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};

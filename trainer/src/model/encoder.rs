@@ -1,68 +1,12 @@
-//! The network: a CIFAR ResNet-18 encoder and the SimCLR projection head.
-//!
-//! ```text
-//! image [N,3,32,32] -> conv3x3(64) -> BN -> ReLU              (CIFAR stem: stride 1, no max-pool)
-//!   -> stage1: 2 x BasicBlock(64,  stride 1)                  [N, 64,32,32]
-//!   -> stage2: 2 x BasicBlock(128, stride 2)                  [N,128,16,16]
-//!   -> stage3: 2 x BasicBlock(256, stride 2)                  [N,256, 8, 8]
-//!   -> stage4: 2 x BasicBlock(512, stride 2)                  [N,512, 4, 4]
-//!   -> global average pool -> h [N,512]        (the embedding used for evaluation and export)
-//!   -> projection head: Linear -> ReLU -> Linear -> z [N,128]  (used only by the loss)
-//! ```
-//! `width` scales every stage (64 is the standard network); tests use a small width.
+//! The CIFAR ResNet-18 encoder (see the diagram in `model`): a 3x3 stride-1 stem without
+//! max-pool, four stages of two BasicBlocks, global average pooling.
 
-use crate::conv::{conv2d, ConvBackend};
-use crate::norm::{batch_norm, NormBackend};
+use crate::kernels::conv::conv2d;
+use crate::kernels::norm::batch_norm;
+use crate::model::NetworkOps;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
-
-/// What the network's forward pass needs of a backend beyond Burn's ops: its convolution
-/// passes and its fused BatchNorm (both fall back to Burn's ops where a backend has no kernels).
-pub trait NetworkOps: ConvBackend + NormBackend {}
-impl<B: ConvBackend + NormBackend> NetworkOps for B {}
-
-/// Architecture of encoder and head; part of every checkpoint so a mismatch is caught on load.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// Channels of the stem and first stage; later stages use 2x, 4x, 8x this.
-    pub width: usize,
-    /// Hidden size of the projection head.
-    pub head_hidden: usize,
-    /// Output size of the projection head (the space the NT-Xent loss works in).
-    pub head_out: usize,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            width: 64,
-            head_hidden: 512,
-            head_out: 128,
-        }
-    }
-}
-
-impl ModelConfig {
-    /// Size of the encoder feature h.
-    pub fn embedding_dim(&self) -> usize {
-        self.width * 8
-    }
-
-    pub fn init<B: Backend>(&self, device: &B::Device) -> SimClrModel<B> {
-        SimClrModel {
-            encoder: ResNet18::new(self.width, device),
-            head: ProjectionHead::new(
-                self.embedding_dim(),
-                self.head_hidden,
-                self.head_out,
-                device,
-            ),
-        }
-    }
-}
 
 fn conv3x3<B: Backend>(c_in: usize, c_out: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
     // No bias: every convolution is followed by BatchNorm, which has its own shift.
@@ -164,42 +108,6 @@ impl<B: NetworkOps> ResNet18<B> {
     }
 }
 
-/// SimCLR's MLP head `Linear -> ReLU -> Linear`; the loss sees its output z, evaluation never does.
-#[derive(Module, Debug)]
-pub struct ProjectionHead<B: Backend> {
-    pub fc1: Linear<B>,
-    pub fc2: Linear<B>,
-    pub relu: Relu,
-}
-
-impl<B: Backend> ProjectionHead<B> {
-    pub fn new(d_in: usize, hidden: usize, d_out: usize, device: &B::Device) -> Self {
-        Self {
-            fc1: LinearConfig::new(d_in, hidden).init(device),
-            fc2: LinearConfig::new(hidden, d_out).init(device),
-            relu: Relu::new(),
-        }
-    }
-
-    pub fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.fc2.forward(self.relu.forward(self.fc1.forward(h)))
-    }
-}
-
-/// Encoder + projection head, the module the optimizer trains.
-#[derive(Module, Debug)]
-pub struct SimClrModel<B: Backend> {
-    pub encoder: ResNet18<B>,
-    pub head: ProjectionHead<B>,
-}
-
-impl<B: NetworkOps> SimClrModel<B> {
-    /// Projections z of a batch of normalised images.
-    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.head.forward(self.encoder.forward(images))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,19 +123,5 @@ mod tests {
             (params - 11.17).abs() <= 0.01,
             "encoder has {params:.4} M parameters"
         );
-    }
-
-    #[test]
-    fn shapes_follow_the_diagram() {
-        let device = Default::default();
-        let model = ModelConfig {
-            width: 4,
-            head_hidden: 16,
-            head_out: 8,
-        }
-        .init::<CpuBackend>(&device);
-        let images = Tensor::<CpuBackend, 4>::zeros([3, 3, 32, 32], &device);
-        assert_eq!(model.encoder.forward(images.clone()).dims(), [3, 32]);
-        assert_eq!(model.forward(images).dims(), [3, 8]);
     }
 }

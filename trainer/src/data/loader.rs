@@ -4,7 +4,7 @@
 //! Each image's views depend only on (epoch seed, position in the epoch), never on thread timing,
 //! so a run is reproducible and a resumed epoch can skip straight to its next batch.
 
-use crate::augment::AugmentConfig;
+use crate::data::augment::AugmentConfig;
 use crate::data::{ImageDataset, IMAGE_BYTES};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -75,8 +75,8 @@ pub fn make_batch(
             let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
             rng.set_stream((step * plan.batch_size + i) as u64);
             let image = dataset.image(indices[i]);
-            augment.view(image, &mut rng, view1);
-            augment.view(image, &mut rng, view2);
+            augment.view(image, 0, &mut rng, view1);
+            augment.view(image, 1, &mut rng, view2);
         });
     PairBatch { size, views }
 }

@@ -1,18 +1,18 @@
-//! `trainer bench`: throughput of the SimCLR training step and of the augmentation pipeline,
+//! `trainer bench`: throughput of the SimCLR training step (the method PyTorch is compared on) and of the augmentation pipeline,
 //! side by side with the same step in PyTorch (`bench/torch_simclr.py`) when `torch` imports.
 //!
 //! Figures are medians over timed steps after warm-up steps, in image pairs per second (one
 //! pair = the two augmented views of one image).
 
-use crate::augment::AugmentConfig;
+use crate::data::augment::AugmentConfig;
 use crate::backend::TrainBackend;
 use crate::backend::{BackendTask, DeviceKind};
-use crate::config::{OptimConfig, TrainConfig};
+use crate::data::loader::{make_batch, EpochPlan};
 use crate::data::{ImageDataset, IMAGE_BYTES};
-use crate::loader::{make_batch, EpochPlan};
-use crate::loss::NtXentLoss;
-use crate::model::{ModelConfig, SimClrModel};
-use crate::train::{train_step, with_optimizer, OptimizerTask};
+use crate::jobs::train::train_step;
+use crate::methods::simclr::{NtXentLoss, SimClr};
+use crate::model::{ModelConfig, SslModel};
+use crate::optim::{with_optimizer, OptimConfig, OptimizerTask, Schedule};
 use anyhow::{Context, Result};
 use burn::optim::Optimizer;
 use rand::{Rng, SeedableRng};
@@ -91,7 +91,7 @@ pub fn data_pairs_per_s(dataset: &ImageDataset, batch_size: usize, batches: usiz
 
 struct StepBench<B: TrainBackend> {
     device: B::Device,
-    model: SimClrModel<B>,
+    model: SslModel<B>,
     dataset: ImageDataset,
     batch_size: usize,
     steps: usize,
@@ -101,25 +101,32 @@ struct StepBench<B: TrainBackend> {
 impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
     type Output = Vec<f64>;
 
-    fn run<O: Optimizer<SimClrModel<B>, B>>(self, mut optimizer: O) -> Result<Vec<f64>> {
+    fn run<O: Optimizer<SslModel<B>, B>>(self, mut optimizer: O) -> Result<Vec<f64>> {
         let augment = AugmentConfig::default();
         let plan = EpochPlan::new(self.dataset.len(), self.batch_size, 0, 7);
-        let loss_fn = NtXentLoss::new(TrainConfig::default().temperature);
+        let mut method = SimClr(NtXentLoss::default());
+        let schedule = Schedule {
+            batch_size: self.batch_size,
+            steps_per_epoch: plan.steps,
+            total_steps: self.warmup + self.steps,
+        };
         let mut model = self.model;
         let mut seconds = Vec::new();
         for step in 0..self.warmup + self.steps {
             let batch = make_batch(&self.dataset, &augment, &plan, step % plan.steps);
             let started = Instant::now();
-            let (next, loss) = train_step(
+            let (next, stats) = train_step(
                 model,
+                &mut method,
                 &mut optimizer,
-                &loss_fn,
                 batch,
                 3e-4,
                 OptimConfig::default().grad_clip,
+                (step, &schedule),
                 &self.device,
             );
             model = next;
+            let loss = stats.loss;
             anyhow::ensure!(
                 loss.is_finite(),
                 "benchmark step {step} produced loss {loss}"
@@ -190,10 +197,11 @@ fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
     use crate::backend::CpuBackend;
     let device = Default::default();
     let encoder = crate::model::ResNet18::<CpuBackend>::new(options.model.width, &device);
-    let proto = crate::export::encoder_to_onnx(
+    let proto = crate::jobs::export::encoder_to_onnx(
         &encoder,
         options.model.embedding_dim(),
         &AugmentConfig::default(),
+        crate::methods::MethodKind::Simclr,
         "",
         &onnx::ExportOptions::default(),
     );
@@ -334,11 +342,7 @@ mod tests {
             steps: 2,
             warmup: 1,
             device: DeviceKind::Cpu,
-            model: ModelConfig {
-                width: 2,
-                head_hidden: 8,
-                head_out: 4,
-            },
+            model: ModelConfig::small(2, 8, 4),
             data: None,
             torch_script: None,
             onnx_script: None,

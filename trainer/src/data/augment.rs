@@ -2,7 +2,10 @@
 //!
 //! Each transform follows torchvision's definition, so numbers from PyTorch recipes carry over:
 //! RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter, p) -> RandomGrayscale
-//! -> RandomApply(GaussianBlur, p) -> Normalize.
+//! -> RandomApply(GaussianBlur, p) -> RandomSolarize(p) -> Normalize.
+//!
+//! Blur and solarization take a probability per view: BYOL, Barlow Twins and VICReg augment
+//! their two views differently (e.g. solo-learn's CIFAR-10 presets solarize only the second view).
 
 use anyhow::{ensure, Result};
 use rand::seq::SliceRandom;
@@ -33,12 +36,16 @@ pub struct AugmentConfig {
     /// Hue shift, as a fraction of the color wheel, drawn from [-hue, hue]; at most 0.5.
     pub hue: f64,
     pub grayscale_prob: f64,
-    /// Gaussian blur is off by default: at 32 px it removes the detail the network needs
-    /// (the SimCLR CIFAR code and lightly leave it out; solo-learn uses p 0.5).
-    pub blur_prob: f64,
+    /// Probability of Gaussian blur, for [first view, second view] (one number sets both).
+    /// Off by default: at 32 px it removes the detail the network needs (the SimCLR CIFAR code
+    /// and lightly leave it out; solo-learn's MoCo v2+ preset uses 0.5).
+    pub blur_prob: PerView,
     pub blur_sigma: [f64; 2],
     /// Side of the blur kernel (odd).
     pub blur_kernel: usize,
+    /// Probability of solarization (pixels >= 128/255 inverted, as PIL's `solarize`), for
+    /// [first view, second view] (one number sets both).
+    pub solarize_prob: PerView,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
@@ -55,9 +62,10 @@ impl Default for AugmentConfig {
             saturation: 0.4,
             hue: 0.1,
             grayscale_prob: 0.2,
-            blur_prob: 0.0,
+            blur_prob: PerView([0.0; 2]),
             blur_sigma: [0.1, 2.0],
             blur_kernel: 3,
+            solarize_prob: PerView([0.0; 2]),
             mean: CIFAR10_MEAN,
             std: CIFAR10_STD,
         }
@@ -65,6 +73,16 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// solo-learn's CIFAR-10 `asymmetric.yaml` (BYOL and Barlow Twins presets): saturation 0.2,
+    /// no blur, solarization on the second view only (p 0.2).
+    pub fn asymmetric() -> Self {
+        Self {
+            saturation: 0.2,
+            solarize_prob: PerView([0.0, 0.2]),
+            ..Default::default()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let [s0, s1] = self.crop_scale;
         ensure!(
@@ -82,7 +100,10 @@ impl AugmentConfig {
             ("flip_prob", self.flip_prob),
             ("jitter_prob", self.jitter_prob),
             ("grayscale_prob", self.grayscale_prob),
-            ("blur_prob", self.blur_prob),
+            ("blur_prob", self.blur_prob.0[0]),
+            ("blur_prob", self.blur_prob.0[1]),
+            ("solarize_prob", self.solarize_prob.0[0]),
+            ("solarize_prob", self.solarize_prob.0[1]),
         ] {
             ensure!(
                 (0.0..=1.0).contains(&p),
@@ -114,13 +135,15 @@ impl AugmentConfig {
         Ok(())
     }
 
-    /// One random view of `image` (planar RGB bytes, 3 x 32 x 32), normalised, written to `out`.
-    pub fn view(&self, image: &[u8], rng: &mut impl Rng, out: &mut [f32]) {
-        self.sample_view(rng).apply(image, self, out);
+    /// One random view of `image` (planar RGB bytes, 3 x 32 x 32), normalised, written to `out`;
+    /// `which` is 0 for the first view, 1 for the second.
+    pub fn view(&self, image: &[u8], which: usize, rng: &mut impl Rng, out: &mut [f32]) {
+        self.sample_view(which, rng).apply(image, self, out);
     }
 
-    /// Draws the random choices of one view, in the order torchvision's pipeline draws them.
-    pub fn sample_view(&self, rng: &mut impl Rng) -> ViewParams {
+    /// Draws the random choices of view `which` (0 or 1), in the order torchvision's pipeline
+    /// draws them.
+    pub fn sample_view(&self, which: usize, rng: &mut impl Rng) -> ViewParams {
         let crop = random_resized_crop_box(SIDE, SIDE, self, rng);
         let flip = rng.random_bool(self.flip_prob);
         let jitter = rng
@@ -128,14 +151,39 @@ impl AugmentConfig {
             .then(|| JitterParams::sample(self, rng));
         let grayscale = rng.random_bool(self.grayscale_prob);
         let blur_sigma = rng
-            .random_bool(self.blur_prob)
+            .random_bool(self.blur_prob.0[which])
             .then(|| rng.random_range(self.blur_sigma[0]..=self.blur_sigma[1]) as f32);
+        // Drawn only when possible, so runs without solarization keep their random streams.
+        let solarize_prob = self.solarize_prob.0[which];
+        let solarize = solarize_prob > 0.0 && rng.random_bool(solarize_prob);
         ViewParams {
             crop,
             flip,
             jitter,
             grayscale,
             blur_sigma,
+            solarize,
+        }
+    }
+}
+
+/// A probability for each of the two views; in TOML one number sets both, `[a, b]` each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "OneOrTwo")]
+pub struct PerView(pub [f64; 2]);
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a probability, or [first view, second view]")]
+enum OneOrTwo {
+    One(f64),
+    Two([f64; 2]),
+}
+
+impl From<OneOrTwo> for PerView {
+    fn from(value: OneOrTwo) -> Self {
+        match value {
+            OneOrTwo::One(p) => Self([p, p]),
+            OneOrTwo::Two(pair) => Self(pair),
         }
     }
 }
@@ -151,6 +199,7 @@ pub struct ViewParams {
     pub grayscale: bool,
     /// `None`: no blur.
     pub blur_sigma: Option<f32>,
+    pub solarize: bool,
 }
 
 impl ViewParams {
@@ -169,6 +218,9 @@ impl ViewParams {
         }
         if let Some(sigma) = self.blur_sigma {
             img = gaussian_blur(&img, config.blur_kernel, sigma);
+        }
+        if self.solarize {
+            solarize(&mut img);
         }
         normalize_into(&img, &config.mean, &config.std, out);
     }
@@ -252,6 +304,15 @@ pub fn resize_bilinear(
         }
     }
     out
+}
+
+/// PIL's `ImageOps.solarize` (threshold 128) on [0, 1] values: bright pixels are inverted.
+pub fn solarize(img: &mut [f32]) {
+    for v in img.iter_mut() {
+        if *v >= 128.0 / 255.0 {
+            *v = 1.0 - *v;
+        }
+    }
 }
 
 pub fn flip_horizontal(img: &mut [f32]) {
@@ -602,10 +663,43 @@ mod tests {
         let image: Vec<u8> = (0..3 * PIXELS).map(|i| (i * 7 % 256) as u8).collect();
         let view = |seed| {
             let mut out = vec![0.0; 3 * PIXELS];
-            config.view(&image, &mut ChaCha8Rng::seed_from_u64(seed), &mut out);
+            config.view(&image, 0, &mut ChaCha8Rng::seed_from_u64(seed), &mut out);
             out
         };
         assert_eq!(view(11), view(11));
         assert_ne!(view(11), view(12));
+    }
+
+    #[test]
+    fn solarize_inverts_pixels_from_128_up() {
+        let mut img = vec![0.0, 127.0 / 255.0, 128.0 / 255.0, 1.0];
+        solarize(&mut img);
+        assert_eq!(img, vec![0.0, 127.0 / 255.0, 1.0 - 128.0 / 255.0, 0.0]);
+    }
+
+    #[test]
+    fn per_view_probabilities_apply_to_their_view_only() {
+        #[derive(Deserialize)]
+        struct T {
+            p: PerView,
+        }
+        let one: T = toml::from_str("p = 0.3").unwrap();
+        assert_eq!(one.p, PerView([0.3, 0.3]));
+        let two: T = toml::from_str("p = [0.0, 0.2]").unwrap();
+        assert_eq!(two.p, PerView([0.0, 0.2]));
+        let err = toml::from_str::<T>("p = \"high\"").err().unwrap().to_string();
+        assert!(err.contains("[first view, second view]"), "{err}");
+
+        // Solarization on the second view only (solo-learn's asymmetric CIFAR-10 preset, with
+        // p 1): the first view never is solarized, the second always.
+        let config = AugmentConfig {
+            solarize_prob: PerView([0.0, 1.0]),
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..20 {
+            assert!(!config.sample_view(0, &mut rng).solarize);
+            assert!(config.sample_view(1, &mut rng).solarize);
+        }
     }
 }

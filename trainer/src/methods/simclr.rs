@@ -5,19 +5,65 @@
 //! the 2N-2 other rows. `loss = mean_i -log( exp(s_ip/T) / sum_{j != i} exp(s_ij/T) )` with
 //! `s` the cosine similarity.
 
-use crate::knn::l2_normalize;
+use super::{Method, StepOutput};
+use crate::backend::TrainBackend;
+use crate::config::TrainConfig;
+use crate::eval::knn::l2_normalize;
+use crate::model::SslModel;
+use anyhow::{ensure, Result};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy)]
+/// SimCLR's settings (`[method] name = "simclr"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct NtXentLoss {
+    /// Softmax temperature (0.5 as in the SimCLR CIFAR code; solo-learn uses 0.2).
     pub temperature: f64,
+}
+
+impl Default for NtXentLoss {
+    fn default() -> Self {
+        Self { temperature: 0.5 }
+    }
+}
+
+/// SimCLR's preset is this project's seed recipe: the defaults of every config section (Adam
+/// 3e-4, weight decay 1e-4, clipping at 1, head 512 -> 512 -> 128, symmetric augmentations).
+pub fn preset(config: &mut TrainConfig) {
+    config.method = super::MethodConfig::Simclr(NtXentLoss::default());
+}
+
+/// SimCLR: NT-Xent on the projections of both views.
+pub struct SimClr(pub NtXentLoss);
+
+impl<B: TrainBackend> Method<B> for SimClr {
+    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+        let z = model.forward(images);
+        StepOutput {
+            loss: self.0.forward(z.clone()),
+            projections: z,
+        }
+    }
 }
 
 impl NtXentLoss {
     pub fn new(temperature: f64) -> Self {
         Self { temperature }
+    }
+
+    pub fn validate(&self, config: &TrainConfig) -> Result<()> {
+        ensure!(
+            self.temperature > 0.0,
+            "method.temperature must be positive"
+        );
+        ensure!(
+            config.batch_size >= 2,
+            "batch_size must be at least 2: NT-Xent needs other images as negatives"
+        );
+        Ok(())
     }
 
     /// `z`: `[2N, d]` projections, first views then second views. Returns the mean loss, `[1]`.

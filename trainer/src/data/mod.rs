@@ -2,6 +2,10 @@
 //! download, cached and MD5-checked) and image folders (`PATH/<class>/*.{png,jpg,jpeg}`).
 //!
 //! Every image is kept as 3 x 32 x 32 planar RGB bytes, the CIFAR binary record layout.
+//! `augment` turns an image into a view, `loader` batches of two views.
+
+pub mod augment;
+pub mod loader;
 
 use anyhow::{bail, ensure, Context, Result};
 use flate2::read::GzDecoder;
@@ -11,7 +15,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::augment::PIXELS;
+use crate::data::augment::PIXELS;
 
 /// Bytes of one image: 3 planes of 32 x 32.
 pub const IMAGE_BYTES: usize = 3 * PIXELS;

@@ -1,6 +1,6 @@
 //! Encoder features h of un-augmented images: what evaluation, export checks and the viewer use.
 
-use crate::augment::{normalize_into, to_float, AugmentConfig};
+use crate::data::augment::{normalize_into, to_float, AugmentConfig};
 use crate::data::{ImageDataset, IMAGE_BYTES};
 use crate::model::{NetworkOps, ResNet18};
 use crate::progress::items_bar;

@@ -1,0 +1,8 @@
+//! The CPU backend extension: convolution and BatchNorm passes as Burn backend traits
+//! (`ConvBackend`, `NormBackend`) with fast kernels for the flex backend; other backends use
+//! Burn's own ops through the traits' defaults.
+
+pub mod conv;
+pub mod conv_kernels;
+pub mod norm;
+pub mod norm_kernels;

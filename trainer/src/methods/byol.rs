@@ -1,0 +1,166 @@
+//! BYOL (Grill et al., NeurIPS 2020): the online network (encoder, projector, predictor)
+//! predicts a momentum target network's projection of the other view. No negatives: the
+//! predictor and the stop-gradient on the target keep it from collapsing.
+//! `loss = (2 - 2 cos(p_a, t_b)) + (2 - 2 cos(p_b, t_a))`, each averaged over the batch
+//! (solo-learn's `byol_loss_func`, summed over both directions), so it lies in [0, 8].
+
+use super::momentum::{tau_at, MomentumNetwork};
+use super::{split_views, Method, StepOutput};
+use crate::backend::TrainBackend;
+use crate::checkpoint::{decode_record, encode_record};
+use crate::config::TrainConfig;
+use crate::data::augment::AugmentConfig;
+use crate::eval::knn::l2_normalize;
+use crate::model::{HeadConfig, ModelConfig, SslModel};
+use crate::optim::{OptimConfig, Schedule};
+use anyhow::{ensure, Result};
+use burn::module::Module;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// BYOL's settings (`[method] name = "byol"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ByolConfig {
+    /// Target momentum at the first step.
+    pub tau_base: f64,
+    /// Target momentum at the last step (cosine schedule in between).
+    pub tau_final: f64,
+}
+
+impl Default for ByolConfig {
+    fn default() -> Self {
+        Self {
+            tau_base: 0.99,
+            tau_final: 1.0,
+        }
+    }
+}
+
+impl ByolConfig {
+    pub fn validate(&self, config: &TrainConfig) -> Result<()> {
+        ensure!(
+            (0.0..=1.0).contains(&self.tau_base) && (0.0..=1.0).contains(&self.tau_final),
+            "method.tau_base and method.tau_final must be in [0, 1]"
+        );
+        ensure!(
+            config.model.predictor.is_some(),
+            "BYOL needs a predictor ([model.predictor]): without it the online network can match \
+             the target by collapsing. `--method byol` sets the published one"
+        );
+        Ok(())
+    }
+}
+
+/// solo-learn's CIFAR-10 BYOL (`scripts/pretrain/cifar/byol.yaml`): projector and predictor
+/// 4096 -> 256 with BatchNorm, tau 0.99 -> 1, LARS lr 1.0 (batch 256) and weight decay 1e-5,
+/// asymmetric augmentations.
+pub fn preset(config: &mut TrainConfig) {
+    config.method = super::MethodConfig::Byol(ByolConfig::default());
+    let mlp = HeadConfig {
+        hidden: 4096,
+        out: 256,
+        layers: 2,
+        batchnorm: true,
+    };
+    config.model.head = mlp;
+    config.model.predictor = Some(mlp);
+    config.optim = OptimConfig::lars_preset(1.0, 1e-5);
+    config.augment = AugmentConfig::asymmetric();
+}
+
+/// `2 - 2 cos(p, t)` averaged over the rows, `[1]`.
+pub fn regression_loss<B: Backend>(p: Tensor<B, 2>, t: Tensor<B, 2>) -> Tensor<B, 1> {
+    let cos = (l2_normalize(p) * l2_normalize(t)).sum_dim(1);
+    cos.mean().mul_scalar(-2.0).add_scalar(2.0)
+}
+
+/// The symmetric BYOL loss of predictions `p` and target projections `t`, both `[2N, d]`
+/// (first views, then second views): each view's prediction against the other view's target.
+pub fn byol_loss<B: Backend>(p: Tensor<B, 2>, t: Tensor<B, 2>) -> Tensor<B, 1> {
+    let (p_a, p_b) = split_views(p);
+    let (t_a, t_b) = split_views(t);
+    regression_loss(p_a, t_b) + regression_loss(p_b, t_a)
+}
+
+pub struct Byol<B: TrainBackend> {
+    config: ByolConfig,
+    target: MomentumNetwork<B>,
+    device: B::Device,
+}
+
+impl<B: TrainBackend> Byol<B> {
+    pub fn new(
+        config: ByolConfig,
+        model_config: &ModelConfig,
+        model: &SslModel<B>,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            config,
+            target: MomentumNetwork::copy_of(model, model_config, device),
+            device: device.clone(),
+        }
+    }
+
+    pub fn target(&self) -> &MomentumNetwork<B> {
+        &self.target
+    }
+}
+
+impl<B: TrainBackend> Method<B> for Byol<B> {
+    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+        let z = model.forward(images.clone());
+        let p = match &model.predictor {
+            Some(predictor) => predictor.forward(z.clone()),
+            None => z.clone(),
+        };
+        let t = self.target.forward(images);
+        StepOutput {
+            loss: byol_loss(p, t),
+            projections: z,
+        }
+    }
+
+    fn after_update(&mut self, model: &SslModel<B>, step: usize, schedule: &Schedule) {
+        let tau = tau_at(
+            self.config.tau_base,
+            self.config.tau_final,
+            step,
+            schedule.total_steps,
+        );
+        let target = self.target.clone();
+        self.target = target.follow(model, tau);
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>> {
+        encode_record::<B, _>(self.target.clone().into_record())
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let record = decode_record::<B, _>(bytes, &self.device)?;
+        self.target = self.target.clone().load_record(record).no_grad();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::tests::{matrix, scalar};
+
+    #[test]
+    fn loss_matches_the_formula() {
+        // p_a = (1, 0), p_b = (0, 2); t_a = (1, 1), t_b = (3, 0):
+        // cos(p_a, t_b) = 1, cos(p_b, t_a) = 1/sqrt(2).
+        let p = matrix(&[[1.0, 0.0], [0.0, 2.0]], 1.0);
+        let t = matrix(&[[1.0, 1.0], [3.0, 0.0]], 1.0);
+        let want = (2.0 - 2.0) + (2.0 - 2.0 / 2f64.sqrt());
+        let got = scalar(byol_loss(p, t));
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // Opposite directions cost the maximum, 4 per direction.
+        let p = matrix(&[[1.0, 0.0], [0.0, 1.0]], 1.0);
+        let t = matrix(&[[0.0, -1.0], [-1.0, 0.0]], 1.0);
+        assert!((scalar(byol_loss(p, t)) - 8.0).abs() < 1e-6);
+    }
+}

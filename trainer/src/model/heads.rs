@@ -1,0 +1,105 @@
+//! MLP heads on top of the encoder: the projector every method trains through (SimCLR's
+//! `Linear -> ReLU -> Linear`, BYOL's with BatchNorm, Barlow Twins' and VICReg's three-layer
+//! expander) and BYOL's predictor. Evaluation and export never see them.
+
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Shape of an MLP head.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadConfig {
+    /// Width of the hidden layers.
+    pub hidden: usize,
+    /// Output size.
+    pub out: usize,
+    /// Linear layers: 2 (`in -> hidden -> out`) or 3 (`in -> hidden -> hidden -> out`).
+    pub layers: usize,
+    /// BatchNorm after each hidden Linear (before its ReLU).
+    pub batchnorm: bool,
+}
+
+impl Default for HeadConfig {
+    /// SimCLR's CIFAR head: 512 -> 512 -> 128, no BatchNorm.
+    fn default() -> Self {
+        Self {
+            hidden: 512,
+            out: 128,
+            layers: 2,
+            batchnorm: false,
+        }
+    }
+}
+
+impl HeadConfig {
+    pub fn init<B: Backend>(&self, d_in: usize, device: &B::Device) -> MlpHead<B> {
+        let bn = |d| self.batchnorm.then(|| BatchNormConfig::new(d).init(device));
+        let three = self.layers == 3;
+        MlpHead {
+            fc1: LinearConfig::new(d_in, self.hidden).init(device),
+            bn1: bn(self.hidden),
+            fc2: LinearConfig::new(self.hidden, if three { self.hidden } else { self.out })
+                .init(device),
+            bn2: if three { bn(self.hidden) } else { None },
+            fc3: three.then(|| LinearConfig::new(self.hidden, self.out).init(device)),
+            relu: Relu::new(),
+        }
+    }
+}
+
+/// `fc1 -> [bn1] -> relu -> fc2`, or with three layers `... -> fc2 -> [bn2] -> relu -> fc3`.
+#[derive(Module, Debug)]
+pub struct MlpHead<B: Backend> {
+    pub fc1: Linear<B>,
+    pub bn1: Option<BatchNorm<B>>,
+    pub fc2: Linear<B>,
+    pub bn2: Option<BatchNorm<B>>,
+    pub fc3: Option<Linear<B>>,
+    pub relu: Relu,
+}
+
+impl<B: Backend> MlpHead<B> {
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let hidden = |x: Tensor<B, 2>, bn: &Option<BatchNorm<B>>| {
+            let x = match bn {
+                Some(bn) => bn.forward(x),
+                None => x,
+            };
+            self.relu.forward(x)
+        };
+        let x = self.fc2.forward(hidden(self.fc1.forward(x), &self.bn1));
+        match &self.fc3 {
+            Some(fc3) => fc3.forward(hidden(x, &self.bn2)),
+            None => x,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use burn::module::Module;
+
+    #[test]
+    fn layers_and_batchnorm_follow_the_config() {
+        let device = Default::default();
+        let simclr = HeadConfig::default().init::<CpuBackend>(32, &device);
+        assert!(simclr.bn1.is_none() && simclr.fc3.is_none());
+        assert_eq!(simclr.num_params(), 32 * 512 + 512 + 512 * 128 + 128);
+        let expander = HeadConfig {
+            hidden: 16,
+            out: 8,
+            layers: 3,
+            batchnorm: true,
+        }
+        .init::<CpuBackend>(32, &device);
+        // Linear weights and biases, plus two BatchNorms' gamma, beta, running mean and variance.
+        let linear = 32 * 16 + 16 + 16 * 16 + 16 + 16 * 8 + 8;
+        assert_eq!(expander.num_params(), linear + 2 * 4 * 16);
+        let x = Tensor::<CpuBackend, 2>::ones([5, 32], &device);
+        assert_eq!(expander.forward(x.clone()).dims(), [5, 8]);
+        assert_eq!(simclr.forward(x).dims(), [5, 128]);
+    }
+}

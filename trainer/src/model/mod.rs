@@ -1,0 +1,119 @@
+//! The network: a CIFAR ResNet-18 encoder and the method's MLP heads.
+//!
+//! ```text
+//! image [N,3,32,32] -> conv3x3(64) -> BN -> ReLU              (CIFAR stem: stride 1, no max-pool)
+//!   -> stage1: 2 x BasicBlock(64,  stride 1)                  [N, 64,32,32]
+//!   -> stage2: 2 x BasicBlock(128, stride 2)                  [N,128,16,16]
+//!   -> stage3: 2 x BasicBlock(256, stride 2)                  [N,256, 8, 8]
+//!   -> stage4: 2 x BasicBlock(512, stride 2)                  [N,512, 4, 4]
+//!   -> global average pool -> h [N,512]        (the embedding used for evaluation and export)
+//!   -> projector (MLP head) -> z               (used only by the loss)
+//!   -> [predictor (MLP head) -> p]             (BYOL only)
+//! ```
+//! `width` scales every stage (64 is the standard network); tests use a small width.
+
+pub mod encoder;
+pub mod heads;
+
+pub use encoder::{BasicBlock, Downsample, ResNet18};
+pub use heads::{HeadConfig, MlpHead};
+
+use crate::kernels::conv::ConvBackend;
+use crate::kernels::norm::NormBackend;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// What the network's forward pass needs of a backend beyond Burn's ops: its convolution
+/// passes and its fused BatchNorm (both fall back to Burn's ops where a backend has no kernels).
+pub trait NetworkOps: ConvBackend + NormBackend {}
+impl<B: ConvBackend + NormBackend> NetworkOps for B {}
+
+/// Architecture of encoder and heads; part of every checkpoint so a mismatch is caught on load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Channels of the stem and first stage; later stages use 2x, 4x, 8x this.
+    pub width: usize,
+    /// The projector (the space the loss works in).
+    pub head: HeadConfig,
+    /// The predictor on top of the projector (BYOL); `None`: no predictor.
+    pub predictor: Option<HeadConfig>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            width: 64,
+            head: HeadConfig::default(),
+            predictor: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// A network of `width` with SimCLR's head of `hidden` -> `out` (what small tests use).
+    pub fn small(width: usize, hidden: usize, out: usize) -> Self {
+        Self {
+            width,
+            head: HeadConfig {
+                hidden,
+                out,
+                ..Default::default()
+            },
+            predictor: None,
+        }
+    }
+
+    /// Size of the encoder feature h.
+    pub fn embedding_dim(&self) -> usize {
+        self.width * 8
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> SslModel<B> {
+        SslModel {
+            encoder: ResNet18::new(self.width, device),
+            head: self.head.init(self.embedding_dim(), device),
+            predictor: self.predictor.map(|p| p.init(self.head.out, device)),
+        }
+    }
+}
+
+/// Encoder, projector and (BYOL) predictor: the module the optimizer trains. Methods with a
+/// momentum network keep it themselves (`methods::momentum`).
+#[derive(Module, Debug)]
+pub struct SslModel<B: Backend> {
+    pub encoder: ResNet18<B>,
+    pub head: MlpHead<B>,
+    pub predictor: Option<MlpHead<B>>,
+}
+
+impl<B: NetworkOps> SslModel<B> {
+    /// Projections z of a batch of normalised images.
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.head.forward(self.encoder.forward(images))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+
+    #[test]
+    fn shapes_follow_the_diagram() {
+        let device = Default::default();
+        let mut config = ModelConfig::small(4, 16, 8);
+        config.predictor = Some(HeadConfig {
+            hidden: 12,
+            out: 8,
+            layers: 2,
+            batchnorm: true,
+        });
+        let model = config.init::<CpuBackend>(&device);
+        let images = Tensor::<CpuBackend, 4>::zeros([3, 3, 32, 32], &device);
+        assert_eq!(model.encoder.forward(images.clone()).dims(), [3, 32]);
+        let z = model.forward(images);
+        assert_eq!(z.dims(), [3, 8]);
+        assert_eq!(model.predictor.unwrap().forward(z).dims(), [3, 8]);
+    }
+}
