@@ -1,18 +1,10 @@
 //! The `trainer` binary as a user runs it, on the real CIFAR-10 images from `../shared/data`.
 
-use e2e::{cifar10_bin, trainer_command};
-use std::process::{Command, Output};
+mod common;
 
-fn trainer(args: &[&str]) -> Output {
-    trainer_command(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .output()
-        .expect("the trainer binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{text, trainer};
+use e2e::cifar10_bin;
+use std::process::Command;
 
 #[test]
 fn short_real_run_then_resume_adds_an_epoch() {

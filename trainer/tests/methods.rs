@@ -3,20 +3,21 @@
 //! CIFAR-10 images, the collapse monitor, and the command line (train, resume, export, eval,
 //! embed) per method.
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use e2e::{cifar10_bin, trainer_command};
-use rand::{Rng, SeedableRng};
+use common::{assert_close, synthetic, text, train, trainer};
+use e2e::cifar10_bin;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
-use trainer::backend::{run_on, CpuBackend, DeviceKind, TrainBackend};
+use std::sync::Mutex;
+use trainer::backend::{CpuBackend, TrainBackend};
 use trainer::checkpoint::Checkpoint;
 use trainer::config::TrainConfig;
 use trainer::data::loader::{make_batch, EpochPlan};
-use trainer::data::{self, ImageDataset, Splits, IMAGE_BYTES};
-use trainer::jobs::train::{batch_tensor, loss_and_gradients, EpochMetrics, Outcome, TrainJob};
+use trainer::data::{self, ImageDataset, Splits};
+use trainer::jobs::train::{batch_tensor, loss_and_gradients, Outcome};
 use trainer::methods::byol::{byol_loss, Byol, ByolConfig};
 use trainer::methods::{is_collapsed, Method, MethodConfig, MethodKind, StepOutput};
 use trainer::model::{HeadConfig, SslModel};
@@ -31,23 +32,6 @@ const OTHERS: [MethodKind; 4] = [
     MethodKind::Vicreg,
     MethodKind::Barlow,
 ];
-
-fn images(n: usize, seed: u64) -> ImageDataset {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    ImageDataset {
-        pixels: (0..n * IMAGE_BYTES).map(|_| rng.random()).collect(),
-        labels: (0..n).map(|i| (i % 3) as u8).collect(),
-        classes: vec!["a".into(), "b".into(), "c".into()],
-    }
-}
-
-fn synthetic() -> Splits {
-    Splits {
-        train: images(48, 1),
-        test: images(12, 2),
-        origin: "synthetic".into(),
-    }
-}
 
 /// `kind`'s preset on a width-4 network with heads of width 16 (same layers and BatchNorm as
 /// the preset), batch 8, 3 steps per epoch, a queue of 16.
@@ -71,30 +55,6 @@ fn small(kind: MethodKind, epochs: usize) -> TrainConfig {
     config.knn.query_size = 12;
     config.knn.k = 5;
     config
-}
-
-fn train(
-    config: TrainConfig,
-    out: &Path,
-    resume: bool,
-    stop: bool,
-    data: Splits,
-) -> anyhow::Result<(Outcome, Vec<EpochMetrics>)> {
-    let job = TrainJob {
-        config,
-        out: out.to_path_buf(),
-        resume,
-        stop: Arc::new(AtomicBool::new(stop)),
-        data: Some(data),
-    };
-    run_on(DeviceKind::Cpu, job)
-}
-
-fn assert_close(a: f64, b: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= 1e-5 * a.abs().max(1.0),
-        "{what}: {a} vs {b}"
-    );
 }
 
 #[test]
@@ -290,17 +250,6 @@ fn the_collapse_monitor_catches_byol_without_its_guards() {
         "{healthy:?}"
     );
     assert!(broken[60..].iter().all(|&s| is_collapsed(s, d)), "{broken:?}");
-}
-
-fn trainer(args: &[&str]) -> std::process::Output {
-    trainer_command(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .output()
-        .expect("the trainer binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

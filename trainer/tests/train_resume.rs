@@ -1,38 +1,20 @@
 //! Training runs end to end on a tiny network and synthetic images: outputs, checkpoints,
 //! resume (after an epoch and after Ctrl-C mid-epoch) and a non-finite loss.
 
-use rand::{Rng, SeedableRng};
+mod common;
+
+use common::assert_close;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
-use trainer::backend::{run_on, DeviceKind};
+use std::sync::Mutex;
 use trainer::checkpoint::{latest_in, Checkpoint};
 use trainer::config::TrainConfig;
-use trainer::data::{ImageDataset, Splits, IMAGE_BYTES};
 use trainer::methods::simclr::NtXentLoss;
 use trainer::methods::MethodConfig;
 use trainer::model::ModelConfig;
-use trainer::jobs::train::{EpochMetrics, Outcome, TrainJob};
+use trainer::jobs::train::{EpochMetrics, Outcome};
 
 /// Burn's seeded RNG is global: runs that initialise models must not interleave.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn images(n: usize, seed: u64) -> ImageDataset {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    ImageDataset {
-        pixels: (0..n * IMAGE_BYTES).map(|_| rng.random()).collect(),
-        labels: (0..n).map(|i| (i % 3) as u8).collect(),
-        classes: vec!["a".into(), "b".into(), "c".into()],
-    }
-}
-
-fn splits() -> Splits {
-    Splits {
-        train: images(48, 1),
-        test: images(12, 2),
-        origin: "synthetic".into(),
-    }
-}
 
 fn config(epochs: usize) -> TrainConfig {
     let mut config = TrainConfig {
@@ -54,21 +36,7 @@ fn train(
     resume: bool,
     stop: bool,
 ) -> anyhow::Result<(Outcome, Vec<EpochMetrics>)> {
-    let job = TrainJob {
-        config,
-        out: out.to_path_buf(),
-        resume,
-        stop: Arc::new(AtomicBool::new(stop)),
-        data: Some(splits()),
-    };
-    run_on(DeviceKind::Cpu, job)
-}
-
-fn assert_close(a: f64, b: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= 1e-5 * a.abs().max(1.0),
-        "{what}: {a} vs {b}"
-    );
+    common::train(config, out, resume, stop, common::synthetic())
 }
 
 #[test]

@@ -1,0 +1,70 @@
+//! Helpers shared by the trainer's integration tests (each test file compiles its own copy and
+//! uses a part of it).
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use trainer::backend::{run_on, DeviceKind};
+use trainer::config::TrainConfig;
+use trainer::data::{ImageDataset, Splits, IMAGE_BYTES};
+use trainer::jobs::train::{EpochMetrics, Outcome, TrainJob};
+
+/// `n` random images in 3 classes.
+pub fn images(n: usize, seed: u64) -> ImageDataset {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    ImageDataset {
+        pixels: (0..n * IMAGE_BYTES).map(|_| rng.random()).collect(),
+        labels: (0..n).map(|i| (i % 3) as u8).collect(),
+        classes: vec!["a".into(), "b".into(), "c".into()],
+    }
+}
+
+/// 48 random training images and 12 test images.
+pub fn synthetic() -> Splits {
+    Splits {
+        train: images(48, 1),
+        test: images(12, 2),
+        origin: "synthetic".into(),
+    }
+}
+
+/// A training run on the CPU into `out` on `data`; `stop` raises the Ctrl-C flag from the start
+/// (the run stops after its first step with a checkpoint).
+pub fn train(
+    config: TrainConfig,
+    out: &Path,
+    resume: bool,
+    stop: bool,
+    data: Splits,
+) -> anyhow::Result<(Outcome, Vec<EpochMetrics>)> {
+    let job = TrainJob {
+        config,
+        out: out.to_path_buf(),
+        resume,
+        stop: Arc::new(AtomicBool::new(stop)),
+        data: Some(data),
+    };
+    run_on(DeviceKind::Cpu, job)
+}
+
+pub fn assert_close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+        "{what}: {a} vs {b}"
+    );
+}
+
+/// The trainer binary with `args` (and an empty download cache of its own).
+pub fn trainer(args: &[&str]) -> Output {
+    e2e::trainer_command(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("the trainer binary runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
