@@ -4,7 +4,7 @@
 //! the identity: `loss = scale * (sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2)`.
 //! Defaults: the paper's lambda 0.0051 and scale 1 (solo-learn's CIFAR-10 preset scales by 0.1).
 
-use super::{centred, off_diagonal_mask, split_views, Method, StepOutput};
+use super::{centred, off_diagonal_mask, two_view_step, Method, StepOutput};
 use crate::backend::TrainBackend;
 use crate::config::TrainConfig;
 use crate::data::augment::AugmentConfig;
@@ -56,12 +56,7 @@ pub struct BarlowTwins(pub BarlowTwinsLoss);
 
 impl<B: TrainBackend> Method<B> for BarlowTwins {
     fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
-        let z = model.forward(images);
-        let (z_a, z_b) = split_views(z.clone());
-        StepOutput {
-            loss: self.0.forward(z_a, z_b),
-            projections: z,
-        }
+        two_view_step(model, images, |z_a, z_b| self.0.forward(z_a, z_b))
     }
 }
 

@@ -165,6 +165,21 @@ pub fn build<B: TrainBackend>(
     }
 }
 
+/// The step of a method whose loss compares the two views' projections directly (VICReg,
+/// Barlow Twins): `loss(z_a, z_b)`.
+fn two_view_step<B: TrainBackend>(
+    model: &SslModel<B>,
+    images: Tensor<B, 4>,
+    loss: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 1>,
+) -> StepOutput<B> {
+    let z = model.forward(images);
+    let (z_a, z_b) = split_views(z.clone());
+    StepOutput {
+        loss: loss(z_a, z_b),
+        projections: z,
+    }
+}
+
 /// The two views' rows of `z` (`[2N, d]`): `(first views, second views)`.
 pub fn split_views<B: Backend>(z: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [rows, d] = z.dims();

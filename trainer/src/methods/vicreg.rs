@@ -8,7 +8,7 @@
 //! `loss = invariance_weight * inv + variance_weight * var + covariance_weight * cov`, with the
 //! paper's weights 25 / 25 / 1 as defaults (its reference code: facebookresearch/vicreg).
 
-use super::{centred, off_diagonal_mask, split_views, Method, StepOutput};
+use super::{centred, off_diagonal_mask, two_view_step, Method, StepOutput};
 use crate::backend::TrainBackend;
 use crate::config::TrainConfig;
 use crate::data::augment::{AugmentConfig, PerView};
@@ -66,12 +66,7 @@ pub struct VicReg(pub VicRegLoss);
 
 impl<B: TrainBackend> Method<B> for VicReg {
     fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
-        let z = model.forward(images);
-        let (z_a, z_b) = split_views(z.clone());
-        StepOutput {
-            loss: self.0.forward(z_a, z_b),
-            projections: z,
-        }
+        two_view_step(model, images, |z_a, z_b| self.0.forward(z_a, z_b))
     }
 }
 
