@@ -213,7 +213,9 @@ fn crop_jitter_and_probabilities_follow_torchvision_laws() {
         );
     }
 
-    let views: Vec<_> = (0..20_000).map(|_| config.sample_view(0, &mut rng)).collect();
+    let views: Vec<_> = (0..20_000)
+        .map(|_| config.sample_view(0, &mut rng))
+        .collect();
     let fraction = |f: fn(&augment::ViewParams) -> bool| {
         views.iter().filter(|v| f(v)).count() as f64 / views.len() as f64
     };

@@ -26,13 +26,13 @@ use burn::tensor::TensorData;
 use std::collections::BTreeMap;
 use trainer::backend::{CpuBackend, TrainBackend};
 use trainer::config::TrainConfig;
+use trainer::jobs::train::{apply_update, loss_and_gradients};
 use trainer::methods::simclr::SimClr;
 use trainer::methods::MethodConfig;
 use trainer::model::{ModelConfig, SslModel};
 use trainer::named_params::{
     load_named_tensors, named_tensors, read_safetensors, NamedTensor, TensorMap,
 };
-use trainer::jobs::train::{apply_update, loss_and_gradients};
 use trainer::optim::{with_optimizer, OptimizerTask};
 
 /// The fixture's tensors by name, and its metadata.
@@ -96,10 +96,7 @@ struct Update<B: TrainBackend> {
 
 impl<B: TrainBackend> OptimizerTask<B> for Update<B> {
     type Output = (SslModel<B>, f64);
-    fn run<O: Optimizer<SslModel<B>, B>>(
-        self,
-        mut optimizer: O,
-    ) -> anyhow::Result<Self::Output> {
+    fn run<O: Optimizer<SslModel<B>, B>>(self, mut optimizer: O) -> anyhow::Result<Self::Output> {
         Ok(apply_update(
             self.model,
             &mut optimizer,
@@ -315,7 +312,11 @@ fn every_method_step_matches_pytorch() {
         // The preset's heads (layers, BatchNorm), at the fixture's sizes ([in, out] weights).
         let mut config = TrainConfig::preset(kind, 8);
         config.model.width = metadata["width"].parse().unwrap();
-        let last = if init.contains_key("head.fc3.weight") { "fc3" } else { "fc2" };
+        let last = if init.contains_key("head.fc3.weight") {
+            "fc3"
+        } else {
+            "fc2"
+        };
         config.model.head.hidden = init["head.fc1.weight"].0[1];
         config.model.head.out = init[&format!("head.{last}.weight")].0[1];
         if let Some(predictor) = &mut config.model.predictor {
@@ -333,7 +334,8 @@ fn every_method_step_matches_pytorch() {
             }
             _ => build(&config, &model, &device),
         };
-        let views = Tensor::<B, 4>::from_data(TensorData::new(views.clone(), shape.clone()), &device);
+        let views =
+            Tensor::<B, 4>::from_data(TensorData::new(views.clone(), shape.clone()), &device);
         let step = loss_and_gradients(&model, method.as_mut(), views);
         let reference = fixture["loss"].1[0] as f64;
         let error = (step.stats.loss - reference).abs() / reference;
@@ -375,7 +377,11 @@ fn every_method_step_matches_pytorch() {
             }
             compared += 1;
         }
-        assert_eq!(compared, reference_grads.len(), "{kind}: gradients compared");
+        assert_eq!(
+            compared,
+            reference_grads.len(),
+            "{kind}: gradients compared"
+        );
         eprintln!(
             "{kind}: loss {:.6} vs {reference:.6}; {compared} gradients, worst relative L2 error \
              {:.2e} ({})",

@@ -10,8 +10,8 @@ use trainer::backend::{run_on, CpuBackend, DeviceKind};
 use trainer::checkpoint::Checkpoint;
 use trainer::config::TrainConfig;
 use trainer::data::{self, ImageDataset, Splits};
-use trainer::jobs::export::{encoder_to_onnx, INPUT, OUTPUT};
 use trainer::eval::features::normalized_batch;
+use trainer::jobs::export::{encoder_to_onnx, INPUT, OUTPUT};
 use trainer::jobs::train::TrainJob;
 
 struct Fixture {

@@ -419,9 +419,13 @@ mod tests {
             .ensure_architecture(&ModelConfig::default())
             .unwrap_err();
         assert!(err.to_string().contains("architecture"), "{err}");
-        let err = ckpt.ensure_method(MethodKind::Byol).unwrap_err().to_string();
+        let err = ckpt
+            .ensure_method(MethodKind::Byol)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("trained with simclr, but this run uses byol") && err.contains("epoch-0003"),
+            err.contains("trained with simclr, but this run uses byol")
+                && err.contains("epoch-0003"),
             "{err}"
         );
         ckpt.ensure_method(MethodKind::Simclr).unwrap();
@@ -437,6 +441,9 @@ mod tests {
         bytes[at + key.len() - 1] = b'1';
         std::fs::write(&path, &bytes).unwrap();
         let err = format!("{:#}", Checkpoint::read(&path).err().unwrap());
-        assert!(err.contains("version 1") && err.contains("SimCLR-only"), "{err}");
+        assert!(
+            err.contains("version 1") && err.contains("SimCLR-only"),
+            "{err}"
+        );
     }
 }

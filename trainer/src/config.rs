@@ -114,12 +114,14 @@ impl TrainConfig {
         let table: toml::Table = toml::from_str(text)?;
         let named = match table.get("method").and_then(|m| m.get("name")) {
             None => None,
-            Some(toml::Value::String(name)) => Some(MethodKind::from_name(name).with_context(|| {
-                format!(
-                    "unknown method \"{name}\" in [method] name; one of: {}",
-                    MethodKind::ALL.map(|k| k.name()).join(", ")
-                )
-            })?),
+            Some(toml::Value::String(name)) => {
+                Some(MethodKind::from_name(name).with_context(|| {
+                    format!(
+                        "unknown method \"{name}\" in [method] name; one of: {}",
+                        MethodKind::ALL.map(|k| k.name()).join(", ")
+                    )
+                })?)
+            }
             Some(other) => bail!("[method] name must be a string, got {other}"),
         };
         let kind = match (named, method) {
@@ -168,7 +170,10 @@ impl TrainConfig {
         );
         anyhow::ensure!(
             matches!(self.model.head.layers, 2 | 3)
-                && self.model.predictor.is_none_or(|p| matches!(p.layers, 2 | 3)),
+                && self
+                    .model
+                    .predictor
+                    .is_none_or(|p| matches!(p.layers, 2 | 3)),
             "model.head.layers and model.predictor.layers must be 2 or 3"
         );
         anyhow::ensure!(
@@ -256,8 +261,8 @@ mod tests {
 
     #[test]
     fn a_queue_that_is_not_a_multiple_of_the_batch_is_rejected() {
-        let err = TrainConfig::from_toml("batch_size = 100\n[method]\nname = \"mocov2\"")
-            .unwrap_err();
+        let err =
+            TrainConfig::from_toml("batch_size = 100\n[method]\nname = \"mocov2\"").unwrap_err();
         assert!(format!("{err:#}").contains("queue_size (32768)"), "{err:#}");
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use trainer::backend::{run_on, BackendTask, DeviceKind, TrainBackend};
 use trainer::config::TrainConfig;
 use trainer::data::{self, Splits};
-use trainer::model::ModelConfig;
 use trainer::jobs::train::{knn_monitor, EpochMetrics, TrainJob};
+use trainer::model::ModelConfig;
 
 /// kNN accuracy must rise by at least this many points (measured rise: see the README).
 const MIN_KNN_GAIN: f64 = 0.04;

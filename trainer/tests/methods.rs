@@ -84,7 +84,8 @@ fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {
         let has_state = matches!(kind, MethodKind::Byol | MethodKind::Mocov2);
         assert_eq!(!ckpt.method_state.is_empty(), has_state, "{kind}");
 
-        let (outcome, resumed) = train(small(kind, 2), dir.path(), true, false, synthetic()).unwrap();
+        let (outcome, resumed) =
+            train(small(kind, 2), dir.path(), true, false, synthetic()).unwrap();
         assert_eq!(outcome, Outcome::Finished);
         assert_eq!(resumed.len(), 2);
         for (a, b) in resumed.iter().zip(&full) {
@@ -98,10 +99,23 @@ fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {
 fn a_checkpoint_resumed_with_another_method_is_an_error_naming_both() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    train(small(MethodKind::Byol, 1), dir.path(), false, false, synthetic()).unwrap();
-    let err = train(small(MethodKind::Vicreg, 2), dir.path(), true, false, synthetic())
-        .unwrap_err()
-        .to_string();
+    train(
+        small(MethodKind::Byol, 1),
+        dir.path(),
+        false,
+        false,
+        synthetic(),
+    )
+    .unwrap();
+    let err = train(
+        small(MethodKind::Vicreg, 2),
+        dir.path(),
+        true,
+        false,
+        synthetic(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("trained with byol, but this run uses vicreg"),
         "{err}"
@@ -249,17 +263,56 @@ fn the_collapse_monitor_catches_byol_without_its_guards() {
         healthy[60..].iter().all(|&s| !is_collapsed(s, d)),
         "{healthy:?}"
     );
-    assert!(broken[60..].iter().all(|&s| is_collapsed(s, d)), "{broken:?}");
+    assert!(
+        broken[60..].iter().all(|&s| is_collapsed(s, d)),
+        "{broken:?}"
+    );
 }
 
 #[test]
 fn print_config_shows_each_methods_preset() {
     for (method, lines) in [
-        ("byol", &["name = \"byol\"", "optimizer = \"lars\"", "hidden = 4096", "tau_base = 0.99"][..]),
-        ("mocov2", &["name = \"mocov2\"", "optimizer = \"sgd\"", "queue_size = 32768"][..]),
-        ("vicreg", &["name = \"vicreg\"", "invariance_weight = 25.0", "layers = 3"][..]),
-        ("barlow", &["name = \"barlow\"", "lambda = 0.0051", "solarize_prob = [\n    0.0,\n    0.2,\n]"][..]),
-        ("simclr", &["name = \"simclr\"", "optimizer = \"adam\"", "temperature = 0.5"][..]),
+        (
+            "byol",
+            &[
+                "name = \"byol\"",
+                "optimizer = \"lars\"",
+                "hidden = 4096",
+                "tau_base = 0.99",
+            ][..],
+        ),
+        (
+            "mocov2",
+            &[
+                "name = \"mocov2\"",
+                "optimizer = \"sgd\"",
+                "queue_size = 32768",
+            ][..],
+        ),
+        (
+            "vicreg",
+            &[
+                "name = \"vicreg\"",
+                "invariance_weight = 25.0",
+                "layers = 3",
+            ][..],
+        ),
+        (
+            "barlow",
+            &[
+                "name = \"barlow\"",
+                "lambda = 0.0051",
+                "solarize_prob = [\n    0.0,\n    0.2,\n]",
+            ][..],
+        ),
+        (
+            "simclr",
+            &[
+                "name = \"simclr\"",
+                "optimizer = \"adam\"",
+                "temperature = 0.5",
+            ][..],
+        ),
     ] {
         let out = trainer(&["--method", method, "--print-config"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -301,44 +354,112 @@ fn every_method_trains_resumes_exports_evaluates_and_embeds_from_the_cli() {
         let run = dir.path().join("run");
         let run = run.to_str().unwrap();
         let name = kind.name();
-        let common = ["--data", data, "--batch-size", "16", "--steps-per-epoch", "2", "--out", run];
+        let common = [
+            "--data",
+            data,
+            "--batch-size",
+            "16",
+            "--steps-per-epoch",
+            "2",
+            "--out",
+            run,
+        ];
         let first = trainer(
-            &[&common[..], &["--method", name, "--config", config.to_str().unwrap(), "--epochs", "1"]]
-                .concat(),
+            &[
+                &common[..],
+                &[
+                    "--method",
+                    name,
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--epochs",
+                    "1",
+                ],
+            ]
+            .concat(),
         );
         assert!(first.status.success(), "{name}: {}", text(&first.stderr));
         assert!(text(&first.stderr).contains(&format!("method: {name}")));
-        assert!(text(&first.stdout).contains("epoch 1/1: loss"), "{}", text(&first.stdout));
+        assert!(
+            text(&first.stdout).contains("epoch 1/1: loss"),
+            "{}",
+            text(&first.stdout)
+        );
         let second = trainer(&[&common[..], &["--resume", "--epochs", "2"]].concat());
         assert!(second.status.success(), "{name}: {}", text(&second.stderr));
-        assert!(text(&second.stdout).contains("epoch 2/2: loss"), "{}", text(&second.stdout));
+        assert!(
+            text(&second.stdout).contains("epoch 2/2: loss"),
+            "{}",
+            text(&second.stdout)
+        );
         let ckpt = Checkpoint::read(Path::new(run)).unwrap();
-        assert_eq!((ckpt.config.method.kind(), ckpt.state.epochs_done), (kind, 2));
+        assert_eq!(
+            (ckpt.config.method.kind(), ckpt.state.epochs_done),
+            (kind, 2)
+        );
 
         let onnx = dir.path().join("encoder.onnx");
-        let export = trainer(&["export", "--checkpoint", run, "--out", onnx.to_str().unwrap()]);
+        let export = trainer(&[
+            "export",
+            "--checkpoint",
+            run,
+            "--out",
+            onnx.to_str().unwrap(),
+        ]);
         assert!(export.status.success(), "{name}: {}", text(&export.stderr));
         // The metadata entry `method` (protobuf: key "method", value the method's name).
         let bytes = std::fs::read(&onnx).unwrap();
-        let entry = [&[0x0a, 6][..], b"method", &[0x12, name.len() as u8], name.as_bytes()].concat();
+        let entry = [
+            &[0x0a, 6][..],
+            b"method",
+            &[0x12, name.len() as u8],
+            name.as_bytes(),
+        ]
+        .concat();
         assert!(
             bytes.windows(entry.len()).any(|w| w == entry),
             "{name}: no method entry in the ONNX metadata"
         );
 
         let eval = trainer(&[
-            "eval", "--checkpoint", run, "--data", data, "--limit-train", "200", "--limit-test",
-            "100", "--probe-epochs", "2", "--k", "10",
+            "eval",
+            "--checkpoint",
+            run,
+            "--data",
+            data,
+            "--limit-train",
+            "200",
+            "--limit-test",
+            "100",
+            "--probe-epochs",
+            "2",
+            "--k",
+            "10",
         ]);
         assert!(eval.status.success(), "{name}: {}", text(&eval.stderr));
-        assert!(text(&eval.stdout).contains("kNN top-1 (k=10"), "{}", text(&eval.stdout));
+        assert!(
+            text(&eval.stdout).contains("kNN top-1 (k=10"),
+            "{}",
+            text(&eval.stdout)
+        );
 
         let npy = dir.path().join("e.npy");
         let embed = trainer(&[
-            "embed", "--checkpoint", run, "--data", data, "--limit", "8", "--out",
+            "embed",
+            "--checkpoint",
+            run,
+            "--data",
+            data,
+            "--limit",
+            "8",
+            "--out",
             npy.to_str().unwrap(),
         ]);
         assert!(embed.status.success(), "{name}: {}", text(&embed.stderr));
-        assert!(text(&embed.stdout).contains("float32 8 x 32"), "{}", text(&embed.stdout));
+        assert!(
+            text(&embed.stdout).contains("float32 8 x 32"),
+            "{}",
+            text(&embed.stdout)
+        );
     }
 }

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use trainer::checkpoint::{latest_in, Checkpoint};
 use trainer::config::TrainConfig;
+use trainer::jobs::train::{EpochMetrics, Outcome};
 use trainer::methods::simclr::NtXentLoss;
 use trainer::methods::MethodConfig;
 use trainer::model::ModelConfig;
-use trainer::jobs::train::{EpochMetrics, Outcome};
 
 /// Burn's seeded RNG is global: runs that initialise models must not interleave.
 static SERIAL: Mutex<()> = Mutex::new(());

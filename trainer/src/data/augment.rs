@@ -687,7 +687,10 @@ mod tests {
         assert_eq!(one.p, PerView([0.3, 0.3]));
         let two: T = toml::from_str("p = [0.0, 0.2]").unwrap();
         assert_eq!(two.p, PerView([0.0, 0.2]));
-        let err = toml::from_str::<T>("p = \"high\"").err().unwrap().to_string();
+        let err = toml::from_str::<T>("p = \"high\"")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("[first view, second view]"), "{err}");
 
         // Solarization on the second view only (solo-learn's asymmetric CIFAR-10 preset, with

@@ -7,7 +7,6 @@
 pub mod features;
 pub mod knn;
 
-use knn::{l2_normalize, top1, KnnClassifier};
 use anyhow::{ensure, Result};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
@@ -15,6 +14,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
+use knn::{l2_normalize, top1, KnnClassifier};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

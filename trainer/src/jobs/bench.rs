@@ -4,9 +4,9 @@
 //! Figures are medians over timed steps after warm-up steps, in image pairs per second (one
 //! pair = the two augmented views of one image).
 
-use crate::data::augment::AugmentConfig;
 use crate::backend::TrainBackend;
 use crate::backend::{BackendTask, DeviceKind};
+use crate::data::augment::AugmentConfig;
 use crate::data::loader::{make_batch, EpochPlan};
 use crate::data::{ImageDataset, IMAGE_BYTES};
 use crate::jobs::train::train_step;

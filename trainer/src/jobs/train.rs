@@ -263,9 +263,9 @@ impl TrainJob {
             let model = ckpt.model::<B>(&device)?;
             optimizer = optimizer.load_record(ckpt.optimizer_record::<B, O::Record>(&device)?);
             let mut method = methods::build(&config, &model, &device);
-            method
-                .load_state(&ckpt.method_state)
-                .with_context(|| format!("{}: the method state does not load", ckpt.path.display()))?;
+            method.load_state(&ckpt.method_state).with_context(|| {
+                format!("{}: the method state does not load", ckpt.path.display())
+            })?;
             eprintln!("resuming from {}", ckpt.path.display());
             (model, method, ckpt.state)
         } else {

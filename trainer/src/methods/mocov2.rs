@@ -147,7 +147,12 @@ impl<B: TrainBackend> MocoV2<B> {
             Distribution::Normal(0.0, 1.0),
             device,
         );
-        let norm = queue.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-12);
+        let norm = queue
+            .clone()
+            .powi_scalar(2)
+            .sum_dim(2)
+            .sqrt()
+            .clamp_min(1e-12);
         let state = MocoState {
             key_encoder: MomentumNetwork::copy_of(model, model_config, device),
             queue: Param::from_tensor(queue / norm),

@@ -41,7 +41,9 @@ impl<B: TrainBackend> MomentumNetwork<B> {
         }
         .init::<B>(device);
         Self {
-            encoder: fresh.encoder.load_record(online.encoder.clone().into_record()),
+            encoder: fresh
+                .encoder
+                .load_record(online.encoder.clone().into_record()),
             head: fresh.head.load_record(online.head.clone().into_record()),
         }
         .no_grad()
@@ -87,7 +89,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<B> {
         let tensor = param.val();
         let trainable = tensor.is_require_grad();
         let numel = tensor.shape().num_elements();
-        self.values.push((trainable, tensor.inner().reshape([numel])));
+        self.values
+            .push((trainable, tensor.inner().reshape([numel])));
     }
 }
 
@@ -109,7 +112,8 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Ema<B> {
         let tau = self.tau;
         param.map(|target| {
             let dims = target.dims();
-            let updated = target.inner().mul_scalar(tau) + online.reshape(dims).mul_scalar(1.0 - tau);
+            let updated =
+                target.inner().mul_scalar(tau) + online.reshape(dims).mul_scalar(1.0 - tau);
             Tensor::from_inner(updated)
         })
     }
@@ -129,7 +133,10 @@ mod tests {
         assert!((tau_at(0.99, 1.0, 0, 100) - 0.99).abs() < 1e-12);
         assert!((tau_at(0.99, 1.0, 50, 100) - 0.995).abs() < 1e-12);
         assert!((tau_at(0.99, 1.0, 100, 100) - 1.0).abs() < 1e-12);
-        assert!((tau_at(0.99, 0.999, 25, 100) - (0.999 - 0.009 * (1.0 + 0.5f64.sqrt()) / 2.0)).abs() < 1e-12);
+        assert!(
+            (tau_at(0.99, 0.999, 25, 100) - (0.999 - 0.009 * (1.0 + 0.5f64.sqrt()) / 2.0)).abs()
+                < 1e-12
+        );
     }
 
     #[test]
