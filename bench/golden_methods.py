@@ -33,7 +33,7 @@ import torchvision
 from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from golden_simclr import burn_name as encoder_burn_name, cifar_images, simclr_transform  # noqa: E402
+from golden_simclr import burn_name as encoder_burn_name, perturb_batchnorm, view_pairs  # noqa: E402
 from torch_simclr import SimCLR  # noqa: E402
 
 
@@ -153,11 +153,7 @@ def main():
     a = p.parse_args()
 
     torch.manual_seed(a.seed)
-    images = cifar_images(a.cifar10_bin, a.pairs).float() / 255
-    transform = simclr_transform()
-    first = torch.stack([transform(img) for img in images])
-    second = torch.stack([transform(img) for img in images])
-    views = torch.cat([first, second]).to(torch.float32)
+    views = view_pairs(a.cifar10_bin, a.pairs)
     tensors = {"views": views.numpy()}
 
     for method, (hidden, out, layers, batchnorm) in HEADS.items():
@@ -165,13 +161,7 @@ def main():
         head = Head(d_in, hidden, out, layers, batchnorm)
         predictor = Head(out, hidden, out, 2, True) if method == "byol" else None
         model = Network(a.width, head, predictor)
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                    module.running_mean.uniform_(-0.5, 0.5)
-                    module.running_var.uniform_(0.5, 1.5)
-                    module.weight.uniform_(0.5, 1.5)
-                    module.bias.uniform_(-0.2, 0.2)
+        perturb_batchnorm(model)
         init = {burn_name(k): burn_layout(k, v) for k, v in model.state_dict().items()
                 if not k.endswith("num_batches_tracked")}
         model = model.double().train()

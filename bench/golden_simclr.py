@@ -55,6 +55,26 @@ def simclr_transform():
     ])
 
 
+def view_pairs(cifar10_bin, pairs):
+    """Two views of each of the first `pairs` images, [2N, 3, 32, 32]: first views, then second."""
+    images = cifar_images(cifar10_bin, pairs).float() / 255
+    transform = simclr_transform()
+    first = torch.stack([transform(img) for img in images])
+    second = torch.stack([transform(img) for img in images])
+    return torch.cat([first, second]).to(torch.float32)
+
+
+def perturb_batchnorm(model):
+    """Running statistics and affine parameters away from (0, 1), so updates of each show."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+
+
 def burn_name(torch_name):
     """`encoder.3.down.1.weight` -> `encoder.blocks.0.downsample.bn.gamma`, and so on."""
     parts = torch_name.split(".")
@@ -105,21 +125,9 @@ def main():
     a = p.parse_args()
 
     torch.manual_seed(a.seed)
-    images = cifar_images(a.cifar10_bin, a.pairs).float() / 255
-    transform = simclr_transform()
-    first = torch.stack([transform(img) for img in images])
-    second = torch.stack([transform(img) for img in images])
-    views = torch.cat([first, second]).to(torch.float32)
-
+    views = view_pairs(a.cifar10_bin, a.pairs)
     model = SimCLR(a.width, a.head_hidden, a.head_out)  # PyTorch's default initialisation
-    # Running statistics away from (0, 1), so the update of both is visible in the file.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
+    perturb_batchnorm(model)
     before = state(model)
     model = model.double().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-4, eps=1e-8)
