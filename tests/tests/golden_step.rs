@@ -31,7 +31,7 @@ use trainer::methods::simclr::SimClr;
 use trainer::methods::MethodConfig;
 use trainer::model::{ModelConfig, SslModel};
 use trainer::named_params::{
-    load_named_tensors, named_tensors, read_safetensors, NamedTensor, TensorMap,
+    gradient_values, load_named_tensors, named_tensors, read_safetensors, NamedTensor, TensorMap,
 };
 use trainer::optim::{with_optimizer, OptimizerTask};
 
@@ -64,17 +64,6 @@ fn relative_l2(ours: &[f32], reference: &[f32]) -> f64 {
         .sum();
     let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
     (diff / norm.max(1e-30)).sqrt()
-}
-
-/// The gradient of one named parameter, flattened.
-fn gradient<B: TrainBackend>(grads: &GradientsParams, tensor: &NamedTensor) -> Option<Vec<f32>> {
-    let data = match tensor.shape.len() {
-        1 => grads.get::<B::InnerBackend, 1>(tensor.id)?.into_data(),
-        2 => grads.get::<B::InnerBackend, 2>(tensor.id)?.into_data(),
-        4 => grads.get::<B::InnerBackend, 4>(tensor.id)?.into_data(),
-        d => panic!("{}: unexpected rank {d}", tensor.name),
-    };
-    Some(data.convert::<f32>().to_vec().unwrap())
 }
 
 /// What one step of the trainer produced.
@@ -142,7 +131,7 @@ fn trainer_step<B: TrainBackend>(
     let named = named_tensors::<B, _>(&model);
     let grad_values = named
         .iter()
-        .filter_map(|t| Some((t.name.clone(), gradient::<B>(&grads, t)?)))
+        .filter_map(|t| Some((t.name.clone(), gradient_values::<B>(&grads, t)?)))
         .collect();
     let update = Update {
         model,
@@ -349,7 +338,7 @@ fn every_method_step_matches_pytorch() {
         let mut worst = (String::new(), 0.0f64);
         let mut compared = 0;
         for tensor in named_tensors::<B, _>(&model) {
-            let Some(ours) = gradient::<B>(&grads, &tensor) else {
+            let Some(ours) = gradient_values::<B>(&grads, &tensor) else {
                 continue;
             };
             let (_, theirs) = &reference_grads[&tensor.name];

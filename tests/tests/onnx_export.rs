@@ -45,6 +45,7 @@ fn fixture() -> &'static Fixture {
                 test: splits.test.head(8),
                 origin: "shared CIFAR-10".into(),
             }),
+            topology: Default::default(),
         };
         run_on(DeviceKind::Cpu, job).unwrap();
         let checkpoint = Checkpoint::read(&dir.path().join("checkpoints")).unwrap();

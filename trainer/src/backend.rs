@@ -100,6 +100,22 @@ pub fn run_on<T: BackendTask>(kind: DeviceKind, task: T) -> Result<T::Output> {
     }
 }
 
+/// The device of local rank `index` in a run on `devices` devices of `kind`: the GPU with that
+/// index (CUDA's numbering; wgpu's discrete GPUs), or the one CPU, which all CPU ranks share.
+pub fn peer_device<D: burn::tensor::backend::DeviceOps>(
+    kind: DeviceKind,
+    base: &D,
+    index: usize,
+    devices: usize,
+) -> D {
+    use burn::tensor::backend::DeviceId;
+    match kind {
+        DeviceKind::Cuda => D::from_id(DeviceId::new(base.to_id().type_id, index as u16)),
+        DeviceKind::Wgpu if devices > 1 => D::from_id(DeviceId::new(0, index as u16)),
+        _ => base.clone(),
+    }
+}
+
 /// cubecl panics deep inside when no driver or GPU is present; turn that into an error.
 #[cfg(feature = "cuda")]
 fn check_cuda(device: &burn::backend::cuda::CudaDevice) -> Result<()> {

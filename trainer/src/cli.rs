@@ -2,6 +2,7 @@
 
 use crate::backend::{run_on, DeviceKind};
 use crate::config::TrainConfig;
+use crate::distributed::Topology;
 use crate::jobs::train::{Outcome, TrainJob};
 use crate::methods::MethodKind;
 use crate::optim::{OptimConfig, OptimizerKind};
@@ -222,9 +223,61 @@ pub struct TrainArgs {
     /// Print the full config this command would use, as TOML, and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Devices of this machine to spread each batch over: one rank (thread) per device, each
+    /// with batch-size / (devices x nodes) images, gradients averaged (README, "Several
+    /// devices"). With --device cpu the ranks share the cores.
+    #[arg(
+        long,
+        default_value_t = 1,
+        help_heading = "Several devices or machines"
+    )]
+    pub devices: usize,
+    /// Machines in the run; start the trainer on each with the same flags and its own
+    /// --node-rank.
+    #[arg(
+        long,
+        default_value_t = 1,
+        help_heading = "Several devices or machines"
+    )]
+    pub nodes: usize,
+    /// This machine's index, 0..nodes. Node 0 runs the coordinator and writes the checkpoints.
+    #[arg(
+        long,
+        default_value_t = 0,
+        help_heading = "Several devices or machines"
+    )]
+    pub node_rank: usize,
+    /// HOST:PORT of node 0, where rank 0 listens for the other ranks (needed with --nodes > 1;
+    /// every node passes the same).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        help_heading = "Several devices or machines"
+    )]
+    pub coordinator: Option<String>,
+    /// Seconds a rank waits for the others in one exchange before stopping with an error (a
+    /// rank died or hangs). Must exceed rank 0's kNN monitor at the end of an epoch.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 600,
+        help_heading = "Several devices or machines"
+    )]
+    pub peer_timeout: u64,
 }
 
 impl TrainArgs {
+    /// How this run is spread over devices and machines.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            devices: self.devices,
+            nodes: self.nodes,
+            node_rank: self.node_rank,
+            coordinator: self.coordinator.clone(),
+            timeout: std::time::Duration::from_secs(self.peer_timeout),
+        }
+    }
+
     /// The method's preset < config file (or the run's own config.toml on --resume) < flags.
     pub fn to_config(&self) -> Result<TrainConfig> {
         let mut config = match (&self.config, &self.out) {
@@ -309,6 +362,9 @@ fn train(args: TrainArgs) -> Result<i32> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
     });
+    let topology = args.topology();
+    topology.validate(config.batch_size)?;
+    let node_rank = topology.node_rank;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -327,9 +383,11 @@ fn train(args: TrainArgs) -> Result<i32> {
         resume: args.resume,
         stop,
         data: None,
+        topology,
     };
     let (outcome, _) = run_on(config.device, job)?;
     Ok(match outcome {
+        Outcome::Finished if node_rank != 0 => 0,
         Outcome::Finished => {
             let data = if config.data.is_empty() {
                 String::new()

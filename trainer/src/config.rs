@@ -56,6 +56,10 @@ pub struct TrainConfig {
     pub device: DeviceKind,
     /// Batches prepared ahead of the training step by the augmentation threads.
     pub prefetch_batches: usize,
+    /// With several devices (`--devices`, `--nodes`): BatchNorm statistics over the global
+    /// batch, summed over all devices (as one device would compute them), instead of over each
+    /// device's share. Every preset uses it; no effect on one device.
+    pub sync_batchnorm: bool,
     /// The self-supervised method and its settings.
     pub method: MethodConfig,
     pub model: ModelConfig,
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             init_weights: String::new(),
             device: DeviceKind::Cpu,
             prefetch_batches: 4,
+            sync_batchnorm: true,
             method: MethodConfig::default(),
             model: ModelConfig::default(),
             augment: AugmentConfig::default(),

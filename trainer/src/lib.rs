@@ -7,6 +7,7 @@
 //! - `optim`: optimizers (Adam, SGD, LARS), learning-rate schedule, gradient clipping;
 //! - `kernels`: the CPU backend extension (fast convolution and BatchNorm);
 //! - `eval`: kNN, linear probe, k-means on frozen features;
+//! - `distributed`: data-parallel training over devices and machines (burn-collective);
 //! - `jobs`: what the commands run (train, eval, export, bench);
 //!
 //! and shared plumbing: `config` (the recipe and presets), `checkpoint`, `backend` (device
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod jobs;
 pub mod kernels;

@@ -23,6 +23,22 @@ pub struct NamedTensor {
     pub values: Vec<f32>,
 }
 
+/// The gradient of `tensor` (a parameter of the model `grads` came from), flattened; `None` if
+/// it has none.
+pub fn gradient_values<B: burn::tensor::backend::AutodiffBackend>(
+    grads: &burn::optim::GradientsParams,
+    tensor: &NamedTensor,
+) -> Option<Vec<f32>> {
+    let data = match tensor.shape.len() {
+        1 => grads.get::<B::InnerBackend, 1>(tensor.id)?.into_data(),
+        2 => grads.get::<B::InnerBackend, 2>(tensor.id)?.into_data(),
+        3 => grads.get::<B::InnerBackend, 3>(tensor.id)?.into_data(),
+        4 => grads.get::<B::InnerBackend, 4>(tensor.id)?.into_data(),
+        d => panic!("{}: unexpected rank {d}", tensor.name),
+    };
+    Some(data.convert::<f32>().to_vec().expect("float values"))
+}
+
 /// Tracks the dotted path of the module being visited.
 #[derive(Default)]
 struct ModulePath(Vec<String>);

@@ -81,6 +81,7 @@ fn run(seed: u64) -> (f64, Vec<EpochMetrics>) {
         resume: false,
         stop: Arc::new(AtomicBool::new(false)),
         data: Some(splits),
+        topology: Default::default(),
     };
     let (_, metrics) = run_on(DeviceKind::Cpu, job).unwrap();
     (before, metrics)

@@ -8,7 +8,7 @@ mod common;
 use burn::backend::Autodiff;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use common::{assert_close, synthetic, text, train, trainer};
+use common::{assert_close, small, synthetic, text, train, trainer};
 use e2e::cifar10_bin;
 use std::path::Path;
 use std::sync::Mutex;
@@ -20,7 +20,7 @@ use trainer::data::{self, ImageDataset, Splits};
 use trainer::jobs::train::{batch_tensor, loss_and_gradients, Outcome};
 use trainer::methods::byol::{byol_loss, Byol, ByolConfig};
 use trainer::methods::{is_collapsed, Method, MethodConfig, MethodKind, StepOutput};
-use trainer::model::{HeadConfig, SslModel};
+use trainer::model::SslModel;
 use trainer::optim::{with_optimizer, OptimConfig, OptimizerTask, Schedule};
 
 /// Burn's seeded RNG is global: runs that initialise models must not interleave.
@@ -32,30 +32,6 @@ const OTHERS: [MethodKind; 4] = [
     MethodKind::Vicreg,
     MethodKind::Barlow,
 ];
-
-/// `kind`'s preset on a width-4 network with heads of width 16 (same layers and BatchNorm as
-/// the preset), batch 8, 3 steps per epoch, a queue of 16.
-fn small(kind: MethodKind, epochs: usize) -> TrainConfig {
-    let mut config = TrainConfig::preset(kind, 8);
-    config.epochs = epochs;
-    config.steps_per_epoch = 3;
-    config.model.width = 4;
-    let shrink = |h: HeadConfig| HeadConfig {
-        hidden: 16,
-        out: 8,
-        ..h
-    };
-    config.model.head = shrink(config.model.head);
-    config.model.predictor = config.model.predictor.map(shrink);
-    if let MethodConfig::Mocov2(moco) = &mut config.method {
-        moco.queue_size = 16;
-    }
-    config.optim.warmup_epochs = config.optim.warmup_epochs.min(1.0);
-    config.knn.bank_size = 48;
-    config.knn.query_size = 12;
-    config.knn.k = 5;
-    config
-}
 
 #[test]
 fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {

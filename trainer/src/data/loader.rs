@@ -56,6 +56,19 @@ impl EpochPlan {
     }
 }
 
+/// The part of each batch a rank of a data-parallel run takes: rows
+/// `rank * B / world .. (rank + 1) * B / world` of the global batch of B images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole batch (one device).
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+}
+
 /// Makes both views of batch `step` of `plan`.
 pub fn make_batch(
     dataset: &ImageDataset,
@@ -63,8 +76,21 @@ pub fn make_batch(
     plan: &EpochPlan,
     step: usize,
 ) -> PairBatch {
-    let indices = plan.batch_indices(step);
-    let size = indices.len();
+    make_shard(dataset, augment, plan, step, Shard::WHOLE)
+}
+
+/// Makes both views of `shard`'s rows of batch `step`: the same views as those rows of
+/// [`make_batch`], since each image's views depend on its position in the global batch.
+pub fn make_shard(
+    dataset: &ImageDataset,
+    augment: &AugmentConfig,
+    plan: &EpochPlan,
+    step: usize,
+    shard: Shard,
+) -> PairBatch {
+    let size = plan.batch_size / shard.world;
+    let first_row = shard.rank * size;
+    let indices = &plan.batch_indices(step)[first_row..first_row + size];
     let mut views = vec![0.0f32; 2 * size * IMAGE_BYTES];
     let (first, second) = views.split_at_mut(size * IMAGE_BYTES);
     first
@@ -73,7 +99,7 @@ pub fn make_batch(
         .enumerate()
         .for_each(|(i, (view1, view2))| {
             let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
-            rng.set_stream((step * plan.batch_size + i) as u64);
+            rng.set_stream((step * plan.batch_size + first_row + i) as u64);
             let image = dataset.image(indices[i]);
             augment.view(image, 0, &mut rng, view1);
             augment.view(image, 1, &mut rng, view2);
@@ -92,13 +118,14 @@ impl PrefetchLoader {
         dataset: Arc<ImageDataset>,
         augment: AugmentConfig,
         plan: EpochPlan,
+        shard: Shard,
         first_step: usize,
         prefetch: usize,
     ) -> Self {
         let (sender, receiver) = sync_channel(prefetch);
         let worker = std::thread::spawn(move || {
             for step in first_step..plan.steps {
-                let batch = make_batch(&dataset, &augment, &plan, step);
+                let batch = make_shard(&dataset, &augment, &plan, step, shard);
                 if sender.send(batch).is_err() {
                     return; // the trainer stopped early
                 }
@@ -161,12 +188,20 @@ mod tests {
         let data = Arc::new(dataset(12));
         let augment = AugmentConfig::default();
         let plan = EpochPlan::new(12, 4, 0, 9);
-        let all: Vec<PairBatch> =
-            PrefetchLoader::spawn(data.clone(), augment.clone(), plan.clone(), 0, 2).collect();
+        let all: Vec<PairBatch> = PrefetchLoader::spawn(
+            data.clone(),
+            augment.clone(),
+            plan.clone(),
+            Shard::WHOLE,
+            0,
+            2,
+        )
+        .collect();
         assert_eq!(all.len(), 3);
         let direct = make_batch(&data, &augment, &plan, 2);
         assert_eq!(all[2].views, direct.views);
-        let resumed: Vec<PairBatch> = PrefetchLoader::spawn(data, augment, plan, 2, 2).collect();
+        let resumed: Vec<PairBatch> =
+            PrefetchLoader::spawn(data, augment, plan, Shard::WHOLE, 2, 2).collect();
         assert_eq!(resumed.len(), 1);
         assert_eq!(resumed[0].views, direct.views);
         assert_ne!(
@@ -176,12 +211,38 @@ mod tests {
     }
 
     #[test]
+    fn shards_of_a_batch_are_its_rows() {
+        let data = dataset(12);
+        let augment = AugmentConfig::default();
+        let plan = EpochPlan::new(12, 6, 0, 4);
+        let whole = make_batch(&data, &augment, &plan, 1);
+        let half = 3 * IMAGE_BYTES;
+        for rank in 0..2 {
+            let shard = make_shard(&data, &augment, &plan, 1, Shard { rank, world: 2 });
+            assert_eq!(shard.size, 3);
+            let (first, second) = shard.views.split_at(half);
+            let rows = rank * half..(rank + 1) * half;
+            assert_eq!(
+                first,
+                &whole.views[rows.clone()],
+                "first views of rank {rank}"
+            );
+            let second_rows = 2 * half + rows.start..2 * half + rows.end;
+            assert_eq!(
+                second, &whole.views[second_rows],
+                "second views of rank {rank}"
+            );
+        }
+    }
+
+    #[test]
     fn dropping_the_loader_early_stops_the_worker() {
         let data = Arc::new(dataset(64));
         let mut loader = PrefetchLoader::spawn(
             data,
             AugmentConfig::default(),
             EpochPlan::new(64, 2, 0, 3),
+            Shard::WHOLE,
             0,
             1,
         );

@@ -6,8 +6,11 @@ use crate::backend::BackendTask;
 use crate::backend::TrainBackend;
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
-use crate::data::loader::{EpochPlan, PairBatch, PrefetchLoader};
+use crate::data::loader::{EpochPlan, PairBatch, PrefetchLoader, Shard};
 use crate::data::{self, ImageDataset, Splits, IMAGE_BYTES};
+use crate::distributed::collective::with_deadline;
+use crate::distributed::sync::{self, average_gradients, from_rank0, parameter_spread};
+use crate::distributed::{self, Topology};
 use crate::eval::features::encode_dataset;
 use crate::eval::knn::KnnClassifier;
 use crate::methods::{self, is_collapsed, projection_std, Method};
@@ -16,7 +19,7 @@ use crate::named_params::{load_named_tensors, read_safetensors};
 use crate::optim::clip::clip_grad_norm;
 use crate::optim::{with_optimizer, OptimizerTask, Schedule};
 use crate::progress::steps_bar;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -26,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 pub const METRICS_HEADER: &str = "epoch,loss,z_std,knn_top1,pairs_per_s,seconds";
@@ -71,6 +74,22 @@ pub struct TrainJob {
     pub stop: Arc<AtomicBool>,
     /// Already loaded data (tests pass it in); `None` loads `config.data`.
     pub data: Option<Splits>,
+    /// Devices and machines to spread the batch over (default: one device).
+    pub topology: Topology,
+}
+
+impl TrainJob {
+    /// A job on one device.
+    pub fn new(config: TrainConfig, out: PathBuf, resume: bool) -> Self {
+        Self {
+            config,
+            out,
+            resume,
+            stop: Arc::new(AtomicBool::new(false)),
+            data: None,
+            topology: Topology::default(),
+        }
+    }
 }
 
 impl BackendTask for TrainJob {
@@ -88,14 +107,45 @@ impl BackendTask for TrainJob {
             splits.train.len(),
             self.config.batch_size
         );
+        let topology = &self.topology;
+        topology.validate(self.config.batch_size)?;
+        let spread = if topology.is_single() {
+            String::new()
+        } else {
+            format!(
+                " x {} (node {} of {}, {} per node; {} images per device)",
+                topology.world(),
+                topology.node_rank,
+                topology.nodes,
+                topology.devices,
+                self.config.batch_size / topology.world()
+            )
+        };
         eprintln!(
-            "data: {} ({} train, {} test images, {} classes); device: {name}; method: {}",
+            "data: {} ({} train, {} test images, {} classes); device: {name}{spread}; method: {}",
             splits.origin,
             splits.train.len(),
             splits.test.len(),
             splits.train.classes.len(),
             self.config.method.kind()
         );
+        if topology.is_single() {
+            return self.train_on::<B>(splits, device);
+        }
+        self.train_data_parallel::<B>(splits, device)
+    }
+}
+
+/// Fresh models are built one rank at a time: Burn's random generator is one per backend, and
+/// ranks drawing from it at once would make rank 0's initial weights depend on timing.
+static INIT: Mutex<()> = Mutex::new(());
+
+impl TrainJob {
+    fn train_on<B: TrainBackend>(
+        self,
+        splits: Splits,
+        device: B::Device,
+    ) -> Result<(Outcome, Vec<EpochMetrics>)> {
         let optim = self.config.optim.clone();
         with_optimizer::<B, _>(
             &optim,
@@ -105,6 +155,89 @@ impl BackendTask for TrainJob {
                 device,
             },
         )
+    }
+
+    /// One thread per device of this machine, each a rank; returns this machine's first rank's
+    /// outcome, or the first error of any rank (without waiting for the others, which stop at
+    /// their next collective call).
+    fn train_data_parallel<B: TrainBackend>(
+        self,
+        splits: Splits,
+        device: B::Device,
+    ) -> Result<(Outcome, Vec<EpochMetrics>)> {
+        let topology = self.topology.clone();
+        let collective = topology.collective_config();
+        let coordinator = topology.coordinator()?;
+        // Forget peers of an earlier run in this process (tests run several).
+        burn_collective::reset_collective::<B::InnerBackend>();
+        let (sender, receiver) = mpsc::channel();
+        for index in 0..topology.devices {
+            let peer = topology.peer(index, self.config.sync_batchnorm);
+            let job = TrainJob {
+                config: self.config.clone(),
+                out: self.out.clone(),
+                resume: self.resume,
+                stop: self.stop.clone(),
+                data: None,
+                topology: topology.clone(),
+            };
+            let (splits, collective, sender) = (splits.clone(), collective.clone(), sender.clone());
+            let coordinator = coordinator.clone();
+            let device =
+                crate::backend::peer_device(self.config.device, &device, index, topology.devices);
+            std::thread::Builder::new()
+                .name(format!("rank-{}", peer.rank))
+                .spawn(move || {
+                    distributed::set_current(Some(peer));
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let id = peer.id();
+                        match &coordinator {
+                            Some(address) => crate::distributed::tcp::connect(peer, address)?,
+                            None => {
+                                let inner = device.clone();
+                                with_deadline(
+                                    &peer,
+                                    "registering with the other ranks",
+                                    move || {
+                                        burn_collective::register::<B::InnerBackend>(
+                                            id, inner, collective,
+                                        )
+                                        .map_err(|e| format!("{e:?}"))
+                                    },
+                                );
+                            }
+                        }
+                        let result = job.train_on::<B>(splits, device);
+                        match &coordinator {
+                            Some(_) => crate::distributed::tcp::disconnect(peer.rank),
+                            None if result.is_ok() => {
+                                let _ = burn_collective::finish_collective::<B::InnerBackend>(id);
+                            }
+                            None => {}
+                        }
+                        result
+                    }));
+                    let result = outcome.unwrap_or_else(|panic| {
+                        let message = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "a panic".into());
+                        Err(anyhow::anyhow!(message))
+                    });
+                    let _ = sender.send((peer, result));
+                })
+                .context("cannot start a training thread")?;
+        }
+        drop(sender);
+        let mut first = None;
+        for (peer, result) in receiver.iter() {
+            let result = result.with_context(|| format!("rank {} of {}", peer.rank, peer.world))?;
+            if peer.rank == topology.node_rank * topology.devices {
+                first = Some(result);
+            }
+        }
+        first.context("no rank of this machine finished")
     }
 }
 
@@ -137,7 +270,8 @@ pub struct StepGradients {
     pub grads: Option<GradientsParams>,
 }
 
-/// One training step: both views through the method's loss, backward, clipping of the global
+/// One training step: both views through the method's loss, backward, the average of the
+/// gradients over all ranks (data-parallel runs), clipping of the global
 /// gradient norm to `grad_clip` (0 = off), the optimizer's update, then the method's own update
 /// (momentum network, queue) for 0-based step `step`. Returns the updated model and what the
 /// step measured; a non-finite loss leaves the model as it was (the caller stops).
@@ -156,6 +290,7 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     let StepGradients { stats, grads } = loss_and_gradients(&model, method, images);
     match grads {
         Some(grads) => {
+            let grads = average_gradients(&model, grads);
             let model = apply_update(model, optimizer, grads, lr, grad_clip).0;
             method.after_update(&model, step, schedule);
             (model, stats)
@@ -222,6 +357,12 @@ impl TrainJob {
         method: &dyn Method<B>,
         state: &TrainState,
     ) -> Result<PathBuf> {
+        if !distributed::is_main() {
+            // Rank 0 writes the run's files; the other ranks hold the same state.
+            return Ok(self
+                .checkpoints_dir()
+                .join(checkpoint::checkpoint_name(state)));
+        }
         checkpoint::save(
             &self.checkpoints_dir(),
             model,
@@ -239,9 +380,13 @@ impl TrainJob {
         device: B::Device,
     ) -> Result<(Outcome, Vec<EpochMetrics>)> {
         let config = self.config.clone();
+        let peer = distributed::current();
+        let main = distributed::is_main();
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("cannot create output directory {}", self.out.display()))?;
-        eprintln!("output: {}", self.out.display());
+        if main {
+            eprintln!("output: {}", self.out.display());
+        }
 
         let (mut model, mut method, mut state) = if self.resume {
             let ckpt = checkpoint::latest_in(&self.checkpoints_dir())?.with_context(|| {
@@ -261,12 +406,14 @@ impl TrainJob {
                 config.optim.optimizer
             );
             let model = ckpt.model::<B>(&device)?;
+            if main {
+                eprintln!("resuming from {}", ckpt.path.display());
+            }
             optimizer = optimizer.load_record(ckpt.optimizer_record::<B, O::Record>(&device)?);
             let mut method = methods::build(&config, &model, &device);
             method.load_state(&ckpt.method_state).with_context(|| {
                 format!("{}: the method state does not load", ckpt.path.display())
             })?;
-            eprintln!("resuming from {}", ckpt.path.display());
             (model, method, ckpt.state)
         } else {
             if let Some(existing) = checkpoint::latest_in(&self.checkpoints_dir())? {
@@ -277,6 +424,7 @@ impl TrainJob {
                     existing.display()
                 );
             }
+            let guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
             B::seed(&device, config.seed);
             let state = TrainState {
                 epochs_done: 0,
@@ -293,7 +441,9 @@ impl TrainJob {
             } else {
                 let path = Path::new(&config.init_weights);
                 let (weights, _) = read_safetensors(path)?;
-                eprintln!("initial weights: {}", path.display());
+                if main {
+                    eprintln!("initial weights: {}", path.display());
+                }
                 load_named_tensors(model, &weights, &device).with_context(|| {
                     format!(
                         "{} does not fit the configured model {:?}",
@@ -302,11 +452,33 @@ impl TrainJob {
                     )
                 })?
             };
-            let method = methods::build(&config, &model, &device);
+            // Parameters are drawn lazily (in forward order on one device, which stays as it
+            // was); ranks draw them all now, in visiting order, under the lock.
+            if peer.is_some() {
+                model.visit(&mut crate::methods::momentum::Initialise);
+            }
+            drop(guard);
+            let model = from_rank0(model);
+            let mut method = methods::build(&config, &model, &device);
+            method.share_rank0_state();
             (model, method, state)
         };
-        checkpoint::write_atomically(&self.out.join("config.toml"), config.to_toml().as_bytes())?;
-        let mut metrics_rows = MetricsFile::open(&self.out.join("metrics.csv"), state.epochs_done)?;
+        let mut metrics_rows = if main {
+            checkpoint::write_atomically(
+                &self.out.join("config.toml"),
+                config.to_toml().as_bytes(),
+            )?;
+            Some(MetricsFile::open(
+                &self.out.join("metrics.csv"),
+                state.epochs_done,
+            )?)
+        } else {
+            None
+        };
+        let shard = peer.map_or(Shard::WHOLE, |p| Shard {
+            rank: p.rank,
+            world: p.world,
+        });
 
         let train = Arc::new(splits.train);
         let steps_per_epoch =
@@ -335,16 +507,20 @@ impl TrainJob {
                 train.clone(),
                 config.augment.clone(),
                 plan.clone(),
+                shard,
                 state.step_in_epoch,
                 config.prefetch_batches,
             );
             let bar = steps_bar(plan.steps as u64, epoch, config.epochs);
+            if !main {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
             bar.set_position(state.step_in_epoch as u64);
             let started = Instant::now();
             let mut pairs = 0usize;
             for batch in loader {
                 let lr = config.optim.lr_at(state.global_step, &schedule);
-                let size = batch.size;
+                let size = batch.size * shard.world;
                 let (next, stats) = train_step(
                     model,
                     method.as_mut(),
@@ -379,22 +555,48 @@ impl TrainJob {
                     state.z_std_sum_in_epoch / state.step_in_epoch as f64
                 ));
                 bar.inc(1);
-                if self.stop.load(Ordering::SeqCst) && state.step_in_epoch < plan.steps {
+                let stop = sync::any::<B::InnerBackend>(self.stop.load(Ordering::SeqCst), &device);
+                if stop && state.step_in_epoch < plan.steps {
                     bar.abandon();
                     let path = self.save(&model, &optimizer, method.as_ref(), &state)?;
-                    eprintln!(
-                        "interrupted: saved {} (step {} of epoch {epoch}); continue with --resume",
-                        path.display(),
-                        state.step_in_epoch
-                    );
+                    if main {
+                        eprintln!(
+                            "interrupted: saved {} (step {} of epoch {epoch}); continue with \
+                             --resume",
+                            path.display(),
+                            state.step_in_epoch
+                        );
+                    }
                     return Ok((Outcome::Interrupted { checkpoint: path }, all_metrics));
                 }
             }
             let train_seconds = started.elapsed().as_secs_f64();
             bar.finish_and_clear();
+            let traffic = sync::take_gradient_traffic();
+            if main && traffic.calls > 0 {
+                let per_step = traffic.time.as_secs_f64() / traffic.calls as f64;
+                eprintln!(
+                    "gradient all-reduce: {:.1} MB per step, {:.3} s per step ({:.0} % of the \
+                     epoch's training time, waiting for slower ranks included)",
+                    traffic.bytes as f64 / traffic.calls as f64 / 1e6,
+                    per_step,
+                    100.0 * traffic.time.as_secs_f64() / train_seconds
+                );
+            }
             let mean_loss = state.loss_sum_in_epoch / plan.steps.max(1) as f64;
             let z_std = state.z_std_sum_in_epoch / plan.steps.max(1) as f64;
-            if is_collapsed(z_std, config.model.head.out) {
+            if let Some(peer) = peer {
+                let spread = parameter_spread(&model);
+                ensure!(
+                    spread <= 1e-5,
+                    "after epoch {epoch} the parameters differ between ranks by up to {spread} \
+                     (rank {} of {}): the ranks no longer train one model. Resume from the \
+                     last checkpoint",
+                    peer.rank,
+                    peer.world
+                );
+            }
+            if main && is_collapsed(z_std, config.model.head.out) {
                 eprintln!(
                     "warning: the projections are collapsing at epoch {epoch} (z_std {z_std:.5}, \
                      about {:.4} when spread): the encoder maps images to nearly the same point. \
@@ -404,7 +606,12 @@ impl TrainJob {
                     1.0 / (config.model.head.out as f64).sqrt()
                 );
             }
-            let knn_top1 = knn_monitor(&model, &train, &splits.test, &config, &device);
+            // The monitor and the files are rank 0's; the others wait at their next step.
+            let knn_top1 = if main {
+                knn_monitor(&model, &train, &splits.test, &config, &device)
+            } else {
+                f64::NAN
+            };
             state.epochs_done = epoch;
             state.step_in_epoch = 0;
             let path = self.save(&model, &optimizer, method.as_ref(), &state)?;
@@ -416,7 +623,17 @@ impl TrainJob {
                 pairs_per_s: pairs as f64 / train_seconds,
                 seconds: started.elapsed().as_secs_f64(),
             };
-            metrics_rows.append(&metrics)?;
+            if let Some(rows) = metrics_rows.as_mut() {
+                rows.append(&metrics)?;
+            }
+            let stop = sync::any::<B::InnerBackend>(self.stop.load(Ordering::SeqCst), &device);
+            if !main {
+                all_metrics.push(metrics);
+                if stop {
+                    return Ok((Outcome::Interrupted { checkpoint: path }, all_metrics));
+                }
+                continue;
+            }
             println!(
                 "epoch {epoch}/{}: loss {:.4} | z_std {:.4} | kNN top-1 {:.2} % | {:.1} pairs/s | {:.0} s | saved {}",
                 config.epochs,
@@ -428,7 +645,7 @@ impl TrainJob {
                 path.display()
             );
             all_metrics.push(metrics);
-            if self.stop.load(Ordering::SeqCst) {
+            if stop {
                 eprintln!("interrupted after epoch {epoch}; continue with --resume");
                 return Ok((Outcome::Interrupted { checkpoint: path }, all_metrics));
             }

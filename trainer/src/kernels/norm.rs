@@ -8,6 +8,8 @@
 //! outputs as Burn's module in both modes (tested below), so checkpoints and exports are
 //! unaffected; the running variance is PyTorch's (unbiased), see `update_running_statistics`.
 
+use crate::distributed::collective::CollectiveBackend;
+use crate::distributed::{self, sync::synced_moments};
 use crate::kernels::norm_kernels::{self, NormShape};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -55,9 +57,15 @@ pub trait NormBackend: Backend {
 }
 
 /// `relu?(bn(x))`: training mode (batch statistics, running averages updated) under autodiff,
-/// inference mode (running statistics) otherwise. The backend's fused kernel where it has one.
-pub fn batch_norm<B: NormBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
-    if B::ad_enabled(&x.device()) {
+/// inference mode (running statistics) otherwise. The backend's fused kernel where it has one,
+/// except under synchronised BatchNorm (statistics over all ranks of a data-parallel run).
+pub fn batch_norm<B: NormBackend + CollectiveBackend>(
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    relu: bool,
+) -> Tensor<B, 4> {
+    let synced = distributed::current().is_some_and(|p| p.sync_batchnorm);
+    if B::ad_enabled(&x.device()) && !synced {
         let [n, c, h, w] = x.dims();
         let fused = B::fused_batch_norm(
             x.clone().into_primitive().tensor(),
@@ -254,15 +262,24 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
     }
 }
 
-/// BatchNorm composed from Burn tensor ops (no ReLU), for backends without a fused kernel and
-/// for inference mode.
-pub fn batch_norm_2d<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// BatchNorm composed from Burn tensor ops (no ReLU), for backends without a fused kernel, for
+/// synchronised BatchNorm and for inference mode.
+pub fn batch_norm_2d<B: CollectiveBackend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
     // One row per (image, channel): every reduction runs along contiguous rows, and every
     // per-channel operand is a contiguous column [N*C, 1], the broadcast CPU kernels take fast.
     let rows = x.reshape([n * c, h * w]);
     let per_row = |channel: Tensor<B, 2>| channel.repeat_dim(0, n).reshape([n * c, 1]);
-    let (centered, var) = if B::ad_enabled(&rows.device()) {
+    let training = B::ad_enabled(&rows.device());
+    let synced = if training {
+        synced_moments(rows.clone(), n)
+    } else {
+        None
+    };
+    let (centered, var) = if let Some((mean, var, count)) = synced {
+        update_running_statistics(bn, mean.clone(), var.clone(), count);
+        (rows - per_row(mean), var)
+    } else if training {
         let mean = rows.clone().mean_dim(1).reshape([n, c]).mean_dim(0); // [1, C]
         let centered = rows - per_row(mean.clone());
         let var = centered

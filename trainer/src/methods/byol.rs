@@ -10,6 +10,7 @@ use crate::backend::TrainBackend;
 use crate::checkpoint::{decode_record, encode_record};
 use crate::config::TrainConfig;
 use crate::data::augment::AugmentConfig;
+use crate::distributed::sync::gather_views;
 use crate::eval::knn::l2_normalize;
 use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::{OptimConfig, Schedule};
@@ -117,8 +118,8 @@ impl<B: TrainBackend> Method<B> for Byol<B> {
         };
         let t = self.target.forward(images);
         StepOutput {
-            loss: byol_loss(p, t),
-            projections: z,
+            loss: byol_loss(gather_views(p), gather_views(t)),
+            projections: gather_views(z.detach()),
         }
     }
 

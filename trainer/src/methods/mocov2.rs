@@ -11,6 +11,7 @@ use crate::backend::TrainBackend;
 use crate::checkpoint::{decode_record, encode_record};
 use crate::config::TrainConfig;
 use crate::data::augment::{AugmentConfig, PerView};
+use crate::distributed::sync::{from_rank0, gather_views};
 use crate::eval::knn::l2_normalize;
 use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::{OptimConfig, OptimizerKind, Schedule};
@@ -181,9 +182,9 @@ impl<B: TrainBackend> MocoV2<B> {
 
 impl<B: TrainBackend> Method<B> for MocoV2<B> {
     fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
-        let z = model.forward(images.clone());
+        let z = gather_views(model.forward(images.clone()));
         let (q_a, q_b) = split_views(l2_normalize(z.clone()));
-        let keys = l2_normalize(self.state.key_encoder.forward(images));
+        let keys = l2_normalize(gather_views(self.state.key_encoder.forward(images)));
         let [rows, d] = keys.dims();
         let (k_a, k_b) = split_views(keys.clone());
         let queue = self.state.queue.val().detach();
@@ -220,6 +221,10 @@ impl<B: TrainBackend> Method<B> for MocoV2<B> {
             state = state.enqueue(keys, step);
         }
         self.state = state;
+    }
+
+    fn share_rank0_state(&mut self) {
+        self.state = from_rank0(self.state.clone());
     }
 
     fn save_state(&self) -> Result<Vec<u8>> {

@@ -15,6 +15,7 @@ pub mod vicreg;
 
 use crate::backend::TrainBackend;
 use crate::config::TrainConfig;
+use crate::distributed::sync::gather_views;
 use crate::model::SslModel;
 use crate::optim::Schedule;
 use anyhow::{ensure, Result};
@@ -32,12 +33,18 @@ pub struct StepOutput<B: Backend> {
 /// A self-supervised method on backend `B`.
 pub trait Method<B: TrainBackend> {
     /// The loss of `model` on `images`, `[2N, 3, 32, 32]`: the first views of N images, then
-    /// their second views. BatchNorm runs in training mode.
+    /// their second views. BatchNorm runs in training mode. In a data-parallel run `images` are
+    /// this rank's share, and the loss is over the global batch: projections go through
+    /// [`gather_views`] before the loss.
     fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B>;
 
     /// Called after the optimizer updated `model` at 0-based step `step` of the run (momentum
     /// networks follow the online one, keys enter the queue).
     fn after_update(&mut self, _model: &SslModel<B>, _step: usize, _schedule: &Schedule) {}
+
+    /// Makes the method's own state rank 0's on every rank of a data-parallel run (a fresh
+    /// run: ranks drew their own random state).
+    fn share_rank0_state(&mut self) {}
 
     /// The method's own state for a checkpoint (momentum network, queue); empty if it has none.
     fn save_state(&self) -> Result<Vec<u8>> {
@@ -172,7 +179,7 @@ fn two_view_step<B: TrainBackend>(
     images: Tensor<B, 4>,
     loss: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 1>,
 ) -> StepOutput<B> {
-    let z = model.forward(images);
+    let z = gather_views(model.forward(images));
     let (z_a, z_b) = split_views(z.clone());
     StepOutput {
         loss: loss(z_a, z_b),

@@ -71,7 +71,7 @@ impl<B: TrainBackend> MomentumNetwork<B> {
 }
 
 /// Reads every parameter once, which initialises it in place.
-struct Initialise;
+pub struct Initialise;
 
 impl<B: Backend> ModuleVisitor<B> for Initialise {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {

@@ -8,6 +8,7 @@
 use super::{Method, StepOutput};
 use crate::backend::TrainBackend;
 use crate::config::TrainConfig;
+use crate::distributed::sync::gather_views;
 use crate::eval::knn::l2_normalize;
 use crate::model::SslModel;
 use anyhow::{ensure, Result};
@@ -41,7 +42,7 @@ pub struct SimClr(pub NtXentLoss);
 
 impl<B: TrainBackend> Method<B> for SimClr {
     fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
-        let z = model.forward(images);
+        let z = gather_views(model.forward(images));
         StepOutput {
             loss: self.0.forward(z.clone()),
             projections: z,

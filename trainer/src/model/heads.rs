@@ -2,6 +2,8 @@
 //! `Linear -> ReLU -> Linear`, BYOL's with BatchNorm, Barlow Twins' and VICReg's three-layer
 //! expander) and BYOL's predictor. Evaluation and export never see them.
 
+use crate::distributed::{self, collective::CollectiveBackend};
+use crate::kernels::norm::batch_norm_2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -59,10 +61,14 @@ pub struct MlpHead<B: Backend> {
     pub relu: Relu,
 }
 
-impl<B: Backend> MlpHead<B> {
+impl<B: CollectiveBackend> MlpHead<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let hidden = |x: Tensor<B, 2>, bn: &Option<BatchNorm<B>>| {
             let x = match bn {
+                Some(bn) if distributed::current().is_some_and(|p| p.sync_batchnorm) => {
+                    let [n, c] = x.dims();
+                    batch_norm_2d(bn, x.reshape([n, c, 1, 1])).reshape([n, c])
+                }
                 Some(bn) => bn.forward(x),
                 None => x,
             };

@@ -18,6 +18,7 @@ pub mod heads;
 pub use encoder::{BasicBlock, Downsample, ResNet18};
 pub use heads::{HeadConfig, MlpHead};
 
+use crate::distributed::collective::CollectiveBackend;
 use crate::kernels::conv::ConvBackend;
 use crate::kernels::norm::NormBackend;
 use burn::prelude::*;
@@ -25,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 /// What the network's forward pass needs of a backend beyond Burn's ops: its convolution
 /// passes and its fused BatchNorm (both fall back to Burn's ops where a backend has no kernels).
-pub trait NetworkOps: ConvBackend + NormBackend {}
-impl<B: ConvBackend + NormBackend> NetworkOps for B {}
+pub trait NetworkOps: ConvBackend + NormBackend + CollectiveBackend {}
+impl<B: ConvBackend + NormBackend + CollectiveBackend> NetworkOps for B {}
 
 /// Architecture of encoder and heads; part of every checkpoint so a mismatch is caught on load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

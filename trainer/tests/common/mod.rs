@@ -11,6 +11,8 @@ use trainer::backend::{run_on, DeviceKind};
 use trainer::config::TrainConfig;
 use trainer::data::{ImageDataset, Splits, IMAGE_BYTES};
 use trainer::jobs::train::{EpochMetrics, Outcome, TrainJob};
+use trainer::methods::{MethodConfig, MethodKind};
+use trainer::model::HeadConfig;
 
 /// `n` random images in 3 classes.
 pub fn images(n: usize, seed: u64) -> ImageDataset {
@@ -46,6 +48,7 @@ pub fn train(
         resume,
         stop: Arc::new(AtomicBool::new(stop)),
         data: Some(data),
+        topology: Default::default(),
     };
     run_on(DeviceKind::Cpu, job)
 }
@@ -67,4 +70,28 @@ pub fn trainer(args: &[&str]) -> Output {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `kind`'s preset on a width-4 network with heads of width 16 (same layers and BatchNorm as
+/// the preset), batch 8, 3 steps per epoch, a queue of 16.
+pub fn small(kind: MethodKind, epochs: usize) -> TrainConfig {
+    let mut config = TrainConfig::preset(kind, 8);
+    config.epochs = epochs;
+    config.steps_per_epoch = 3;
+    config.model.width = 4;
+    let shrink = |h: HeadConfig| HeadConfig {
+        hidden: 16,
+        out: 8,
+        ..h
+    };
+    config.model.head = shrink(config.model.head);
+    config.model.predictor = config.model.predictor.map(shrink);
+    if let MethodConfig::Mocov2(moco) = &mut config.method {
+        moco.queue_size = 16;
+    }
+    config.optim.warmup_epochs = config.optim.warmup_epochs.min(1.0);
+    config.knn.bank_size = 48;
+    config.knn.query_size = 12;
+    config.knn.k = 5;
+    config
 }
