@@ -85,14 +85,16 @@ fn weights(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-/// Worst relative L2 error, over tensors, of the change `after - before` in `ours` against
-/// `reference`: what an epoch of Adam did to each tensor, on two backends.
-fn worst_update_error(
+/// How far the change `after - before` in `ours` is from the one in `reference`: what an epoch of
+/// Adam did to the parameters, on two backends. Returns the relative L2 error over all tensors
+/// together, and the worst tensor with its own relative L2 error.
+fn update_errors(
     before: &[(String, Vec<f32>)],
     ours: &[(String, Vec<f32>)],
     reference: &[(String, Vec<f32>)],
-) -> (String, f64) {
+) -> (f64, (String, f64)) {
     let mut worst = (String::new(), 0.0);
+    let (mut total_diff, mut total_norm) = (0.0f64, 0.0f64);
     for ((name, b), ((_, o), (_, r))) in before.iter().zip(ours.iter().zip(reference)) {
         let (mut diff, mut norm) = (0.0f64, 0.0f64);
         for ((b, o), r) in b.iter().zip(o).zip(r) {
@@ -100,6 +102,8 @@ fn worst_update_error(
             diff += (du - dr).powi(2);
             norm += dr.powi(2);
         }
+        total_diff += diff;
+        total_norm += norm;
         let error = if norm == 0.0 {
             diff.sqrt()
         } else {
@@ -109,7 +113,7 @@ fn worst_update_error(
             worst = (name.clone(), error);
         }
     }
-    worst
+    ((total_diff / total_norm).sqrt(), worst)
 }
 
 fn copy_run(from: &Path, to: &Path) {
@@ -203,16 +207,25 @@ fn wgpu_trains_and_checkpoints_resume_across_backends() {
              {loss_same} on the same"
         );
         let before = weights(&crossed.join("checkpoints/epoch-0002.ckpt"));
-        let (name, error) = worst_update_error(
+        let (all, (name, error)) = update_errors(
             &before,
             &weights(&crossed.join("checkpoints/epoch-0003.ckpt")),
             &weights(&same.join("checkpoints/epoch-0003.ckpt")),
         );
         eprintln!(
-            "from {device}: epoch 3 updates, worst relative L2 difference {error:.2e} ({name})"
+            "from {device}: epoch 3 updates differ by {all:.2e} (relative L2, all tensors), \
+             worst tensor {error:.2e} ({name})"
+        );
+        // Float32 noise (kernels that sum in another order) is amplified by Adam on tensors whose
+        // gradient is small: one 8-value BatchNorm beta measured 1.4e-2 on one clean-machine run
+        // (5e-5 on others). A resume that loses Adam's moments, its step count, the RNG position
+        // or a running statistic moves the whole update, or that tensor's, by tens of percent.
+        assert!(
+            all < 1e-3,
+            "from {device}: epoch 3's update differs by {all:.2e} between backends"
         );
         assert!(
-            error < 1e-2,
+            error < 0.1,
             "from {device}: epoch 3's update of {name} differs by {error:.2e} between backends"
         );
     }
