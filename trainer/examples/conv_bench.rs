@@ -1,6 +1,7 @@
 //! Times the three passes (output, input gradient, weight gradient) of every convolution of the
-//! CIFAR ResNet-18 (width 64): flex's own ops against `trainer::kernels::conv_kernels`, and checks that
-//! both give the same values.
+//! CIFAR ResNet-18 (width 64): flex's own ops, `trainer::kernels::conv_kernels` (im2col + GEMM)
+//! and, for the 3x3 stride-1 layers, `trainer::kernels::winograd`; checks that all give the same
+//! values.
 //!
 //! `cargo run --release -p trainer --example conv_bench -- [VIEWS]` (default 64 = batch 32 pairs)
 use burn::backend::Flex;
@@ -9,6 +10,7 @@ use burn::tensor::{Distribution, Tensor, TensorPrimitive};
 use e2e::max_abs_diff;
 use std::time::Instant;
 use trainer::kernels::conv_kernels::{self, ConvShape};
+use trainer::kernels::winograd::{self, Pass};
 
 fn prim(t: Tensor<Flex, 4>) -> burn::tensor::ops::FloatTensor<Flex> {
     t.into_primitive().tensor()
@@ -50,8 +52,8 @@ fn main() {
         (512, 512, 4, 3, 1, 3),
         (256, 512, 8, 1, 2, 1),
     ];
-    let mut tot = [0.0f64; 6];
-    println!("layer                     | flex fwd  x-grad  w-grad | ours fwd  x-grad  w-grad (ms, x count)");
+    let mut tot = [0.0f64; 12];
+    println!("layer                     | flex fwd  x-grad  w-grad | im2col fwd x-grad w-grad | winograd fwd x-grad w-grad (ms, x count)");
     for (c_in, c_out, size, k, stride, count) in layers {
         let pad = k / 2;
         let s = ConvShape {
@@ -108,20 +110,56 @@ fn main() {
         let (o1, y2) = time(|| conv_kernels::conv2d(&xv, &wv, &s));
         let (o2, dx2) = time(|| conv_kernels::conv2d_input_grad(&dyv, &wv, &s));
         let (o3, dw2) = time(|| conv_kernels::conv2d_weight_grad(&xv, &dyv, &s));
+        // Winograd where it applies; elsewhere the network runs im2col, counted as such.
+        let (w1, w2, w3, wino_diff) = if winograd::applies(&s) {
+            let (w1, y3) = time(|| winograd::conv2d(&xv, &wv, &s));
+            let (w2, dx3) = time(|| winograd::conv2d_input_grad(&dyv, &wv, &s));
+            let (w3, dw3) = time(|| winograd::conv2d_weight_grad(&xv, &dyv, &s));
+            let diff = format!(
+                "winograd-flex {:.1e} {:.1e} {:.1e}",
+                max_abs_diff(&y1, &y3),
+                max_abs_diff(&dx1, &dx3),
+                max_abs_diff(&dw1, &dw3)
+            );
+            (w1, w2, w3, diff)
+        } else {
+            (o1, o2, o3, String::new())
+        };
+        // What the network runs: the faster kernel of each pass by `faster_than_im2col`.
+        let pick = |pass, im2col, wino| {
+            if winograd::faster_than_im2col(&s, pass) {
+                wino
+            } else {
+                im2col
+            }
+        };
+        let (n1, n2, n3) = (
+            pick(Pass::Output, o1, w1),
+            pick(Pass::InputGrad, o2, w2),
+            pick(Pass::WeightGrad, o3, w3),
+        );
         let c = count as f64;
-        for (t, v) in tot.iter_mut().zip([f1, f2, f3, o1, o2, o3]) {
+        for (t, v) in tot
+            .iter_mut()
+            .zip([f1, f2, f3, o1, o2, o3, w1, w2, w3, n1, n2, n3])
+        {
             *t += v * c;
         }
-        println!("{c_in:>3}->{c_out:>3} {size:>2}px k{k} s{stride} x{count} | {f1:7.1} {f2:7.1} {f3:7.1} | {o1:7.1} {o2:7.1} {o3:7.1}  maxdiff {:.1e} {:.1e} {:.1e}",
+        println!("{c_in:>3}->{c_out:>3} {size:>2}px k{k} s{stride} x{count} | {f1:7.1} {f2:7.1} {f3:7.1} | {o1:7.1} {o2:7.1} {o3:7.1} | {w1:7.1} {w2:7.1} {w3:7.1}  max diff im2col-flex {:.1e} {:.1e} {:.1e} {wino_diff}",
             max_abs_diff(&y1, &y2), max_abs_diff(&dx1, &dx2), max_abs_diff(&dw1, &dw2));
     }
     println!(
-        "total (ms)                | {:7.1} {:7.1} {:7.1} | {:7.1} {:7.1} {:7.1}",
-        tot[0], tot[1], tot[2], tot[3], tot[4], tot[5]
+        "total (ms)                | {:7.1} {:7.1} {:7.1} | {:7.1} {:7.1} {:7.1} | {:7.1} {:7.1} {:7.1}",
+        tot[0], tot[1], tot[2], tot[3], tot[4], tot[5], tot[6], tot[7], tot[8]
     );
     println!(
-        "sum flex {:.0} ms, ours {:.0} ms",
+        "sum flex {:.0} ms, im2col {:.0} ms, winograd where it applies {:.0} ms, as the network runs {:.0} ms ({:.1} {:.1} {:.1})",
         tot[0] + tot[1] + tot[2],
-        tot[3] + tot[4] + tot[5]
+        tot[3] + tot[4] + tot[5],
+        tot[6] + tot[7] + tot[8],
+        tot[9] + tot[10] + tot[11],
+        tot[9],
+        tot[10],
+        tot[11]
     );
 }

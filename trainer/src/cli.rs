@@ -167,6 +167,10 @@ pub struct BenchArgs {
     /// Do not measure ONNX Runtime.
     #[arg(long)]
     pub no_onnx: bool,
+    /// Batch sizes of the inference comparison with ONNX Runtime (256: `eval`'s batches, 1: one
+    /// image).
+    #[arg(long, value_delimiter = ',', default_value = "256,1")]
+    pub inference_batch_size: Vec<usize>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
@@ -411,6 +415,10 @@ fn bench(args: BenchArgs) -> Result<i32> {
         "--batch-size values must be at least 2"
     );
     anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
+    anyhow::ensure!(
+        args.inference_batch_size.iter().all(|&b| b >= 1),
+        "--inference-batch-size values must be at least 1"
+    );
     let data = match &args.data {
         Some(source) => Some(crate::data::load(source)?.train),
         None => None,
@@ -436,6 +444,8 @@ fn bench(args: BenchArgs) -> Result<i32> {
         torch_script,
         onnx_script: (!args.no_onnx && args.onnx_script.is_file())
             .then(|| args.onnx_script.clone()),
+        inference_batch_sizes: args.inference_batch_size.clone(),
+        inference_seconds: 3.0,
         threads: rayon::current_num_threads(),
     };
     let report = crate::jobs::bench::run(&options)?;

@@ -1,8 +1,10 @@
 //! `trainer bench`: throughput of the SimCLR training step (the method PyTorch is compared on) and of the augmentation pipeline,
-//! side by side with the same step in PyTorch (`bench/torch_simclr.py`) when `torch` imports.
+//! side by side with the same step in PyTorch (`bench/torch_simclr.py`) when `torch` imports;
+//! and of inference (the encoder's features, as `eval`, `embed` and the kNN monitor compute
+//! them) side by side with ONNX Runtime on the exported encoder (`bench/onnx_throughput.py`).
 //!
 //! Figures are medians over timed steps after warm-up steps, in image pairs per second (one
-//! pair = the two augmented views of one image).
+//! pair = the two augmented views of one image) for training, images per second for inference.
 
 use crate::backend::TrainBackend;
 use crate::backend::{BackendTask, DeviceKind};
@@ -32,6 +34,10 @@ pub struct BenchOptions {
     pub torch_script: Option<PathBuf>,
     /// ONNX Runtime throughput script (`bench/onnx_throughput.py`); skipped when `None`.
     pub onnx_script: Option<PathBuf>,
+    /// Batch sizes of the inference comparison (256: `eval`'s batches; 1: one image).
+    pub inference_batch_sizes: Vec<usize>,
+    /// Least time spent on the timed passes of each inference batch size.
+    pub inference_seconds: f64,
     pub threads: usize,
 }
 
@@ -45,7 +51,15 @@ pub struct BenchResult {
     pub torch_pairs_per_s: Option<f64>,
     pub ours_over_torch: Option<f64>,
     pub data_pairs_per_s: f64,
+}
+
+/// One row of the inference comparison: encoder features of normalised images.
+#[derive(Debug, Clone, Serialize)]
+pub struct InferenceResult {
+    pub batch_size: usize,
+    pub ours_images_per_s: f64,
     pub onnx_images_per_s: Option<f64>,
+    pub ours_over_onnx: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +69,7 @@ pub struct BenchReport {
     pub width: usize,
     pub steps: usize,
     pub results: Vec<BenchResult>,
+    pub inference: Vec<InferenceResult>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -163,6 +178,47 @@ impl BackendTask for TrainStepTiming<'_> {
             name.to_string(),
             with_optimizer::<B, _>(&OptimConfig::default(), task)?,
         ))
+    }
+}
+
+/// Seconds of each timed encoder forward pass (no autodiff, BatchNorm on running statistics) on
+/// `batch_size` images, on one backend: warm-up passes, then at least `min_passes` and about
+/// `min_seconds` of timed passes. The features are read back, as `eval` does.
+struct InferenceTiming {
+    width: usize,
+    batch_size: usize,
+    warmup: usize,
+    min_passes: usize,
+    min_seconds: f64,
+}
+
+impl BackendTask for InferenceTiming {
+    type Output = Vec<f64>;
+
+    fn run<B: TrainBackend>(self, device: B::Device, _name: &str) -> Result<Vec<f64>> {
+        use burn::tensor::{Distribution, Tensor};
+        B::seed(&device, 0);
+        let encoder = crate::model::ResNet18::<B::InnerBackend>::new(self.width, &device);
+        let images = Tensor::<B::InnerBackend, 4>::random(
+            [self.batch_size, 3, 32, 32],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let mut seconds = Vec::new();
+        let started_all = Instant::now();
+        for pass in 0.. {
+            let started = Instant::now();
+            let features = encoder.forward(images.clone()).into_data();
+            std::hint::black_box(features);
+            if pass >= self.warmup {
+                seconds.push(started.elapsed().as_secs_f64());
+                let enough_time = started_all.elapsed().as_secs_f64() >= self.min_seconds;
+                if seconds.len() >= self.min_passes && enough_time {
+                    break;
+                }
+            }
+        }
+        Ok(seconds)
     }
 }
 
@@ -277,10 +333,31 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             torch_pairs_per_s: torch,
             ours_over_torch: torch.map(|t| ours / t),
             data_pairs_per_s: data_pairs_per_s(&dataset, batch_size, 4),
-            onnx_images_per_s: options
-                .onnx_script
-                .as_deref()
-                .and_then(|script| onnx_images_per_s(script, options, batch_size)),
+        });
+    }
+    let mut inference = Vec::new();
+    for &batch_size in &options.inference_batch_sizes {
+        eprintln!("inference, batch {batch_size}");
+        let seconds = crate::backend::run_on(
+            options.device,
+            InferenceTiming {
+                width: options.model.width,
+                batch_size,
+                warmup: 2,
+                min_passes: options.steps.max(3),
+                min_seconds: options.inference_seconds,
+            },
+        )?;
+        let ours = batch_size as f64 / median(seconds);
+        let onnx = options
+            .onnx_script
+            .as_deref()
+            .and_then(|script| onnx_images_per_s(script, options, batch_size));
+        inference.push(InferenceResult {
+            batch_size,
+            ours_images_per_s: ours,
+            onnx_images_per_s: onnx,
+            ours_over_onnx: onnx.map(|o| ours / o),
         });
     }
     Ok(BenchReport {
@@ -289,6 +366,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         width: options.model.width,
         steps: options.steps,
         results,
+        inference,
     })
 }
 
@@ -302,19 +380,33 @@ pub fn table(report: &BenchReport) -> String {
         "device: {} | threads: {} | ResNet-18 width {} | median of {} steps\n\n",
         report.device, report.threads, report.width, report.steps
     );
-    out += "| batch | ours pairs/s | step ms | PyTorch pairs/s | ours / PyTorch | data pairs/s | ONNX img/s |\n";
-    out += "|---:|---:|---:|---:|---:|---:|---:|\n";
+    out += "training step (SimCLR, Adam)\n\n";
+    out += "| batch | ours pairs/s | step ms | PyTorch pairs/s | ours / PyTorch | data pairs/s |\n";
+    out += "|---:|---:|---:|---:|---:|---:|\n";
     for r in &report.results {
         out += &format!(
-            "| {} | {:.2} | {:.0} | {} | {} | {:.0} | {} |\n",
+            "| {} | {:.2} | {:.0} | {} | {} | {:.0} |\n",
             r.batch_size,
             r.train_step_pairs_per_s,
             r.train_step_ms_median,
             fmt_opt(r.torch_pairs_per_s, 2),
             fmt_opt(r.ours_over_torch, 2),
             r.data_pairs_per_s,
-            fmt_opt(r.onnx_images_per_s, 1),
         );
+    }
+    if !report.inference.is_empty() {
+        out += "\ninference (encoder features)\n\n";
+        out += "| batch | ours img/s | ONNX Runtime img/s | ours / ONNX Runtime |\n";
+        out += "|---:|---:|---:|---:|\n";
+        for r in &report.inference {
+            out += &format!(
+                "| {} | {:.1} | {} | {} |\n",
+                r.batch_size,
+                r.ours_images_per_s,
+                fmt_opt(r.onnx_images_per_s, 1),
+                fmt_opt(r.ours_over_onnx, 2),
+            );
+        }
     }
     out
 }
@@ -346,6 +438,8 @@ mod tests {
             data: None,
             torch_script: None,
             onnx_script: None,
+            inference_batch_sizes: vec![3],
+            inference_seconds: 0.0,
             threads: 1,
         };
         let report = run(&options).unwrap();
@@ -366,7 +460,15 @@ mod tests {
         ] {
             assert!(!row[key].is_null(), "{key} missing");
         }
-        assert!(row["torch_pairs_per_s"].is_null() && row["onnx_images_per_s"].is_null());
-        assert!(table(&report).contains("| 4 |"));
+        assert!(row["torch_pairs_per_s"].is_null());
+        let inference = &json["inference"][0];
+        assert_eq!(inference["batch_size"], 3);
+        assert!(inference["ours_images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(inference["onnx_images_per_s"].is_null());
+        let printed = table(&report);
+        assert!(
+            printed.contains("| 4 |") && printed.contains("| 3 |"),
+            "{printed}"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! `Conv2d` weights, so checkpoints, ONNX export and the optimizer see the same model.
 
 use crate::kernels::conv_kernels::{self, ConvShape};
+use crate::kernels::winograd::{self, Pass};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -136,7 +137,11 @@ mod flex {
                 return Flex::conv2d(x, weight, None, g.options());
             };
             let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-            let y = conv_kernels::conv2d(x.storage(), weight.storage(), &s);
+            let y = if winograd::faster_than_im2col(&s, Pass::Output) {
+                winograd::conv2d(x.storage(), weight.storage(), &s)
+            } else {
+                conv_kernels::conv2d(x.storage(), weight.storage(), &s)
+            };
             tensor(y, [s.batch, s.c_out, s.out_height(), s.out_width()])
         }
 
@@ -150,7 +155,11 @@ mod flex {
                 return Flex::conv2d_x_backward(x, weight, grad, g.options());
             };
             let (grad, weight) = (grad.to_contiguous(), weight.to_contiguous());
-            let dx = conv_kernels::conv2d_input_grad(grad.storage(), weight.storage(), &s);
+            let dx = if winograd::faster_than_im2col(&s, Pass::InputGrad) {
+                winograd::conv2d_input_grad(grad.storage(), weight.storage(), &s)
+            } else {
+                conv_kernels::conv2d_input_grad(grad.storage(), weight.storage(), &s)
+            };
             tensor(dx, [s.batch, s.c_in, s.height, s.width])
         }
 
@@ -164,7 +173,11 @@ mod flex {
                 return Flex::conv2d_weight_backward(x, weight, grad, g.options());
             };
             let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-            let dw = conv_kernels::conv2d_weight_grad(x.storage(), grad.storage(), &s);
+            let dw = if winograd::faster_than_im2col(&s, Pass::WeightGrad) {
+                winograd::conv2d_weight_grad(x.storage(), grad.storage(), &s)
+            } else {
+                conv_kernels::conv2d_weight_grad(x.storage(), grad.storage(), &s)
+            };
             tensor(dw, [s.c_out, s.c_in, s.kernel, s.kernel])
         }
     }
@@ -236,7 +249,10 @@ mod tests {
     #[test]
     fn matches_burn_conv2d_forward_and_gradients() {
         let device = Default::default();
-        for (c_in, c_out, kernel, stride) in [(3, 8, 3, 1), (8, 16, 3, 2), (8, 16, 1, 2)] {
+        // (16, 16, 3, 1): the Winograd kernels (forward and weight gradient on an 8x8 plane).
+        for (c_in, c_out, kernel, stride) in
+            [(3, 8, 3, 1), (16, 16, 3, 1), (8, 16, 3, 2), (8, 16, 1, 2)]
+        {
             let conv: Conv2d<Ad> = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
                 .with_stride([stride, stride])
                 .with_padding(PaddingConfig2d::Explicit(

@@ -64,6 +64,12 @@ impl ConvShape {
         self.batch.div_ceil(chunks).max(1)
     }
 
+    /// Fewer chunks than cores (a batch smaller than the thread count): each product then runs
+    /// on all cores instead.
+    fn few_chunks(&self) -> bool {
+        self.chunks().len() < rayon::current_num_threads()
+    }
+
     fn chunks(&self) -> Vec<std::ops::Range<usize>> {
         let step = self.images_per_chunk();
         (0..self.batch)
@@ -185,16 +191,18 @@ fn gather_channels_first(
 
 /// The first `len` elements of a reused buffer (grown when needed, contents left as they were:
 /// every caller overwrites all of them).
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }
     &mut buffer[..len]
 }
 
-/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]`, all row-major with the given row strides.
+/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]`, all row-major with the given row strides; on all
+/// cores when `parallel` (a pass with fewer chunks than cores: batch 1).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
+    parallel: bool,
     dst: &mut [f32],
     accumulate: bool,
     lhs: &[f32],
@@ -231,7 +239,11 @@ fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }
@@ -243,6 +255,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
     let mut y = vec![0.0f32; s.output_len()];
     let per_chunk = s.images_per_chunk() * s.c_out * plane;
     let buffers = || (Vec::new(), Vec::new());
+    let parallel = s.few_chunks();
     let chunks = y.par_chunks_mut(per_chunk).zip(s.chunks());
     chunks.for_each_init(buffers, |(cols, y_cols), (y_images, images)| {
         let width = images.len() * plane;
@@ -250,6 +263,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
         im2col(x, s, images.clone(), cols);
         let y_cols = sized(y_cols, s.c_out * width);
         matmul(
+            parallel,
             y_cols,
             false,
             weight,
@@ -278,6 +292,7 @@ pub fn conv2d_input_grad(dy: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> 
     let mut dx = vec![0.0f32; s.input_len()];
     let per_chunk = s.images_per_chunk() * in_image;
     let buffers = || (Vec::new(), Vec::new());
+    let parallel = s.few_chunks();
     let chunks = dx.par_chunks_mut(per_chunk).zip(s.chunks());
     chunks.for_each_init(buffers, |(dy_cols, cols), (dx_images, images)| {
         let width = images.len() * plane;
@@ -285,6 +300,7 @@ pub fn conv2d_input_grad(dy: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> 
         gather_channels_first(dy, s, images.clone(), dy_cols);
         let cols = sized(cols, s.patch() * width);
         matmul(
+            parallel,
             cols,
             false,
             weight,
@@ -304,6 +320,7 @@ pub fn conv2d_input_grad(dy: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> 
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     assert_eq!((x.len(), dy.len()), (s.input_len(), s.output_len()));
     let plane = s.out_plane();
+    let parallel = s.few_chunks();
     s.chunks()
         .into_par_iter()
         .fold(
@@ -313,6 +330,7 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
                 im2col(x, s, images.clone(), sized(&mut cols, s.patch() * width));
                 gather_channels_first(dy, s, images, sized(&mut dy_cols, s.c_out * width));
                 matmul(
+                    parallel,
                     &mut dw,
                     true,
                     &dy_cols[..s.c_out * width],
@@ -335,12 +353,12 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use e2e::max_abs_diff;
 
     /// Direct definition of the convolution, the reference for all three passes.
-    fn reference_conv(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    pub(crate) fn reference_conv(x: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
         let (oh_n, ow_n) = (s.out_height(), s.out_width());
         let mut y = vec![0.0; s.output_len()];
         for n in 0..s.batch {
@@ -376,7 +394,7 @@ mod tests {
         y
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
         // Small deterministic pseudo-random values in [-1, 1).
         let mut state = seed.wrapping_mul(2654435761).wrapping_add(1);
         (0..len)
@@ -389,7 +407,7 @@ mod tests {
             .collect()
     }
 
-    fn dot(a: &[f32], b: &[f32]) -> f64 {
+    pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
         a.iter()
             .zip(b)
             .map(|(a, b)| (*a as f64) * (*b as f64))

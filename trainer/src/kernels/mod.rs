@@ -6,3 +6,4 @@ pub mod conv;
 pub mod conv_kernels;
 pub mod norm;
 pub mod norm_kernels;
+pub mod winograd;
