@@ -102,6 +102,18 @@ pub fn onnxruntime_run(
     (shape.to_vec(), values.to_vec())
 }
 
+/// `|ours - reference| / |reference|` (L2 norms, in f64) of two equally long slices.
+pub fn relative_l2(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len());
+    let diff: f64 = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
 /// Largest element-wise difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

@@ -23,6 +23,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use e2e::relative_l2;
 use std::collections::BTreeMap;
 use trainer::backend::{CpuBackend, TrainBackend};
 use trainer::config::TrainConfig;
@@ -53,17 +54,6 @@ fn with_prefix(tensors: &TensorMap, prefix: &str) -> TensorMap {
             Some((name.to_string(), value.clone()))
         })
         .collect()
-}
-
-fn relative_l2(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let diff: f64 = ours
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
-    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
 }
 
 /// What one step of the trainer produced.

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::optim::{Optimizer, SgdConfig};
 use burn_collective::CollectiveConfig;
 use common::{small, synthetic, text, trainer};
-use e2e::cifar10_bin;
+use e2e::{cifar10_bin, relative_l2};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -105,17 +105,6 @@ fn on_ranks<T: Send + 'static>(
         })
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).collect()
-}
-
-fn relative_l2(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let diff: f64 = ours
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
-    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
 }
 
 /// The worst difference over all named tensors (names and order must match): the L2 norm of
