@@ -12,6 +12,7 @@
 //! took about 40 % of the SimCLR step in a profile. The weight gradient here is
 //! `dW[c_out, patch] = sum over chunks dY[c_out, cols] * columns[patch, cols]^T`.
 
+use crate::kernels::matmul::{matmul, Matrix};
 use rayon::prelude::*;
 
 /// Sizes of one convolution: input `[batch, c_in, height, width]`, weight
@@ -53,30 +54,31 @@ impl ConvShape {
         self.c_out * self.patch()
     }
 
-    /// Images per chunk: at most about `CHUNK_FLOATS` of columns, in a number of chunks that is
-    /// a multiple of the thread count, so no core idles at the end of a pass.
-    fn images_per_chunk(&self) -> usize {
-        const CHUNK_FLOATS: usize = 1 << 20; // 4 MB of f32 columns
-        let per_image = self.patch() * self.out_plane();
+    /// Chunks of images: at most about 4 MB of `per_image` floats each (1 image at least), in a
+    /// number of chunks that is a multiple of the thread count, so no core idles at the end of a
+    /// pass.
+    pub(crate) fn chunks_of(&self, per_image: usize) -> Vec<std::ops::Range<usize>> {
+        const CHUNK_FLOATS: usize = 1 << 20; // 4 MB of f32
         let by_size = (CHUNK_FLOATS / per_image.max(1)).max(1);
         let threads = rayon::current_num_threads().max(1);
-        let chunks = self.batch.div_ceil(by_size).next_multiple_of(threads);
-        self.batch.div_ceil(chunks).max(1)
-    }
-
-    /// Fewer chunks than cores (a batch smaller than the thread count): each product then runs
-    /// on all cores instead.
-    fn few_chunks(&self) -> bool {
-        self.chunks().len() < rayon::current_num_threads()
-    }
-
-    fn chunks(&self) -> Vec<std::ops::Range<usize>> {
-        let step = self.images_per_chunk();
+        let count = self.batch.div_ceil(by_size).next_multiple_of(threads);
+        let step = self.batch.div_ceil(count).max(1);
         (0..self.batch)
             .step_by(step)
             .map(|start| start..(start + step).min(self.batch))
             .collect()
     }
+
+    /// Chunks of images with at most about 4 MB of columns each.
+    fn chunks(&self) -> Vec<std::ops::Range<usize>> {
+        self.chunks_of(self.patch() * self.out_plane())
+    }
+}
+
+/// Fewer chunks than cores (a batch smaller than the thread count): each product then runs on
+/// all cores instead.
+pub(crate) fn few(chunks: &[std::ops::Range<usize>]) -> bool {
+    chunks.len() < rayon::current_num_threads()
 }
 
 /// Output columns `ow` whose input column `ow * stride + offset - padding` lies inside the row.
@@ -198,81 +200,29 @@ pub(crate) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
-/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]`, all row-major with the given row strides; on all
-/// cores when `parallel` (a pass with fewer chunks than cores: batch 1).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    parallel: bool,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_transposed: bool,
-    rhs: &[f32],
-    rhs_transposed: bool,
-    m: usize,
-    k: usize,
-    n: usize,
-) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // Strides (column, row) of row-major [m,k] / [k,n], or of the transposes of [k,m] / [n,k].
-    let (lhs_cs, lhs_rs) = if lhs_transposed { (m, 1) } else { (1, k) };
-    let (rhs_cs, rhs_rs) = if rhs_transposed { (k, 1) } else { (1, n) };
-    // SAFETY: the slices hold at least m*n, m*k and k*n elements (asserted), which the strides
-    // above address exactly; dst does not alias lhs or rhs (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            if parallel {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
-}
-
 /// Forward convolution: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, k, k]` -> output.
 pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
     assert_eq!((x.len(), weight.len()), (s.input_len(), s.weight_len()));
     let plane = s.out_plane();
     let mut y = vec![0.0f32; s.output_len()];
-    let per_chunk = s.images_per_chunk() * s.c_out * plane;
+    let chunks = s.chunks();
+    let (parallel, per_chunk) = (few(&chunks), chunks[0].len() * s.c_out * plane);
     let buffers = || (Vec::new(), Vec::new());
-    let parallel = s.few_chunks();
-    let chunks = y.par_chunks_mut(per_chunk).zip(s.chunks());
+    let chunks = y.par_chunks_mut(per_chunk).zip(chunks);
     chunks.for_each_init(buffers, |(cols, y_cols), (y_images, images)| {
         let width = images.len() * plane;
         let cols = sized(cols, s.patch() * width);
         im2col(x, s, images.clone(), cols);
         let y_cols = sized(y_cols, s.c_out * width);
         matmul(
-            parallel,
             y_cols,
+            Matrix::new(0, s.c_out, width, width),
             false,
             weight,
-            false,
+            Matrix::new(0, s.c_out, s.patch(), s.patch()),
             cols,
-            false,
-            s.c_out,
-            s.patch(),
-            width,
+            Matrix::new(0, s.patch(), width, width),
+            parallel,
         );
         for local in 0..images.len() {
             for co in 0..s.c_out {
@@ -290,26 +240,24 @@ pub fn conv2d_input_grad(dy: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> 
     let plane = s.out_plane();
     let in_image = s.c_in * s.height * s.width;
     let mut dx = vec![0.0f32; s.input_len()];
-    let per_chunk = s.images_per_chunk() * in_image;
+    let chunks = s.chunks();
+    let (parallel, per_chunk) = (few(&chunks), chunks[0].len() * in_image);
     let buffers = || (Vec::new(), Vec::new());
-    let parallel = s.few_chunks();
-    let chunks = dx.par_chunks_mut(per_chunk).zip(s.chunks());
+    let chunks = dx.par_chunks_mut(per_chunk).zip(chunks);
     chunks.for_each_init(buffers, |(dy_cols, cols), (dx_images, images)| {
         let width = images.len() * plane;
         let dy_cols = sized(dy_cols, s.c_out * width);
         gather_channels_first(dy, s, images.clone(), dy_cols);
         let cols = sized(cols, s.patch() * width);
         matmul(
-            parallel,
             cols,
+            Matrix::new(0, s.patch(), width, width),
             false,
             weight,
-            true,
+            Matrix::new(0, s.c_out, s.patch(), s.patch()).t(),
             dy_cols,
-            false,
-            s.patch(),
-            s.c_out,
-            width,
+            Matrix::new(0, s.c_out, width, width),
+            parallel,
         );
         col2im_add(cols, s, images, dx_images);
     });
@@ -320,8 +268,9 @@ pub fn conv2d_input_grad(dy: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> 
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     assert_eq!((x.len(), dy.len()), (s.input_len(), s.output_len()));
     let plane = s.out_plane();
-    let parallel = s.few_chunks();
-    s.chunks()
+    let chunks = s.chunks();
+    let parallel = few(&chunks);
+    chunks
         .into_par_iter()
         .fold(
             || (vec![0.0f32; s.weight_len()], Vec::new(), Vec::new()),
@@ -330,16 +279,14 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
                 im2col(x, s, images.clone(), sized(&mut cols, s.patch() * width));
                 gather_channels_first(dy, s, images, sized(&mut dy_cols, s.c_out * width));
                 matmul(
-                    parallel,
                     &mut dw,
+                    Matrix::new(0, s.c_out, s.patch(), s.patch()),
                     true,
-                    &dy_cols[..s.c_out * width],
-                    false,
-                    &cols[..s.patch() * width],
-                    true,
-                    s.c_out,
-                    width,
-                    s.patch(),
+                    &dy_cols,
+                    Matrix::new(0, s.c_out, width, width),
+                    &cols,
+                    Matrix::new(0, s.patch(), width, width).t(),
+                    parallel,
                 );
                 (dw, cols, dy_cols)
             },

@@ -15,9 +15,11 @@
 //!   c_in]` instead of im2col's `[c_out, tiles*16] x [tiles*16, 9 c_in]`.
 //!
 //! Images are taken in chunks (a multiple of the thread count), each chunk's 36 products
-//! single-threaded, as in [`crate::kernels::conv_kernels`].
+//! single-threaded unless there are fewer chunks than cores, as in
+//! [`crate::kernels::conv_kernels`].
 
-use crate::kernels::conv_kernels::{sized, ConvShape};
+use crate::kernels::conv_kernels::{few, sized, ConvShape};
+use crate::kernels::matmul::{matmul, Matrix};
 use rayon::prelude::*;
 
 /// Positions of the transformed 6x6 tile.
@@ -31,100 +33,6 @@ const SKEW: usize = 16;
 /// Distance between the matrices of consecutive positions in a `[36, rows, cols]` buffer.
 fn position_stride(rows: usize, cols: usize) -> usize {
     rows * cols + SKEW
-}
-
-/// A row-major matrix view: `rows x cols` starting at `offset`, rows `row_stride` apart.
-#[derive(Clone, Copy)]
-struct Matrix {
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    transposed: bool,
-}
-
-impl Matrix {
-    fn new(offset: usize, rows: usize, cols: usize, row_stride: usize) -> Self {
-        Self {
-            offset,
-            rows,
-            cols,
-            row_stride,
-            transposed: false,
-        }
-    }
-    /// The same values read as the transposed matrix.
-    fn t(self) -> Self {
-        Self {
-            transposed: !self.transposed,
-            ..self
-        }
-    }
-    /// (rows, cols) as the product sees them.
-    fn dims(&self) -> (usize, usize) {
-        if self.transposed {
-            (self.cols, self.rows)
-        } else {
-            (self.rows, self.cols)
-        }
-    }
-    /// (column stride, row stride) as the product sees them.
-    fn strides(&self) -> (isize, isize) {
-        let (cs, rs) = (1, self.row_stride as isize);
-        if self.transposed {
-            (rs, cs)
-        } else {
-            (cs, rs)
-        }
-    }
-    fn check(&self, buffer: &[f32]) {
-        assert!(self.rows > 0 && self.cols > 0 && self.cols <= self.row_stride);
-        let last = self.offset + (self.rows - 1) * self.row_stride + self.cols;
-        assert!(last <= buffer.len());
-    }
-}
-
-/// `dst (+)= lhs * rhs` on matrix views of three buffers; single-threaded.
-fn matmul(
-    dst: &mut [f32],
-    d: Matrix,
-    accumulate: bool,
-    lhs: &[f32],
-    l: Matrix,
-    rhs: &[f32],
-    r: Matrix,
-) {
-    let ((m, k), (k2, n)) = (l.dims(), r.dims());
-    assert!(k == k2 && d.dims() == (m, n) && !d.transposed);
-    d.check(dst);
-    l.check(lhs);
-    r.check(rhs);
-    let ((dcs, drs), (lcs, lrs), (rcs, rrs)) = (d.strides(), l.strides(), r.strides());
-    // SAFETY: every index the strides address lies inside its buffer (checked above), and dst
-    // does not alias lhs or rhs (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().add(d.offset),
-            dcs,
-            drs,
-            accumulate,
-            lhs.as_ptr().add(l.offset),
-            lcs,
-            lrs,
-            rhs.as_ptr().add(r.offset),
-            rcs,
-            rrs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// Whether the convolution is one these kernels compute.
@@ -253,20 +161,11 @@ fn tile_grid(s: &ConvShape) -> (usize, usize) {
     (s.height.div_ceil(4), s.width.div_ceil(4))
 }
 
-/// Images per chunk: at most about 4 MB of transformed patches, in a number of chunks that is
-/// a multiple of the thread count.
+/// Chunks of images with at most about 4 MB of transformed patches each (see
+/// [`ConvShape::chunks_of`]).
 fn chunks(s: &ConvShape, channels: usize) -> Vec<std::ops::Range<usize>> {
-    const CHUNK_FLOATS: usize = 1 << 20;
     let (th, tw) = tile_grid(s);
-    let per_image = POINTS * channels * th * tw;
-    let by_size = (CHUNK_FLOATS / per_image.max(1)).max(1);
-    let threads = rayon::current_num_threads().max(1);
-    let count = s.batch.div_ceil(by_size).next_multiple_of(threads);
-    let step = s.batch.div_ceil(count).max(1);
-    (0..s.batch)
-        .step_by(step)
-        .map(|start| start..(start + step).min(s.batch))
-        .collect()
+    s.chunks_of(POINTS * channels * th * tw)
 }
 
 /// Transformed patches `v` `[36, channels, tiles]` (positions [`position_stride`] apart) of images `images` of `x`
@@ -356,50 +255,32 @@ pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
     let plane = s.height * s.width;
     let mut y = vec![0.0f32; s.output_len()];
     let chunks = chunks(s, s.c_in.max(s.c_out));
-    let few_chunks = chunks.len() < rayon::current_num_threads();
-    let mut outputs = Vec::with_capacity(chunks.len());
-    let mut rest = y.as_mut_slice();
-    for images in &chunks {
-        let (head, tail) = rest.split_at_mut(images.len() * s.c_out * plane);
-        outputs.push((head, images.clone()));
-        rest = tail;
-    }
+    let (parallel, per_chunk) = (few(&chunks), chunks[0].len() * s.c_out * plane);
     let buffers = || (Vec::new(), Vec::new());
-    outputs
-        .into_par_iter()
-        .for_each_init(buffers, |(v, m), (y_images, images)| {
-            let tiles = images.len() * th * tw;
-            let (v_stride, m_stride) = (
-                position_stride(s.c_in, tiles),
-                position_stride(s.c_out, tiles),
+    let chunks = y.par_chunks_mut(per_chunk).zip(chunks);
+    chunks.for_each_init(buffers, |(v, m), (y_images, images)| {
+        let tiles = images.len() * th * tw;
+        let (v_stride, m_stride) = (
+            position_stride(s.c_in, tiles),
+            position_stride(s.c_out, tiles),
+        );
+        let v = sized(v, POINTS * v_stride);
+        transform_input(x, s.c_in, s, images.clone(), v);
+        let m = sized(m, POINTS * m_stride);
+        for p in 0..POINTS {
+            matmul(
+                m,
+                Matrix::new(p * m_stride, s.c_out, tiles, tiles),
+                false,
+                &u,
+                weight_matrix(p, s.c_out, s.c_in),
+                v,
+                Matrix::new(p * v_stride, s.c_in, tiles, tiles),
+                parallel,
             );
-            let v = sized(v, POINTS * v_stride);
-            transform_input(x, s.c_in, s, images.clone(), v);
-            let m = sized(m, POINTS * m_stride);
-            let v = &*v;
-            let product = |p: usize, m_p: &mut [f32]| {
-                matmul(
-                    m_p,
-                    Matrix::new(0, s.c_out, tiles, tiles),
-                    false,
-                    &u,
-                    weight_matrix(p, s.c_out, s.c_in),
-                    v,
-                    Matrix::new(p * v_stride, s.c_in, tiles, tiles),
-                )
-            };
-            if few_chunks {
-                // One image (batch 1): the positions' products on all cores.
-                m.par_chunks_mut(m_stride)
-                    .enumerate()
-                    .for_each(|(p, m_p)| product(p, m_p));
-            } else {
-                m.chunks_mut(m_stride)
-                    .enumerate()
-                    .for_each(|(p, m_p)| product(p, m_p));
-            }
-            transform_output(m, s, images.len(), y_images);
-        });
+        }
+        transform_output(m, s, images.len(), y_images);
+    });
     y
 }
 
@@ -501,7 +382,9 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     assert_eq!((x.len(), dy.len()), (s.input_len(), s.output_len()));
     let (th, tw) = tile_grid(s);
     let du_len = POINTS * s.c_out * s.c_in;
-    let du = chunks(s, s.c_in.max(s.c_out))
+    let chunks = chunks(s, s.c_in.max(s.c_out));
+    let parallel = few(&chunks);
+    let du = chunks
         .into_par_iter()
         .fold(
             || (vec![0.0f32; du_len], Vec::new(), Vec::new()),
@@ -528,6 +411,7 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
                         Matrix::new(p * dm_stride, s.c_out, tiles, tiles),
                         &v,
                         Matrix::new(p * v_stride, s.c_in, tiles, tiles).t(),
+                        parallel,
                     );
                 }
                 (du, v, dm)
