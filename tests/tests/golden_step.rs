@@ -36,8 +36,13 @@ use trainer::named_params::{
 };
 use trainer::optim::{with_optimizer, OptimizerTask};
 
-/// The fixture's tensors by name, and its metadata.
+/// The fixture's tensors by name, and its metadata. Every test here starts with it, so it also
+/// turns the CPU's Winograd convolutions off for this test binary: their rounding moves a step's
+/// gradients by up to 2e-2 relative on this small network (`trainer::kernels::winograd::
+/// set_enabled`), while these tests hold every other part of the step to 1e-3 against float64.
+/// Winograd itself is held to the definition and to Burn's `Conv2d` by the kernel tests.
 fn golden() -> (TensorMap, BTreeMap<String, String>) {
+    trainer::kernels::winograd::set_enabled(false);
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/golden_simclr.safetensors"

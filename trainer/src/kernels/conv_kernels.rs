@@ -58,8 +58,16 @@ impl ConvShape {
     /// number of chunks that is a multiple of the thread count, so no core idles at the end of a
     /// pass.
     pub(crate) fn chunks_of(&self, per_image: usize) -> Vec<std::ops::Range<usize>> {
-        const CHUNK_FLOATS: usize = 1 << 20; // 4 MB of f32
-        let by_size = (CHUNK_FLOATS / per_image.max(1)).max(1);
+        self.chunks_within(per_image, 1 << 20) // 4 MB of f32
+    }
+
+    /// [`Self::chunks_of`] with at most about `floats` per chunk.
+    pub(crate) fn chunks_within(
+        &self,
+        per_image: usize,
+        floats: usize,
+    ) -> Vec<std::ops::Range<usize>> {
+        let by_size = (floats / per_image.max(1)).max(1);
         let threads = rayon::current_num_threads().max(1);
         let count = self.batch.div_ceil(by_size).next_multiple_of(threads);
         let step = self.batch.div_ceil(count).max(1);

@@ -21,6 +21,8 @@
 use crate::kernels::conv_kernels::{few, sized, ConvShape};
 use crate::kernels::matmul::{matmul, Matrix};
 use rayon::prelude::*;
+use std::ops::{Add, Mul, Sub};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Positions of the transformed 6x6 tile.
 const POINTS: usize = 36;
@@ -48,63 +50,75 @@ pub enum Pass {
     WeightGrad,
 }
 
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns Winograd off (or on again) for this process: every convolution then runs as im2col +
+/// GEMM. Winograd's float error is larger than im2col's: its transforms scale values by up to
+/// 8 and back, so the rounding error follows the inputs' magnitude, not the outputs'. On real
+/// activations (all positive after ReLU, large means next to their spread, which BatchNorm then
+/// divides by) a step's gradients move by about 5e-3 relative, 2e-2 at worst, on the width-4
+/// network of `tests/tests/golden_step.rs` (against 7e-6 with im2col), noise next to the
+/// batch's own; the golden tests against PyTorch's float64 step turn it off to keep their
+/// 1e-3 bound on everything else.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
 /// Whether Winograd beats im2col + GEMM on this pass, by `conv_bench` on 2 AVX-512 cores (ms,
 /// 64 images, im2col -> Winograd; forward, input gradient, weight gradient):
 ///
 /// | layer | forward | input grad | weight grad |
 /// | --- | --- | --- | --- |
-/// | 3->64, 32x32 (the stem) | 3.7 -> 7.9 | 2.7 -> 11.7 | 3.8 -> 8.1 |
-/// | 64->64, 32x32 | 28.0 -> 28.8 | 27.8 -> 28.7 | 82.0 -> 28.7 |
-/// | 128->128, 16x16 | 27.4 -> 21.2 | 27.0 -> 18.5 | 33.9 -> 19.0 |
-/// | 256->256, 8x8 | 28.0 -> 17.1 | 28.8 -> 15.5 | 32.9 -> 20.3 |
-/// | 512->512, 4x4 | 25.5 -> 30.4 | 28.2 -> 32.1 | 32.9 -> 161.1 |
+/// | 3->64, 32x32 (the stem) | 5.4 -> 5.3 | 5.0 -> 6.4 | 4.5 -> 8.1 |
+/// | 64->64, 32x32 | 30.0 -> 17.9 | 26.9 -> 18.5 | 78.6 -> 17.0 |
+/// | 128->128, 16x16 | 28.6 -> 12.5 | 26.3 -> 12.4 | 34.9 -> 14.2 |
+/// | 256->256, 8x8 | 28.2 -> 11.0 | 27.5 -> 11.4 | 30.8 -> 12.8 |
+/// | 512->512, 4x4 | 27.6 -> 13.5 | 28.2 -> 14.7 | 31.1 -> 25.7 |
 ///
 /// Few channels make the transforms (work per channel and tile) outweigh the products (per
-/// channel pair and tile); a 4x4 plane is one tile, whose transformed weights (4x the weights)
-/// cost more than the products they save. Same with few tiles in the whole batch: one image
-/// (batch 1) of 256 channels on 8x8, 0.5 ms -> 2.7 ms forward.
-pub fn faster_than_im2col(s: &ConvShape, pass: Pass) -> bool {
-    let side = s.height.min(s.width);
-    let plane_ok = match pass {
-        Pass::Output | Pass::InputGrad => (8..=16).contains(&side),
-        Pass::WeightGrad => side >= 8,
-    };
+/// channel pair and tile); few tiles in the whole batch leave the products too small for the
+/// transforms (of the weights above all) to pay: one image (batch 1, `conv_bench 1`) runs its
+/// 32x32 and 16x16 layers (64 and 16 tiles) faster with Winograd (forward 1.3 -> 0.6 ms and
+/// 1.0 -> 0.6 ms), its 8x8 and 4x4 ones (4 tiles, 1 tile) slower (0.9 -> 2.2 ms, 1.3 -> 11.4 ms).
+/// All passes take the same route, so `pass` is not consulted today; it stays in the signature
+/// for the measurements that may split them again.
+pub fn faster_than_im2col(s: &ConvShape, _pass: Pass) -> bool {
     let (th, tw) = tile_grid(s);
     let tiles = s.batch * th * tw;
-    applies(s) && s.c_in >= 16 && s.c_out >= 16 && plane_ok && tiles >= 128
+    ENABLED.load(Ordering::Relaxed) && applies(s) && s.c_in >= 16 && s.c_out >= 16 && tiles >= 16
 }
 
 /// `B^T d` for one column (or row) of a 6x6 patch.
 #[inline(always)]
-fn input_1d(d: [f32; 6]) -> [f32; 6] {
+fn input_1d<T: Arith>(d: [T; 6]) -> [T; 6] {
     [
-        4.0 * d[0] - 5.0 * d[2] + d[4],
-        -4.0 * (d[1] + d[2]) + d[3] + d[4],
-        4.0 * (d[1] - d[2]) - d[3] + d[4],
-        2.0 * (d[3] - d[1]) - d[2] + d[4],
-        2.0 * (d[1] - d[3]) - d[2] + d[4],
-        4.0 * d[1] - 5.0 * d[3] + d[5],
+        d[0] * 4.0 - d[2] * 5.0 + d[4],
+        d[3] + d[4] - (d[1] + d[2]) * 4.0,
+        (d[1] - d[2]) * 4.0 - d[3] + d[4],
+        (d[3] - d[1]) * 2.0 - d[2] + d[4],
+        (d[1] - d[3]) * 2.0 - d[2] + d[4],
+        d[1] * 4.0 - d[3] * 5.0 + d[5],
     ]
 }
 
 /// `A^T m` for one column (or row) of a transformed 6x6 tile: four outputs.
 #[inline(always)]
-fn output_1d(m: [f32; 6]) -> [f32; 4] {
+fn output_1d<T: Arith>(m: [T; 6]) -> [T; 4] {
     let (sum12, diff12) = (m[1] + m[2], m[1] - m[2]);
     let (sum34, diff34) = (m[3] + m[4], m[3] - m[4]);
     [
         m[0] + sum12 + sum34,
-        diff12 + 2.0 * diff34,
-        sum12 + 4.0 * sum34,
-        diff12 + 8.0 * diff34 + m[5],
+        diff12 + diff34 * 2.0,
+        sum12 + sum34 * 4.0,
+        diff12 + diff34 * 8.0 + m[5],
     ]
 }
 
 /// `A y`: the adjoint of [`output_1d`], four output-gradient values to six.
 #[inline(always)]
-fn output_adjoint_1d(y: [f32; 4]) -> [f32; 6] {
+fn output_adjoint_1d<T: Arith>(y: [T; 4]) -> [T; 6] {
     let (even, odd) = (y[0] + y[2], y[1] + y[3]);
-    let (even4, odd8) = (y[0] + 4.0 * y[2], 2.0 * y[1] + 8.0 * y[3]);
+    let (even4, odd8) = (y[0] + y[2] * 4.0, y[1] * 2.0 + y[3] * 8.0);
     [
         y[0],
         even + odd,
@@ -117,43 +131,191 @@ fn output_adjoint_1d(y: [f32; 4]) -> [f32; 6] {
 
 /// `G g` for one column (or row) of a 3x3 kernel.
 #[inline(always)]
-fn weight_1d(g: [f32; 3]) -> [f32; 6] {
+fn weight_1d<T: Arith>(g: [T; 3]) -> [T; 6] {
     let (outer, middle) = (g[0] + g[2], g[1]);
-    let quarter = g[0] / 24.0 + g[2] / 6.0;
+    let quarter = g[0] * (1.0 / 24.0) + g[2] * (1.0 / 6.0);
     [
-        g[0] / 4.0,
-        -(outer + middle) / 6.0,
-        -(outer - middle) / 6.0,
-        quarter + middle / 12.0,
-        quarter - middle / 12.0,
+        g[0] * 0.25,
+        (outer + middle) * (-1.0 / 6.0),
+        (outer - middle) * (-1.0 / 6.0),
+        quarter + middle * (1.0 / 12.0),
+        quarter - middle * (1.0 / 12.0),
         g[2],
     ]
 }
 
 /// `G^T u`: the adjoint of [`weight_1d`], six values to three.
 #[inline(always)]
-fn weight_adjoint_1d(u: [f32; 6]) -> [f32; 3] {
+fn weight_adjoint_1d<T: Arith>(u: [T; 6]) -> [T; 3] {
     let (sum12, diff12) = (u[1] + u[2], u[2] - u[1]);
     let (sum34, diff34) = (u[3] + u[4], u[3] - u[4]);
     [
-        u[0] / 4.0 - sum12 / 6.0 + sum34 / 24.0,
-        diff12 / 6.0 + diff34 / 12.0,
-        -sum12 / 6.0 + sum34 / 6.0 + u[5],
+        u[0] * 0.25 - sum12 * (1.0 / 6.0) + sum34 * (1.0 / 24.0),
+        diff12 * (1.0 / 6.0) + diff34 * (1.0 / 12.0),
+        (sum34 - sum12) * (1.0 / 6.0) + u[5],
     ]
 }
 
-/// Applies a 1-D transform to the columns, then the rows, of an `R x R` tile.
+/// Applies a 1-D transform to the columns, then the rows, of an `R x R` tile, into `out`
+/// (plain loops into arrays the caller keeps: built as new arrays of 64-byte [`Lanes`] values,
+/// they were copied through memory on every call).
 #[inline(always)]
-fn transform_2d<const R: usize, const S: usize>(
-    tile: &[[f32; R]; R],
-    f: impl Fn([f32; R]) -> [f32; S],
-) -> [[f32; S]; S] {
-    let mut columns = [[0.0f32; S]; R]; // columns[j] = f(column j)
+fn transform_2d<T: Copy, const R: usize, const S: usize>(
+    tile: &[[T; R]; R],
+    f: impl Fn([T; R]) -> [T; S],
+    out: &mut [[T; S]; S],
+) {
+    let mut columns = [[tile[0][0]; S]; R]; // columns[j] = f(column j)
     for (j, column) in columns.iter_mut().enumerate() {
-        *column = f(std::array::from_fn(|i| tile[i][j]));
+        let mut values = tile[0];
+        for (value, row) in values.iter_mut().zip(tile) {
+            *value = row[j];
+        }
+        *column = f(values);
     }
     // Row i of the result: f applied to row i of the column-transformed tile.
-    std::array::from_fn(|i| f(std::array::from_fn(|j| columns[j][i])))
+    for (i, out_row) in out.iter_mut().enumerate() {
+        let mut values = tile[0];
+        for (value, column) in values.iter_mut().zip(&columns) {
+            *value = column[i];
+        }
+        *out_row = f(values);
+    }
+}
+
+/// The arithmetic the 1-D transforms use: on one value (weights) or on [`Lanes`] (tiles).
+trait Arith: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<f32, Output = Self> {}
+impl Arith for f32 {}
+impl Arith for Lanes {}
+
+/// Tiles transformed at once: one per lane of an AVX-512 register.
+const LANES: usize = 16;
+
+/// One value of [`LANES`] consecutive tiles. The transforms of patches, outputs and output
+/// gradients run on these, so each add or multiply is one vector instruction for 16 tiles
+/// (inside [`vectorized`]); one tile at a time, they were 15 % of a training step.
+#[derive(Clone, Copy)]
+struct Lanes([f32; LANES]);
+
+impl Lanes {
+    const ZERO: Lanes = Lanes([0.0; LANES]);
+    /// The first `n` lanes from `values` (the rest zero).
+    #[inline(always)]
+    fn load(values: &[f32], n: usize) -> Lanes {
+        if n == LANES {
+            // A fixed-size copy: one vector load, where a copy of `n` values calls memcpy.
+            return Lanes(values[..LANES].try_into().expect("16 values"));
+        }
+        let mut lanes = Lanes::ZERO;
+        lanes.0[..n].copy_from_slice(&values[..n]);
+        lanes
+    }
+    /// Writes the first `n` lanes to `dst`.
+    #[inline(always)]
+    fn store(&self, dst: &mut [f32], n: usize) {
+        if n == LANES {
+            dst[..LANES].copy_from_slice(&self.0);
+        } else {
+            dst[..n].copy_from_slice(&self.0[..n]);
+        }
+    }
+}
+
+impl Add for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn add(mut self, other: Lanes) -> Lanes {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+        self
+    }
+}
+
+impl Sub for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn sub(mut self, other: Lanes) -> Lanes {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a -= b;
+        }
+        self
+    }
+}
+
+impl Mul<f32> for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn mul(mut self, factor: f32) -> Lanes {
+        for a in &mut self.0 {
+            *a *= factor;
+        }
+        self
+    }
+}
+
+/// Defines `$name`, which runs `$body` (an `#[inline(always)]` function) compiled for AVX-512,
+/// else AVX2 + FMA, when the CPU has them (checked at run time; the build itself targets the
+/// x86-64 baseline, SSE2), so the loops over [`Lanes`] inside become 16- or 8-wide vector code.
+macro_rules! vectorized {
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:ident) => {
+        $(#[$attr])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked on the line above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA (checked above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// Position of tile `t` of a chunk: (image within the chunk, tile row, tile column).
+#[derive(Clone, Copy)]
+struct TileCursor {
+    image: usize,
+    row: usize,
+    col: usize,
+}
+
+impl TileCursor {
+    fn at(t: usize, (th, tw): (usize, usize)) -> Self {
+        Self {
+            image: t / (th * tw),
+            row: t % (th * tw) / tw,
+            col: t % tw,
+        }
+    }
+    /// The next tile: along the row, then down, then the next image.
+    #[inline(always)]
+    fn advance(&mut self, (th, tw): (usize, usize)) {
+        self.col += 1;
+        if self.col == tw {
+            self.col = 0;
+            self.row += 1;
+            if self.row == th {
+                self.row = 0;
+                self.image += 1;
+            }
+        }
+    }
 }
 
 /// Tiles of one image plane: rows and columns of 4x4 output blocks.
@@ -161,58 +323,81 @@ fn tile_grid(s: &ConvShape) -> (usize, usize) {
     (s.height.div_ceil(4), s.width.div_ceil(4))
 }
 
-/// Chunks of images with at most about 4 MB of transformed patches each (see
-/// [`ConvShape::chunks_of`]).
+/// Chunks of images (see [`ConvShape::chunks_of`]) with at most about 1 MB of transformed
+/// patches each up to 128 channels, 4 MB above. Small chunks keep the transformed tiles in a
+/// core's L2 cache between the transforms and the products (the output transform reads 36
+/// streams at once, which the prefetchers do not follow); but each chunk repacks the transformed
+/// weights (36 c_in c_out floats), which from 256 channels costs more than the misses
+/// (`conv_bench`, 64 images, forward: 64 channels on 32x32 21 -> 18 ms, 128 on 16x16 12.4 ->
+/// 11.5 ms, but 256 on 8x8 11.0 -> 12.9 ms and 512 on 4x4 14 -> 19 ms with 1 MB).
 fn chunks(s: &ConvShape, channels: usize) -> Vec<std::ops::Range<usize>> {
     let (th, tw) = tile_grid(s);
-    s.chunks_of(POINTS * channels * th * tw)
+    let floats = if s.c_in.max(s.c_out) <= 128 {
+        1 << 18
+    } else {
+        1 << 20
+    };
+    s.chunks_within(POINTS * channels * th * tw, floats)
 }
 
-/// Transformed patches `v` `[36, channels, tiles]` (positions [`position_stride`] apart) of images `images` of `x`
-/// `[batch, channels, height, width]` (zero padding of 1 around each plane).
-fn transform_input(
+vectorized! {
+    /// Transformed patches `v` `[36, channels, tiles]` (positions [`position_stride`] apart) of images `images` of `x`
+    /// `[batch, channels, height, width]` (zero padding of 1 around each plane).
+    fn transform_input(x: &[f32], channels: usize, s: &ConvShape, images: std::ops::Range<usize>, v: &mut [f32]) = transform_input_lanes
+}
+
+/// [`transform_input`], compiled for the baseline or, through [`vectorized`], for wider vectors.
+#[inline(always)]
+fn transform_input_lanes(
     x: &[f32],
     channels: usize,
     s: &ConvShape,
     images: std::ops::Range<usize>,
     v: &mut [f32],
 ) {
-    let (th, tw) = tile_grid(s);
+    let grid = tile_grid(s);
     let (h, w) = (s.height as isize, s.width as isize);
-    let tiles = images.len() * th * tw;
+    let tiles = images.len() * grid.0 * grid.1;
     let stride = position_stride(channels, tiles);
     let plane = s.height * s.width;
+    // Every lane in use is overwritten for each group (zeros outside the plane); the lanes past a
+    // partial last group keep stale values, transformed but never stored.
+    let (mut d, mut out) = ([[Lanes::ZERO; 6]; 6], [[Lanes::ZERO; 6]; 6]);
     for c in 0..channels {
-        for (local, image) in images.clone().enumerate() {
-            let src = &x[(image * channels + c) * plane..][..plane];
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let (row0, col0) = (4 * ty as isize - 1, 4 * tx as isize - 1);
-                    let mut d = [[0.0f32; 6]; 6];
-                    let interior = row0 >= 0 && col0 >= 0 && row0 + 6 <= h && col0 + 6 <= w;
+        for t0 in (0..tiles).step_by(LANES) {
+            let n = LANES.min(tiles - t0);
+            let mut tile = TileCursor::at(t0, grid);
+            for lane in 0..n {
+                let image = images.start + tile.image;
+                let src = &x[(image * channels + c) * plane..][..plane];
+                let (row0, col0) = (4 * tile.row as isize - 1, 4 * tile.col as isize - 1);
+                if row0 >= 0 && col0 >= 0 && row0 + 6 <= h && col0 + 6 <= w {
+                    for (i, d_row) in d.iter_mut().enumerate() {
+                        let src_row = &src[(row0 as usize + i) * s.width + col0 as usize..][..6];
+                        for (value, source) in d_row.iter_mut().zip(src_row) {
+                            value.0[lane] = *source;
+                        }
+                    }
+                } else {
                     for (i, d_row) in d.iter_mut().enumerate() {
                         let r = row0 + i as isize;
-                        if !(0..h).contains(&r) {
-                            continue;
+                        let src_row = (0..h)
+                            .contains(&r)
+                            .then(|| &src[r as usize * s.width..][..s.width]);
+                        for (j, value) in d_row.iter_mut().enumerate() {
+                            let col = col0 + j as isize;
+                            value.0[lane] = match src_row {
+                                Some(row) if (0..w).contains(&col) => row[col as usize],
+                                _ => 0.0,
+                            };
                         }
-                        let src_row = &src[r as usize * s.width..][..s.width];
-                        if interior {
-                            d_row.copy_from_slice(&src_row[col0 as usize..col0 as usize + 6]);
-                        } else {
-                            for (j, value) in d_row.iter_mut().enumerate() {
-                                let col = col0 + j as isize;
-                                if (0..w).contains(&col) {
-                                    *value = src_row[col as usize];
-                                }
-                            }
-                        }
-                    }
-                    let t = (local * th + ty) * tw + tx;
-                    let transformed = transform_2d(&d, input_1d);
-                    for (p, value) in transformed.iter().flatten().enumerate() {
-                        v[p * stride + c * tiles + t] = *value;
                     }
                 }
+                tile.advance(grid);
+            }
+            transform_2d(&d, input_1d, &mut out);
+            for (p, value) in out.as_flattened().iter().enumerate() {
+                value.store(&mut v[p * stride + c * tiles + t0..], n);
             }
         }
     }
@@ -220,21 +405,42 @@ fn transform_input(
 
 /// Transformed weights `u` `[c_out, 36, c_in]` of `weight` `[c_out, c_in, 3, 3]`: position
 /// `xi`'s matrix `[c_out, c_in]` has rows `36 * c_in` apart.
-fn transform_weight(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; POINTS * c_out * c_in];
+fn transform_weight(weight: &[f32], c_in: usize, u: &mut [f32]) {
     u.par_chunks_mut(POINTS * c_in)
-        .enumerate()
-        .for_each(|(co, u_co)| {
-            for ci in 0..c_in {
-                let g = &weight[(co * c_in + ci) * 9..][..9];
-                let g: [[f32; 3]; 3] =
-                    std::array::from_fn(|i| std::array::from_fn(|j| g[i * 3 + j]));
-                for (p, value) in transform_2d(&g, weight_1d).iter().flatten().enumerate() {
-                    u_co[p * c_in + ci] = *value;
-                }
+        .zip(weight.par_chunks(c_in * 9))
+        .for_each(|(u_co, weight_co)| transform_weight_row(weight_co, c_in, u_co));
+}
+
+vectorized! {
+    /// One output channel of [`transform_weight`]: `u_co` `[36, c_in]` from `weight_co`
+    /// `[c_in, 3, 3]`, sixteen input channels at a time.
+    fn transform_weight_row(weight_co: &[f32], c_in: usize, u_co: &mut [f32]) = transform_weight_row_lanes
+}
+
+/// [`transform_weight_row`], compiled for the baseline or, through [`vectorized`], for wider vectors.
+#[inline(always)]
+fn transform_weight_row_lanes(weight_co: &[f32], c_in: usize, u_co: &mut [f32]) {
+    let (mut g, mut out) = ([[Lanes::ZERO; 3]; 3], [[Lanes::ZERO; 6]; 6]);
+    for ci0 in (0..c_in).step_by(LANES) {
+        let n = LANES.min(c_in - ci0);
+        for lane in 0..n {
+            let kernel = &weight_co[(ci0 + lane) * 9..][..9];
+            for (k, value) in g.as_flattened_mut().iter_mut().enumerate() {
+                value.0[lane] = kernel[k];
             }
-        });
-    u
+        }
+        transform_2d(&g, weight_1d, &mut out);
+        for (p, value) in out.as_flattened().iter().enumerate() {
+            value.store(&mut u_co[p * c_in + ci0..], n);
+        }
+    }
+}
+
+thread_local! {
+    /// The transformed weights of the last convolution on this thread, reused: at 512 channels
+    /// they are 38 MB, and a fresh allocation each pass cost more in page faults than the
+    /// transform itself.
+    static TRANSFORMED_WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Position `p`'s `[c_out, c_in]` matrix in [`transform_weight`]'s layout.
@@ -250,7 +456,21 @@ pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
         "{s:?} is not a 3x3 stride-1 padding-1 convolution"
     );
     assert_eq!((x.len(), weight.len()), (s.input_len(), s.weight_len()));
-    let u = transform_weight(weight, s.c_out, s.c_in);
+    TRANSFORMED_WEIGHTS.with(|buffer| {
+        let mut fresh = Vec::new();
+        // A nested call on this thread (a rayon job stolen while waiting) gets its own buffer.
+        let mut reused = buffer.try_borrow_mut();
+        let u = sized(
+            reused.as_deref_mut().unwrap_or(&mut fresh),
+            POINTS * s.c_out * s.c_in,
+        );
+        transform_weight(weight, s.c_in, u);
+        conv2d_transformed(x, u, s)
+    })
+}
+
+/// [`conv2d`] with the weights already transformed.
+fn conv2d_transformed(x: &[f32], u: &[f32], s: &ConvShape) -> Vec<f32> {
     let (th, tw) = tile_grid(s);
     let plane = s.height * s.width;
     let mut y = vec![0.0f32; s.output_len()];
@@ -272,7 +492,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
                 m,
                 Matrix::new(p * m_stride, s.c_out, tiles, tiles),
                 false,
-                &u,
+                u,
                 weight_matrix(p, s.c_out, s.c_in),
                 v,
                 Matrix::new(p * v_stride, s.c_in, tiles, tiles),
@@ -284,31 +504,40 @@ pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
     y
 }
 
-/// Writes the 4x4 output blocks of `m` `[36, c_out, tiles]` (positions [`position_stride`]
-/// apart) into `y` `[images, c_out, h, w]`
-/// (blocks clipped at the plane's edge).
-fn transform_output(m: &[f32], s: &ConvShape, images: usize, y: &mut [f32]) {
-    let (th, tw) = tile_grid(s);
-    let tiles = images * th * tw;
+vectorized! {
+    /// Writes the 4x4 output blocks of `m` `[36, c_out, tiles]` (positions [`position_stride`]
+    /// apart) into `y` `[images, c_out, h, w]`
+    /// (blocks clipped at the plane's edge).
+    fn transform_output(m: &[f32], s: &ConvShape, images: usize, y: &mut [f32]) = transform_output_lanes
+}
+
+/// [`transform_output`], compiled for the baseline or, through [`vectorized`], for wider vectors.
+#[inline(always)]
+fn transform_output_lanes(m: &[f32], s: &ConvShape, images: usize, y: &mut [f32]) {
+    let grid = tile_grid(s);
+    let tiles = images * grid.0 * grid.1;
     let stride = position_stride(s.c_out, tiles);
     let plane = s.height * s.width;
-    for local in 0..images {
-        for co in 0..s.c_out {
-            let dst = &mut y[(local * s.c_out + co) * plane..][..plane];
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let t = (local * th + ty) * tw + tx;
-                    let tile: [[f32; 6]; 6] = std::array::from_fn(|i| {
-                        std::array::from_fn(|j| m[(i * 6 + j) * stride + co * tiles + t])
-                    });
-                    let out = transform_2d(&tile, output_1d);
-                    let rows = (s.height - 4 * ty).min(4);
-                    let cols = (s.width - 4 * tx).min(4);
-                    for (i, out_row) in out.iter().enumerate().take(rows) {
-                        dst[(4 * ty + i) * s.width + 4 * tx..][..cols]
-                            .copy_from_slice(&out_row[..cols]);
+    let (mut block, mut out) = ([[Lanes::ZERO; 6]; 6], [[Lanes::ZERO; 4]; 4]);
+    for co in 0..s.c_out {
+        for t0 in (0..tiles).step_by(LANES) {
+            let n = LANES.min(tiles - t0);
+            for (p, value) in block.as_flattened_mut().iter_mut().enumerate() {
+                *value = Lanes::load(&m[p * stride + co * tiles + t0..], n);
+            }
+            transform_2d(&block, output_1d, &mut out);
+            let mut tile = TileCursor::at(t0, grid);
+            for lane in 0..n {
+                let dst = &mut y[(tile.image * s.c_out + co) * plane..][..plane];
+                let rows = (s.height - 4 * tile.row).min(4);
+                let cols = (s.width - 4 * tile.col).min(4);
+                for (i, out_row) in out.iter().enumerate().take(rows) {
+                    let dst_row = &mut dst[(4 * tile.row + i) * s.width + 4 * tile.col..];
+                    for (value, out) in dst_row[..cols].iter_mut().zip(out_row) {
+                        *value = out.0[lane];
                     }
                 }
+                tile.advance(grid);
             }
         }
     }
@@ -337,37 +566,51 @@ pub fn conv2d_input_grad(dy: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> 
     conv2d(dy, &flipped, &transposed)
 }
 
-/// Output-gradient tiles transformed by the forward map's adjoint: `dm` `[36, c_out, tiles]`
-/// (positions [`position_stride`] apart)
-/// from `dy` `[batch, c_out, h, w]` (outside the plane: zero).
-fn transform_output_grad(
+vectorized! {
+    /// Output-gradient tiles transformed by the forward map's adjoint: `dm` `[36, c_out, tiles]`
+    /// (positions [`position_stride`] apart)
+    /// from `dy` `[batch, c_out, h, w]` (outside the plane: zero).
+    fn transform_output_grad(dy: &[f32], s: &ConvShape, images: std::ops::Range<usize>, dm: &mut [f32]) = transform_output_grad_lanes
+}
+
+/// [`transform_output_grad`], compiled for the baseline or, through [`vectorized`], for wider vectors.
+#[inline(always)]
+fn transform_output_grad_lanes(
     dy: &[f32],
     s: &ConvShape,
     images: std::ops::Range<usize>,
     dm: &mut [f32],
 ) {
-    let (th, tw) = tile_grid(s);
-    let tiles = images.len() * th * tw;
+    let grid = tile_grid(s);
+    let tiles = images.len() * grid.0 * grid.1;
     let stride = position_stride(s.c_out, tiles);
     let plane = s.height * s.width;
-    for (local, image) in images.enumerate() {
-        for co in 0..s.c_out {
-            let src = &dy[(image * s.c_out + co) * plane..][..plane];
-            for ty in 0..th {
-                for tx in 0..tw {
-                    let mut tile = [[0.0f32; 4]; 4];
-                    let rows = (s.height - 4 * ty).min(4);
-                    let cols = (s.width - 4 * tx).min(4);
-                    for (i, row) in tile.iter_mut().enumerate().take(rows) {
-                        row[..cols]
-                            .copy_from_slice(&src[(4 * ty + i) * s.width + 4 * tx..][..cols]);
-                    }
-                    let t = (local * th + ty) * tw + tx;
-                    let transformed = transform_2d(&tile, output_adjoint_1d);
-                    for (p, value) in transformed.iter().flatten().enumerate() {
-                        dm[p * stride + co * tiles + t] = *value;
+    // As in transform_input: lanes in use are overwritten, zeros outside the plane.
+    let (mut block, mut out) = ([[Lanes::ZERO; 4]; 4], [[Lanes::ZERO; 6]; 6]);
+    for co in 0..s.c_out {
+        for t0 in (0..tiles).step_by(LANES) {
+            let n = LANES.min(tiles - t0);
+            let mut tile = TileCursor::at(t0, grid);
+            for lane in 0..n {
+                let image = images.start + tile.image;
+                let src = &dy[(image * s.c_out + co) * plane..][..plane];
+                let rows = (s.height - 4 * tile.row).min(4);
+                let cols = (s.width - 4 * tile.col).min(4);
+                for (i, row) in block.iter_mut().enumerate() {
+                    let src_row = &src[(4 * tile.row + i.min(rows - 1)) * s.width + 4 * tile.col..];
+                    for (j, value) in row.iter_mut().enumerate() {
+                        value.0[lane] = if i < rows && j < cols {
+                            src_row[j]
+                        } else {
+                            0.0
+                        };
                     }
                 }
+                tile.advance(grid);
+            }
+            transform_2d(&block, output_adjoint_1d, &mut out);
+            for (p, value) in out.as_flattened().iter().enumerate() {
+                value.store(&mut dm[p * stride + co * tiles + t0..], n);
             }
         }
     }
@@ -383,8 +626,64 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     let (th, tw) = tile_grid(s);
     let du_len = POINTS * s.c_out * s.c_in;
     let chunks = chunks(s, s.c_in.max(s.c_out));
+    let whole_batch = POINTS * (s.c_in + s.c_out) * s.batch * th * tw;
+    let du = if whole_batch <= WHOLE_BATCH_FLOATS {
+        // All chunks transformed (in parallel), then one task per position.
+        let transformed: Vec<_> = chunks
+            .into_par_iter()
+            .map(|images| {
+                let tiles = images.len() * th * tw;
+                let mut v = vec![0.0f32; POINTS * position_stride(s.c_in, tiles)];
+                let mut dm = vec![0.0f32; POINTS * position_stride(s.c_out, tiles)];
+                transform_input(x, s.c_in, s, images.clone(), &mut v);
+                transform_output_grad(dy, s, images, &mut dm);
+                (v, dm, tiles)
+            })
+            .collect();
+        let mut du = vec![0.0f32; du_len];
+        du.par_chunks_mut(s.c_out * s.c_in)
+            .enumerate()
+            .for_each(|(p, du_p)| {
+                for (k, (v, dm, tiles)) in transformed.iter().enumerate() {
+                    let (v_stride, dm_stride) = (
+                        position_stride(s.c_in, *tiles),
+                        position_stride(s.c_out, *tiles),
+                    );
+                    matmul(
+                        du_p,
+                        Matrix::new(0, s.c_out, s.c_in, s.c_in),
+                        k > 0,
+                        dm,
+                        Matrix::new(p * dm_stride, s.c_out, *tiles, *tiles),
+                        v,
+                        Matrix::new(p * v_stride, s.c_in, *tiles, *tiles).t(),
+                        false,
+                    );
+                }
+            });
+        du
+    } else {
+        weight_grad_by_chunks(x, dy, s, chunks)
+    };
+    let mut dw = vec![0.0f32; s.weight_len()];
+    dw.par_chunks_mut(s.c_in * 9)
+        .enumerate()
+        .for_each(|(co, dw_co)| weight_grad_row(&du, co, s.c_out, s.c_in, dw_co));
+    dw
+}
+
+/// `dU` `[36, c_out, c_in]` summed over chunks of images, each chunk's 36 products into the
+/// running sum of the thread that takes it (sums added at the end).
+fn weight_grad_by_chunks(
+    x: &[f32],
+    dy: &[f32],
+    s: &ConvShape,
+    chunks: Vec<std::ops::Range<usize>>,
+) -> Vec<f32> {
+    let (th, tw) = tile_grid(s);
+    let du_len = POINTS * s.c_out * s.c_in;
     let parallel = few(&chunks);
-    let du = chunks
+    chunks
         .into_par_iter()
         .fold(
             || (vec![0.0f32; du_len], Vec::new(), Vec::new()),
@@ -422,20 +721,37 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })
-        .unwrap_or_else(|| vec![0.0f32; du_len]);
-    let mut dw = vec![0.0f32; s.weight_len()];
-    dw.par_chunks_mut(s.c_in * 9)
-        .enumerate()
-        .for_each(|(co, dw_co)| {
-            for ci in 0..s.c_in {
-                let tile: [[f32; 6]; 6] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| du[((i * 6 + j) * s.c_out + co) * s.c_in + ci])
-                });
-                let g = transform_2d(&tile, weight_adjoint_1d);
-                dw_co[ci * 9..][..9].copy_from_slice(g.as_flattened());
+        .unwrap_or_else(|| vec![0.0f32; du_len])
+}
+
+/// Transformed patches and output gradients of the whole batch (floats, 64 MB) up to which the
+/// weight gradient keeps them all and runs each position's product over all images in one task:
+/// no per-thread running sums of `dU` (36 c_out c_in floats each, which on the 4x4 planes cost
+/// more than the products).
+const WHOLE_BATCH_FLOATS: usize = 16 << 20;
+
+vectorized! {
+    /// Output channel `co` of the weight gradient: `dw_co` `[c_in, 3, 3]` = `G^T dU G` from
+    /// `du` `[36, c_out, c_in]`, sixteen input channels at a time.
+    fn weight_grad_row(du: &[f32], co: usize, c_out: usize, c_in: usize, dw_co: &mut [f32]) = weight_grad_row_lanes
+}
+
+/// [`weight_grad_row`], compiled for the baseline or, through [`vectorized`], for wider vectors.
+#[inline(always)]
+fn weight_grad_row_lanes(du: &[f32], co: usize, c_out: usize, c_in: usize, dw_co: &mut [f32]) {
+    let (mut block, mut g) = ([[Lanes::ZERO; 6]; 6], [[Lanes::ZERO; 3]; 3]);
+    for ci0 in (0..c_in).step_by(LANES) {
+        let n = LANES.min(c_in - ci0);
+        for (p, value) in block.as_flattened_mut().iter_mut().enumerate() {
+            *value = Lanes::load(&du[(p * c_out + co) * c_in + ci0..], n);
+        }
+        transform_2d(&block, weight_adjoint_1d, &mut g);
+        for lane in 0..n {
+            for (k, value) in g.as_flattened().iter().enumerate() {
+                dw_co[(ci0 + lane) * 9 + k] = value.0[lane];
             }
-        });
-    dw
+        }
+    }
 }
 
 #[cfg(test)]
@@ -457,7 +773,8 @@ mod tests {
     }
 
     /// Planes that are whole tiles (8x8, 4x4), partial tiles at the edges (5x7, 6x6) and
-    /// smaller than a tile (3x2); one channel and several.
+    /// smaller than a tile (3x2); one channel and several; 45 tiles per channel (two full groups
+    /// of 16 lanes and a partial one, spanning images).
     fn shapes() -> Vec<ConvShape> {
         vec![
             shape(3, 4, 5, 8, 8),
@@ -465,6 +782,7 @@ mod tests {
             shape(1, 2, 3, 5, 7),
             shape(4, 1, 1, 6, 6),
             shape(2, 3, 2, 3, 2),
+            shape(5, 2, 3, 9, 11),
         ]
     }
 
