@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, Tensor, TensorPrimitive};
 use e2e::max_abs_diff;
 use std::time::Instant;
 use trainer::kernels::conv_kernels::{self, ConvShape};
-use trainer::kernels::winograd::{self, Pass};
+use trainer::kernels::winograd;
 
 fn prim(t: Tensor<Flex, 4>) -> burn::tensor::ops::FloatTensor<Flex> {
     t.into_primitive().tensor()
@@ -125,19 +125,12 @@ fn main() {
         } else {
             (o1, o2, o3, String::new())
         };
-        // What the network runs: the faster kernel of each pass by `faster_than_im2col`.
-        let pick = |pass, im2col, wino| {
-            if winograd::faster_than_im2col(&s, pass) {
-                wino
-            } else {
-                im2col
-            }
+        // What the network runs: the faster kernel by `faster_than_im2col`.
+        let (n1, n2, n3) = if winograd::faster_than_im2col(&s) {
+            (w1, w2, w3)
+        } else {
+            (o1, o2, o3)
         };
-        let (n1, n2, n3) = (
-            pick(Pass::Output, o1, w1),
-            pick(Pass::InputGrad, o2, w2),
-            pick(Pass::WeightGrad, o3, w3),
-        );
         let c = count as f64;
         for (t, v) in tot
             .iter_mut()

@@ -7,7 +7,7 @@
 //! `Conv2d` weights, so checkpoints, ONNX export and the optimizer see the same model.
 
 use crate::kernels::conv_kernels::{self, ConvShape};
-use crate::kernels::winograd::{self, Pass};
+use crate::kernels::winograd;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -137,7 +137,7 @@ mod flex {
                 return Flex::conv2d(x, weight, None, g.options());
             };
             let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-            let y = if winograd::faster_than_im2col(&s, Pass::Output) {
+            let y = if winograd::faster_than_im2col(&s) {
                 winograd::conv2d(x.storage(), weight.storage(), &s)
             } else {
                 conv_kernels::conv2d(x.storage(), weight.storage(), &s)
@@ -155,7 +155,7 @@ mod flex {
                 return Flex::conv2d_x_backward(x, weight, grad, g.options());
             };
             let (grad, weight) = (grad.to_contiguous(), weight.to_contiguous());
-            let dx = if winograd::faster_than_im2col(&s, Pass::InputGrad) {
+            let dx = if winograd::faster_than_im2col(&s) {
                 winograd::conv2d_input_grad(grad.storage(), weight.storage(), &s)
             } else {
                 conv_kernels::conv2d_input_grad(grad.storage(), weight.storage(), &s)
@@ -173,7 +173,7 @@ mod flex {
                 return Flex::conv2d_weight_backward(x, weight, grad, g.options());
             };
             let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-            let dw = if winograd::faster_than_im2col(&s, Pass::WeightGrad) {
+            let dw = if winograd::faster_than_im2col(&s) {
                 winograd::conv2d_weight_grad(x.storage(), grad.storage(), &s)
             } else {
                 conv_kernels::conv2d_weight_grad(x.storage(), grad.storage(), &s)

@@ -42,14 +42,6 @@ pub fn applies(s: &ConvShape) -> bool {
     s.kernel == 3 && s.stride == 1 && s.padding == 1
 }
 
-/// A pass of a convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    Output,
-    InputGrad,
-    WeightGrad,
-}
-
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns Winograd off (or on again) for this process: every convolution then runs as im2col +
@@ -64,7 +56,7 @@ pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
-/// Whether Winograd beats im2col + GEMM on this pass, by `conv_bench` on 2 AVX-512 cores (ms,
+/// Whether Winograd beats im2col + GEMM on this convolution (all three passes), by `conv_bench` on 2 AVX-512 cores (ms,
 /// 64 images, im2col -> Winograd; forward, input gradient, weight gradient):
 ///
 /// | layer | forward | input grad | weight grad |
@@ -80,9 +72,7 @@ pub fn set_enabled(enabled: bool) {
 /// transforms (of the weights above all) to pay: one image (batch 1, `conv_bench 1`) runs its
 /// 32x32 and 16x16 layers (64 and 16 tiles) faster with Winograd (forward 1.3 -> 0.6 ms and
 /// 1.0 -> 0.6 ms), its 8x8 and 4x4 ones (4 tiles, 1 tile) slower (0.9 -> 2.2 ms, 1.3 -> 11.4 ms).
-/// All passes take the same route, so `pass` is not consulted today; it stays in the signature
-/// for the measurements that may split them again.
-pub fn faster_than_im2col(s: &ConvShape, _pass: Pass) -> bool {
+pub fn faster_than_im2col(s: &ConvShape) -> bool {
     let (th, tw) = tile_grid(s);
     let tiles = s.batch * th * tw;
     ENABLED.load(Ordering::Relaxed) && applies(s) && s.c_in >= 16 && s.c_out >= 16 && tiles >= 16
@@ -623,53 +613,47 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
         "{s:?} is not a 3x3 stride-1 padding-1 convolution"
     );
     assert_eq!((x.len(), dy.len()), (s.input_len(), s.output_len()));
-    let (th, tw) = tile_grid(s);
-    let du_len = POINTS * s.c_out * s.c_in;
-    let chunks = chunks(s, s.c_in.max(s.c_out));
-    let whole_batch = POINTS * (s.c_in + s.c_out) * s.batch * th * tw;
-    let du = if whole_batch <= WHOLE_BATCH_FLOATS {
-        // All chunks transformed (in parallel), then one task per position.
-        let transformed: Vec<_> = chunks
-            .into_par_iter()
-            .map(|images| {
-                let tiles = images.len() * th * tw;
-                let mut v = vec![0.0f32; POINTS * position_stride(s.c_in, tiles)];
-                let mut dm = vec![0.0f32; POINTS * position_stride(s.c_out, tiles)];
-                transform_input(x, s.c_in, s, images.clone(), &mut v);
-                transform_output_grad(dy, s, images, &mut dm);
-                (v, dm, tiles)
-            })
-            .collect();
-        let mut du = vec![0.0f32; du_len];
-        du.par_chunks_mut(s.c_out * s.c_in)
-            .enumerate()
-            .for_each(|(p, du_p)| {
-                for (k, (v, dm, tiles)) in transformed.iter().enumerate() {
-                    let (v_stride, dm_stride) = (
-                        position_stride(s.c_in, *tiles),
-                        position_stride(s.c_out, *tiles),
-                    );
-                    matmul(
-                        du_p,
-                        Matrix::new(0, s.c_out, s.c_in, s.c_in),
-                        k > 0,
-                        dm,
-                        Matrix::new(p * dm_stride, s.c_out, *tiles, *tiles),
-                        v,
-                        Matrix::new(p * v_stride, s.c_in, *tiles, *tiles).t(),
-                        false,
-                    );
-                }
-            });
-        du
-    } else {
-        weight_grad_by_chunks(x, dy, s, chunks)
-    };
+    let du = transformed_weight_grad(x, dy, s, WHOLE_BATCH_FLOATS);
     let mut dw = vec![0.0f32; s.weight_len()];
     dw.par_chunks_mut(s.c_in * 9)
         .enumerate()
         .for_each(|(co, dw_co)| weight_grad_row(&du, co, s.c_out, s.c_in, dw_co));
     dw
+}
+
+/// `dU` `[36, c_out, c_in]`: over the whole batch per position when its transformed tiles take
+/// at most `whole_batch_floats`, else by chunks with running sums.
+fn transformed_weight_grad(
+    x: &[f32],
+    dy: &[f32],
+    s: &ConvShape,
+    whole_batch_floats: usize,
+) -> Vec<f32> {
+    let (th, tw) = tile_grid(s);
+    let chunks = chunks(s, s.c_in.max(s.c_out));
+    let whole_batch = POINTS * (s.c_in + s.c_out) * s.batch * th * tw;
+    if whole_batch <= whole_batch_floats {
+        // All chunks transformed (in parallel), then one task per position.
+        let transformed: Vec<_> = chunks
+            .into_par_iter()
+            .map(|images| {
+                let mut chunk = ChunkTransforms::default();
+                chunk.fill(x, dy, s, images);
+                chunk
+            })
+            .collect();
+        let mut du = vec![0.0f32; POINTS * s.c_out * s.c_in];
+        du.par_chunks_mut(s.c_out * s.c_in)
+            .enumerate()
+            .for_each(|(p, du_p)| {
+                for (k, chunk) in transformed.iter().enumerate() {
+                    chunk.add_product(p, s, du_p, 0, k > 0, false);
+                }
+            });
+        du
+    } else {
+        weight_grad_by_chunks(x, dy, s, chunks)
+    }
 }
 
 /// `dU` `[36, c_out, c_in]` summed over chunks of images, each chunk's 36 products into the
@@ -680,48 +664,69 @@ fn weight_grad_by_chunks(
     s: &ConvShape,
     chunks: Vec<std::ops::Range<usize>>,
 ) -> Vec<f32> {
-    let (th, tw) = tile_grid(s);
     let du_len = POINTS * s.c_out * s.c_in;
     let parallel = few(&chunks);
     chunks
         .into_par_iter()
         .fold(
-            || (vec![0.0f32; du_len], Vec::new(), Vec::new()),
-            |(mut du, mut v, mut dm), images| {
-                let tiles = images.len() * th * tw;
-                let (v_stride, dm_stride) = (
-                    position_stride(s.c_in, tiles),
-                    position_stride(s.c_out, tiles),
-                );
-                transform_input(
-                    x,
-                    s.c_in,
-                    s,
-                    images.clone(),
-                    sized(&mut v, POINTS * v_stride),
-                );
-                transform_output_grad(dy, s, images, sized(&mut dm, POINTS * dm_stride));
+            || (vec![0.0f32; du_len], ChunkTransforms::default()),
+            |(mut du, mut chunk), images| {
+                chunk.fill(x, dy, s, images);
                 for p in 0..POINTS {
-                    matmul(
-                        &mut du,
-                        Matrix::new(p * s.c_out * s.c_in, s.c_out, s.c_in, s.c_in),
-                        true,
-                        &dm,
-                        Matrix::new(p * dm_stride, s.c_out, tiles, tiles),
-                        &v,
-                        Matrix::new(p * v_stride, s.c_in, tiles, tiles).t(),
-                        parallel,
-                    );
+                    chunk.add_product(p, s, &mut du, p * s.c_out * s.c_in, true, parallel);
                 }
-                (du, v, dm)
+                (du, chunk)
             },
         )
-        .map(|(du, _, _)| du)
+        .map(|(du, _)| du)
         .reduce_with(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })
         .unwrap_or_else(|| vec![0.0f32; du_len])
+}
+
+/// One chunk's transformed patches `v` `[36, c_in, tiles]` and output gradients `dm`
+/// `[36, c_out, tiles]` for the weight gradient (buffers kept and grown across chunks).
+#[derive(Default)]
+struct ChunkTransforms {
+    v: Vec<f32>,
+    dm: Vec<f32>,
+    tiles: usize,
+}
+
+impl ChunkTransforms {
+    fn fill(&mut self, x: &[f32], dy: &[f32], s: &ConvShape, images: std::ops::Range<usize>) {
+        let (th, tw) = tile_grid(s);
+        self.tiles = images.len() * th * tw;
+        let v = sized(&mut self.v, POINTS * position_stride(s.c_in, self.tiles));
+        transform_input(x, s.c_in, s, images.clone(), v);
+        let dm = sized(&mut self.dm, POINTS * position_stride(s.c_out, self.tiles));
+        transform_output_grad(dy, s, images, dm);
+    }
+
+    /// `dU[p] (+)= dM[p] V[p]^T` into the `[c_out, c_in]` matrix at `offset` of `du`.
+    fn add_product(
+        &self,
+        p: usize,
+        s: &ConvShape,
+        du: &mut [f32],
+        offset: usize,
+        accumulate: bool,
+        parallel: bool,
+    ) {
+        let tiles = self.tiles;
+        matmul(
+            du,
+            Matrix::new(offset, s.c_out, s.c_in, s.c_in),
+            accumulate,
+            &self.dm,
+            Matrix::new(p * position_stride(s.c_out, tiles), s.c_out, tiles, tiles),
+            &self.v,
+            Matrix::new(p * position_stride(s.c_in, tiles), s.c_in, tiles, tiles).t(),
+            parallel,
+        );
+    }
 }
 
 /// Transformed patches and output gradients of the whole batch (floats, 64 MB) up to which the
@@ -849,6 +854,19 @@ mod tests {
                     grad[index]
                 );
             }
+        }
+    }
+
+    /// The weight gradient's two routes (whole batch per position, running sums per chunk) give
+    /// the same `dU`; the tests above only reach the first (their batches are small).
+    #[test]
+    fn weight_gradient_routes_agree() {
+        for s in shapes().into_iter().chain([shape(4, 16, 16, 8, 8)]) {
+            let (x, dy) = (values(s.input_len(), 19), values(s.output_len(), 20));
+            let whole = transformed_weight_grad(&x, &dy, &s, usize::MAX);
+            let by_chunks = transformed_weight_grad(&x, &dy, &s, 0);
+            let diff = relative_max_diff(&by_chunks, &whole);
+            assert!(diff < 1e-6, "{s:?}: {diff}");
         }
     }
 
