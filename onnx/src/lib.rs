@@ -40,6 +40,25 @@ pub fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
         .expect("float tensor data")
 }
 
+/// A BatchNorm in inference mode as per-channel `(scale, shift)`:
+/// `gamma * (y - mean) / sqrt(var + eps) + beta = scale * y + shift`, what folding it into the
+/// convolution before it multiplies and adds.
+pub fn batch_norm_scale_shift<B: Backend>(bn: &BatchNorm<B>) -> (Vec<f32>, Vec<f32>) {
+    let gamma = values(bn.gamma.val());
+    let beta = values(bn.beta.val());
+    let mean = values(bn.running_mean.value());
+    let var = values(bn.running_var.value());
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + bn.epsilon as f32).sqrt())
+        .collect();
+    let shift = (0..gamma.len())
+        .map(|c| beta[c] - mean[c] * scale[c])
+        .collect();
+    (scale, shift)
+}
+
 fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
@@ -276,20 +295,7 @@ impl GraphBuilder {
             let y = self.conv2d(x, conv);
             return self.batch_norm(&y, bn);
         }
-        // BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta = scale * y + shift.
-        let gamma = values(bn.gamma.val());
-        let beta = values(bn.beta.val());
-        let mean = values(bn.running_mean.value());
-        let var = values(bn.running_var.value());
-        let scale: Vec<f32> = gamma
-            .iter()
-            .zip(&var)
-            .map(|(g, v)| g / (v + bn.epsilon as f32).sqrt())
-            .collect();
-        let shift = (0..gamma.len())
-            .map(|c| beta[c] - mean[c] * scale[c])
-            .collect();
-        self.conv2d_scaled(x, conv, Some((scale, shift)))
+        self.conv2d_scaled(x, conv, Some(batch_norm_scale_shift(bn)))
     }
 
     /// ONNX `Gemm` computing Burn's `Linear` (`x W + b`, W stored `[d_in, d_out]`).

@@ -2,6 +2,7 @@
 
 use crate::data::augment::{normalize_into, to_float, AugmentConfig};
 use crate::data::{ImageDataset, IMAGE_BYTES};
+use crate::model::prepared::InferenceEncoder;
 use crate::model::{NetworkOps, ResNet18};
 use crate::progress::items_bar;
 use burn::prelude::*;
@@ -32,7 +33,8 @@ pub fn normalized_batch<B: Backend>(
 }
 
 /// Features `[N, D]` of every image of `dataset`. `encoder` must be on an inference backend (a
-/// `valid()` module), so that BatchNorm uses its running statistics.
+/// `valid()` module), so that BatchNorm uses its running statistics; on the CPU it runs
+/// prepared ([`InferenceEncoder`]: BatchNorm folded, weights packed once for all batches).
 pub fn encode_dataset<B: NetworkOps>(
     encoder: &ResNet18<B>,
     dataset: &ImageDataset,
@@ -42,6 +44,7 @@ pub fn encode_dataset<B: NetworkOps>(
     label: &str,
 ) -> Tensor<B, 2> {
     let bar = items_bar(dataset.len() as u64, label);
+    let encoder = InferenceEncoder::new(encoder);
     let mut chunks = Vec::new();
     for start in (0..dataset.len()).step_by(batch_size.max(1)) {
         let end = (start + batch_size).min(dataset.len());

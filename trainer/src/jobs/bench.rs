@@ -198,7 +198,9 @@ impl BackendTask for InferenceTiming {
     fn run<B: TrainBackend>(self, device: B::Device, _name: &str) -> Result<Vec<f64>> {
         use burn::tensor::{Distribution, Tensor};
         B::seed(&device, 0);
-        let encoder = crate::model::ResNet18::<B::InnerBackend>::new(self.width, &device);
+        let module = crate::model::ResNet18::<B::InnerBackend>::new(self.width, &device);
+        // As `eval` and `embed` run it: prepared once (on the CPU), then batch after batch.
+        let encoder = crate::model::prepared::InferenceEncoder::new(&module);
         let images = Tensor::<B::InnerBackend, 4>::random(
             [self.batch_size, 3, 32, 32],
             Distribution::Normal(0.0, 1.0),

@@ -36,6 +36,10 @@ impl ConvGeometry {
 /// A backend's convolution passes. The defaults are Burn's own ops; a backend overrides them
 /// where it has faster kernels.
 pub trait ConvBackend: Backend {
+    /// Whether inference runs the encoder prepared for the CPU kernels
+    /// ([`crate::model::prepared::PreparedEncoder`]) instead of the module's forward pass.
+    const PREPARED_INFERENCE: bool = false;
+
     fn conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, g: ConvGeometry) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, g.options())
     }
@@ -61,6 +65,20 @@ pub trait ConvBackend: Backend {
 /// bias, no groups or dilation, square kernel, symmetric padding: every convolution of the
 /// network), else through Burn's `Conv2d::forward`.
 pub fn conv2d<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let Some(g) = geometry(conv) else {
+        return conv.forward(x);
+    };
+    let weight = conv.weight.val().into_primitive().tensor();
+    Tensor::from_primitive(TensorPrimitive::Float(B::conv(
+        x.into_primitive().tensor(),
+        weight,
+        g,
+    )))
+}
+
+/// Stride and padding of `conv` when the kernels here cover it (no bias, no groups or dilation,
+/// square kernel, equal strides, symmetric padding: every convolution of the network).
+pub fn geometry<B: Backend>(conv: &Conv2d<B>) -> Option<ConvGeometry> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => Some(0),
         PaddingConfig2d::Explicit(top, left, bottom, right)
@@ -76,19 +94,10 @@ pub fn conv2d<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
         && conv.dilation == [1, 1]
         && kernel_h == kernel_w
         && conv.stride[0] == conv.stride[1];
-    let Some(padding) = padding.filter(|_| covered) else {
-        return conv.forward(x);
-    };
-    let g = ConvGeometry {
+    padding.filter(|_| covered).map(|padding| ConvGeometry {
         stride: conv.stride[0],
         padding,
-    };
-    let weight = conv.weight.val().into_primitive().tensor();
-    Tensor::from_primitive(TensorPrimitive::Float(B::conv(
-        x.into_primitive().tensor(),
-        weight,
-        g,
-    )))
+    })
 }
 
 #[cfg(feature = "cuda")]
@@ -132,6 +141,8 @@ mod flex {
     }
 
     impl ConvBackend for Flex {
+        const PREPARED_INFERENCE: bool = true;
+
         fn conv(x: FlexTensor, weight: FlexTensor, g: ConvGeometry) -> FlexTensor {
             let Some(s) = shape_of(&x, &weight, g) else {
                 return Flex::conv2d(x, weight, None, g.options());

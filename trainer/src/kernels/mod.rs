@@ -7,4 +7,6 @@ pub mod conv_kernels;
 pub mod matmul;
 pub mod norm;
 pub mod norm_kernels;
+pub mod packed_gemm;
+pub mod prepared_conv;
 pub mod winograd;

@@ -18,14 +18,15 @@
 //! single-threaded unless there are fewer chunks than cores, as in
 //! [`crate::kernels::conv_kernels`].
 
-use crate::kernels::conv_kernels::{few, sized, ConvShape};
+use crate::kernels::conv_kernels::{few, sized, ConvShape, Scratch};
 use crate::kernels::matmul::{matmul, Matrix};
+use crate::kernels::packed_gemm::{self, PackedRows};
 use rayon::prelude::*;
 use std::ops::{Add, Mul, Sub};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Positions of the transformed 6x6 tile.
-const POINTS: usize = 36;
+pub(crate) const POINTS: usize = 36;
 
 /// Floats between consecutive positions' matrices beyond their size. Without it the 36 matrices
 /// of a buffer often start a multiple of 4 KB apart, so the transforms' 36 read or write streams
@@ -33,7 +34,7 @@ const POINTS: usize = 36;
 const SKEW: usize = 16;
 
 /// Distance between the matrices of consecutive positions in a `[36, rows, cols]` buffer.
-fn position_stride(rows: usize, cols: usize) -> usize {
+pub(crate) fn position_stride(rows: usize, cols: usize) -> usize {
     rows * cols + SKEW
 }
 
@@ -248,9 +249,9 @@ impl Mul<f32> for Lanes {
 /// else AVX2 + FMA, when the CPU has them (checked at run time; the build itself targets the
 /// x86-64 baseline, SSE2), so the loops over [`Lanes`] inside become 16- or 8-wide vector code.
 macro_rules! vectorized {
-    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:ident) => {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:ident) => {
         $(#[$attr])*
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
@@ -309,7 +310,7 @@ impl TileCursor {
 }
 
 /// Tiles of one image plane: rows and columns of 4x4 output blocks.
-fn tile_grid(s: &ConvShape) -> (usize, usize) {
+pub(crate) fn tile_grid(s: &ConvShape) -> (usize, usize) {
     (s.height.div_ceil(4), s.width.div_ceil(4))
 }
 
@@ -330,36 +331,75 @@ fn chunks(s: &ConvShape, channels: usize) -> Vec<std::ops::Range<usize>> {
     s.chunks_within(POINTS * channels * th * tw, floats)
 }
 
-vectorized! {
-    /// Transformed patches `v` `[36, channels, tiles]` (positions [`position_stride`] apart) of images `images` of `x`
-    /// `[batch, channels, height, width]` (zero padding of 1 around each plane).
-    fn transform_input(x: &[f32], channels: usize, s: &ConvShape, images: std::ops::Range<usize>, v: &mut [f32]) = transform_input_lanes
-}
-
-/// [`transform_input`], compiled for the baseline or, through [`vectorized`], for wider vectors.
-#[inline(always)]
-fn transform_input_lanes(
+/// Transformed patches `v` `[36, channels, tiles]` (positions [`position_stride`] apart) of
+/// images `images` of `x` `[batch, channels, height, width]` (zero padding of 1 around each
+/// plane).
+pub(crate) fn transform_input(
     x: &[f32],
     channels: usize,
     s: &ConvShape,
     images: std::ops::Range<usize>,
     v: &mut [f32],
 ) {
+    let tiles = images.len() * tile_grid(s).0 * tile_grid(s).1;
+    let mut rows = position_rows(v, position_stride(channels, tiles), &[channels * tiles]);
+    transform_input_rows(x, channels, s, images, 0..channels, &mut rows[0]);
+}
+
+/// Each of the 36 position matrices of `v` (`stride` apart) cut into consecutive row blocks of
+/// `block_lens` values: for every block, its 36 slices. Lets threads fill disjoint channels of
+/// all positions at once.
+fn position_rows<'a>(
+    v: &'a mut [f32],
+    stride: usize,
+    block_lens: &[usize],
+) -> Vec<Vec<&'a mut [f32]>> {
+    let mut blocks: Vec<Vec<&mut [f32]>> = block_lens
+        .iter()
+        .map(|_| Vec::with_capacity(POINTS))
+        .collect();
+    for position in v.chunks_mut(stride).take(POINTS) {
+        let mut rest = position;
+        for (block, &len) in blocks.iter_mut().zip(block_lens) {
+            let (head, tail) = rest.split_at_mut(len);
+            block.push(head);
+            rest = tail;
+        }
+    }
+    blocks
+}
+
+vectorized! {
+    /// [`transform_input`] of channels `channels` only, into `rows`: per position, the rows of
+    /// those channels (`channels.len() * tiles` values).
+    fn transform_input_rows(x: &[f32], c_x: usize, s: &ConvShape, images: std::ops::Range<usize>, channels: std::ops::Range<usize>, rows: &mut [&mut [f32]]) = transform_input_lanes
+}
+
+/// [`transform_input`], compiled for the baseline or, through [`vectorized`], for wider vectors.
+#[inline(always)]
+fn transform_input_lanes(
+    x: &[f32],
+    c_x: usize,
+    s: &ConvShape,
+    images: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
+    rows: &mut [&mut [f32]],
+) {
     let grid = tile_grid(s);
     let (h, w) = (s.height as isize, s.width as isize);
     let tiles = images.len() * grid.0 * grid.1;
-    let stride = position_stride(channels, tiles);
     let plane = s.height * s.width;
     // Every lane in use is overwritten for each group (zeros outside the plane); the lanes past a
     // partial last group keep stale values, transformed but never stored.
     let (mut d, mut out) = ([[Lanes::ZERO; 6]; 6], [[Lanes::ZERO; 6]; 6]);
-    for c in 0..channels {
+    for c in channels.clone() {
+        let row = (c - channels.start) * tiles;
         for t0 in (0..tiles).step_by(LANES) {
             let n = LANES.min(tiles - t0);
             let mut tile = TileCursor::at(t0, grid);
             for lane in 0..n {
                 let image = images.start + tile.image;
-                let src = &x[(image * channels + c) * plane..][..plane];
+                let src = &x[(image * c_x + c) * plane..][..plane];
                 let (row0, col0) = (4 * tile.row as isize - 1, 4 * tile.col as isize - 1);
                 if row0 >= 0 && col0 >= 0 && row0 + 6 <= h && col0 + 6 <= w {
                     for (i, d_row) in d.iter_mut().enumerate() {
@@ -386,8 +426,8 @@ fn transform_input_lanes(
                 tile.advance(grid);
             }
             transform_2d(&d, input_1d, &mut out);
-            for (p, value) in out.as_flattened().iter().enumerate() {
-                value.store(&mut v[p * stride + c * tiles + t0..], n);
+            for (value, position) in out.as_flattened().iter().zip(rows.iter_mut()) {
+                value.store(&mut position[row + t0..], n);
             }
         }
     }
@@ -395,7 +435,7 @@ fn transform_input_lanes(
 
 /// Transformed weights `u` `[c_out, 36, c_in]` of `weight` `[c_out, c_in, 3, 3]`: position
 /// `xi`'s matrix `[c_out, c_in]` has rows `36 * c_in` apart.
-fn transform_weight(weight: &[f32], c_in: usize, u: &mut [f32]) {
+pub(crate) fn transform_weight(weight: &[f32], c_in: usize, u: &mut [f32]) {
     u.par_chunks_mut(POINTS * c_in)
         .zip(weight.par_chunks(c_in * 9))
         .for_each(|(u_co, weight_co)| transform_weight_row(weight_co, c_in, u_co));
@@ -460,7 +500,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
 }
 
 /// [`conv2d`] with the weights already transformed.
-fn conv2d_transformed(x: &[f32], u: &[f32], s: &ConvShape) -> Vec<f32> {
+pub(crate) fn conv2d_transformed(x: &[f32], u: &[f32], s: &ConvShape) -> Vec<f32> {
     let (th, tw) = tile_grid(s);
     let plane = s.height * s.width;
     let mut y = vec![0.0f32; s.output_len()];
@@ -494,22 +534,102 @@ fn conv2d_transformed(x: &[f32], u: &[f32], s: &ConvShape) -> Vec<f32> {
     y
 }
 
+/// Position `p`'s transformed weights `[c_out, c_in]` (of [`transform_weight`]'s `u`), packed
+/// once for [`packed_gemm::multiply`]: what inference at small batches reads.
+pub(crate) fn packed_positions(u: &[f32], c_out: usize, c_in: usize) -> Vec<PackedRows> {
+    (0..POINTS)
+        .into_par_iter()
+        .map(|p| PackedRows::pack(&u[p * c_in..], c_out, c_in, POINTS * c_in))
+        .collect()
+}
+
+/// [`conv2d`] of image `image` of `x` alone, into `y_image` `[c_out, h, w]`, with the weights of
+/// [`packed_positions`]: the 36 products of one image (16-64 tiles wide) are split over the
+/// cores whole, each too small to split.
+pub(crate) fn conv2d_one_image(
+    x: &[f32],
+    image: usize,
+    u: &[PackedRows],
+    s: &ConvShape,
+    y_image: &mut [f32],
+) {
+    let (th, tw) = tile_grid(s);
+    let tiles = th * tw;
+    let (v_stride, m_stride) = (
+        position_stride(s.c_in, tiles),
+        position_stride(s.c_out, tiles),
+    );
+    let mut v = Scratch::new(POINTS * v_stride);
+    let in_blocks = channel_blocks(s.c_in);
+    let lens: Vec<usize> = in_blocks.iter().map(|b| b.len() * tiles).collect();
+    position_rows(&mut v, v_stride, &lens)
+        .into_par_iter()
+        .zip(in_blocks)
+        .for_each(|(mut rows, channels)| {
+            transform_input_rows(x, s.c_in, s, image..image + 1, channels, &mut rows)
+        });
+    let mut m = Scratch::new(POINTS * m_stride);
+    m.par_chunks_mut(m_stride)
+        .zip(u)
+        .enumerate()
+        .for_each(|(p, (m_p, u_p))| {
+            packed_gemm::multiply(u_p, &v[p * v_stride..], tiles, tiles, m_p, tiles, false)
+        });
+    let out_blocks = channel_blocks(s.c_out);
+    let plane = s.height * s.width;
+    let mut y_blocks = Vec::new();
+    let mut rest = y_image;
+    for channels in &out_blocks {
+        let (head, tail) = rest.split_at_mut(channels.len() * plane);
+        y_blocks.push(head);
+        rest = tail;
+    }
+    y_blocks
+        .into_par_iter()
+        .zip(out_blocks)
+        .for_each(|(y_block, channels)| transform_output_channels(&m, s, 1, channels, y_block));
+}
+
+/// `channels` cut into a few blocks per core (of 16 channels at least), for the transforms of
+/// one image to run on all cores.
+fn channel_blocks(channels: usize) -> Vec<std::ops::Range<usize>> {
+    let count = (2 * rayon::current_num_threads())
+        .min(channels.div_ceil(16))
+        .max(1);
+    let step = channels.div_ceil(count);
+    (0..channels)
+        .step_by(step)
+        .map(|start| start..(start + step).min(channels))
+        .collect()
+}
+
+/// Writes the 4x4 output blocks of `m` `[36, c_out, tiles]` (positions [`position_stride`]
+/// apart) into `y` `[images, c_out, h, w]` (blocks clipped at the plane's edge).
+pub(crate) fn transform_output(m: &[f32], s: &ConvShape, images: usize, y: &mut [f32]) {
+    transform_output_channels(m, s, images, 0..s.c_out, y);
+}
+
 vectorized! {
-    /// Writes the 4x4 output blocks of `m` `[36, c_out, tiles]` (positions [`position_stride`]
-    /// apart) into `y` `[images, c_out, h, w]`
-    /// (blocks clipped at the plane's edge).
-    fn transform_output(m: &[f32], s: &ConvShape, images: usize, y: &mut [f32]) = transform_output_lanes
+    /// [`transform_output`] of output channels `channels` only, into `y` `[images,
+    /// channels.len(), h, w]`.
+    fn transform_output_channels(m: &[f32], s: &ConvShape, images: usize, channels: std::ops::Range<usize>, y: &mut [f32]) = transform_output_lanes
 }
 
 /// [`transform_output`], compiled for the baseline or, through [`vectorized`], for wider vectors.
 #[inline(always)]
-fn transform_output_lanes(m: &[f32], s: &ConvShape, images: usize, y: &mut [f32]) {
+fn transform_output_lanes(
+    m: &[f32],
+    s: &ConvShape,
+    images: usize,
+    channels: std::ops::Range<usize>,
+    y: &mut [f32],
+) {
     let grid = tile_grid(s);
     let tiles = images * grid.0 * grid.1;
     let stride = position_stride(s.c_out, tiles);
     let plane = s.height * s.width;
     let (mut block, mut out) = ([[Lanes::ZERO; 6]; 6], [[Lanes::ZERO; 4]; 4]);
-    for co in 0..s.c_out {
+    for co in channels.clone() {
         for t0 in (0..tiles).step_by(LANES) {
             let n = LANES.min(tiles - t0);
             for (p, value) in block.as_flattened_mut().iter_mut().enumerate() {
@@ -518,7 +638,8 @@ fn transform_output_lanes(m: &[f32], s: &ConvShape, images: usize, y: &mut [f32]
             transform_2d(&block, output_1d, &mut out);
             let mut tile = TileCursor::at(t0, grid);
             for lane in 0..n {
-                let dst = &mut y[(tile.image * s.c_out + co) * plane..][..plane];
+                let dst =
+                    &mut y[(tile.image * channels.len() + co - channels.start) * plane..][..plane];
                 let rows = (s.height - 4 * tile.row).min(4);
                 let cols = (s.width - 4 * tile.col).min(4);
                 for (i, out_row) in out.iter().enumerate().take(rows) {

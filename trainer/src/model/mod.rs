@@ -14,6 +14,7 @@
 
 pub mod encoder;
 pub mod heads;
+pub mod prepared;
 
 pub use encoder::{BasicBlock, Downsample, ResNet18};
 pub use heads::{HeadConfig, MlpHead};
