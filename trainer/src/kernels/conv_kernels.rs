@@ -136,32 +136,30 @@ fn im2col_channel(
     let (ow_n, plane) = (s.out_width(), s.out_plane());
     let width = images.len() * plane;
     let in_plane = s.height * s.width;
-    {
-        for i in 0..s.kernel {
-            for j in 0..s.kernel {
-                let row = i * s.kernel + j;
-                let row_cols = &mut rows[row * width..(row + 1) * width];
-                let valid = valid_columns(s, j, ow_n);
-                for (local, image) in images.clone().enumerate() {
-                    let src = &x[(image * s.c_in + ci) * in_plane..][..in_plane];
-                    let dst = &mut row_cols[local * plane..(local + 1) * plane];
-                    for (oh, out_row) in dst.chunks_exact_mut(ow_n).enumerate() {
-                        let ih = (oh * s.stride + i).wrapping_sub(s.padding);
-                        if ih >= s.height || valid.is_empty() {
-                            out_row.fill(0.0);
-                            continue;
-                        }
-                        out_row[..valid.start].fill(0.0);
-                        out_row[valid.end..].fill(0.0);
-                        let in_row = &src[ih * s.width..][..s.width];
-                        let first_in = valid.start * s.stride + j - s.padding;
-                        let out = &mut out_row[valid.clone()];
-                        if s.stride == 1 {
-                            out.copy_from_slice(&in_row[first_in..first_in + out.len()]);
-                        } else {
-                            for (k, value) in out.iter_mut().enumerate() {
-                                *value = in_row[first_in + k * s.stride];
-                            }
+    for i in 0..s.kernel {
+        for j in 0..s.kernel {
+            let row = i * s.kernel + j;
+            let row_cols = &mut rows[row * width..(row + 1) * width];
+            let valid = valid_columns(s, j, ow_n);
+            for (local, image) in images.clone().enumerate() {
+                let src = &x[(image * s.c_in + ci) * in_plane..][..in_plane];
+                let dst = &mut row_cols[local * plane..(local + 1) * plane];
+                for (oh, out_row) in dst.chunks_exact_mut(ow_n).enumerate() {
+                    let ih = (oh * s.stride + i).wrapping_sub(s.padding);
+                    if ih >= s.height || valid.is_empty() {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    out_row[..valid.start].fill(0.0);
+                    out_row[valid.end..].fill(0.0);
+                    let in_row = &src[ih * s.width..][..s.width];
+                    let first_in = valid.start * s.stride + j - s.padding;
+                    let out = &mut out_row[valid.clone()];
+                    if s.stride == 1 {
+                        out.copy_from_slice(&in_row[first_in..first_in + out.len()]);
+                    } else {
+                        for (k, value) in out.iter_mut().enumerate() {
+                            *value = in_row[first_in + k * s.stride];
                         }
                     }
                 }
