@@ -46,14 +46,6 @@ impl PackedRows {
             panels,
         }
     }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn depth(&self) -> usize {
-        self.depth
-    }
 }
 
 /// Whether [`multiply`] can run on this CPU (it needs AVX-512F; callers use the `gemm` crate
@@ -69,8 +61,8 @@ pub fn available() -> bool {
     }
 }
 
-/// `out[r, c] = sum_k a[r, k] b[k, c]` for `c < cols`: `b` `[a.depth(), cols]` with rows
-/// `b_stride` apart, `out` `[a.rows(), cols]` with rows `out_stride` apart (other columns of
+/// `out[r, c] = sum_k a[r, k] b[k, c]` for `c < cols`: `b` `[depth, cols]` with rows
+/// `b_stride` apart, `out` `[rows, cols]` with rows `out_stride` apart (other columns of
 /// `out` untouched). Panels are split over all cores when `parallel`. Needs [`available`].
 pub fn multiply(
     a: &PackedRows,
@@ -98,6 +90,7 @@ pub fn multiply(
             // values, b holds depth rows of at least c0 + width values b_stride apart, and
             // out_rows holds `rows` rows of at least c0 + width values out_stride apart (the
             // last possibly cut right after its `cols` values).
+            #[cfg(target_arch = "x86_64")]
             unsafe {
                 avx512::panel_block(
                     panel.as_ptr(),
@@ -110,6 +103,9 @@ pub fn multiply(
                     rows,
                 )
             };
+            // Elsewhere `available` is false: the assert above has already stopped the call.
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("no AVX-512F kernel for {rows} rows x {width} columns of {panel:p}");
         }
     };
     // Each panel's rows of `out` (the last one cut at the end of the matrix).

@@ -341,7 +341,8 @@ pub(crate) fn transform_input(
     images: std::ops::Range<usize>,
     v: &mut [f32],
 ) {
-    let tiles = images.len() * tile_grid(s).0 * tile_grid(s).1;
+    let (th, tw) = tile_grid(s);
+    let tiles = images.len() * th * tw;
     let mut rows = position_rows(v, position_stride(channels, tiles), &[channels * tiles]);
     transform_input_rows(x, channels, s, images, 0..channels, &mut rows[0]);
 }
@@ -359,14 +360,22 @@ fn position_rows<'a>(
         .map(|_| Vec::with_capacity(POINTS))
         .collect();
     for position in v.chunks_mut(stride).take(POINTS) {
-        let mut rest = position;
-        for (block, &len) in blocks.iter_mut().zip(block_lens) {
-            let (head, tail) = rest.split_at_mut(len);
-            block.push(head);
-            rest = tail;
+        for (block, part) in blocks.iter_mut().zip(split_lens(position, block_lens)) {
+            block.push(part);
         }
     }
     blocks
+}
+
+/// `values` cut into consecutive slices of `lens` values (the rest left out).
+fn split_lens<'a>(mut values: &'a mut [f32], lens: &[usize]) -> Vec<&'a mut [f32]> {
+    lens.iter()
+        .map(|&len| {
+            let (head, tail) = std::mem::take(&mut values).split_at_mut(len);
+            values = tail;
+            head
+        })
+        .collect()
 }
 
 vectorized! {
@@ -573,14 +582,8 @@ pub(crate) fn conv2d_one_image(
         });
     let out_blocks = channel_blocks(s.c_out);
     let plane = s.height * s.width;
-    let mut y_blocks = Vec::new();
-    let mut rest = y_image;
-    for channels in &out_blocks {
-        let (head, tail) = rest.split_at_mut(channels.len() * plane);
-        y_blocks.push(head);
-        rest = tail;
-    }
-    y_blocks
+    let y_lens: Vec<usize> = out_blocks.iter().map(|b| b.len() * plane).collect();
+    split_lens(y_image, &y_lens)
         .into_par_iter()
         .zip(out_blocks)
         .for_each(|(y_block, channels)| transform_output_channels(&m, s, 1, channels, y_block));
