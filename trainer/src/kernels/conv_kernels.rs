@@ -13,6 +13,7 @@
 //! `dW[c_out, patch] = sum over chunks dY[c_out, cols] * columns[patch, cols]^T`.
 
 use crate::kernels::matmul::{matmul, Matrix};
+use crate::kernels::patch_gather::PatchSources;
 use rayon::prelude::*;
 
 /// Sizes of one convolution: input `[batch, c_in, height, width]`, weight
@@ -104,9 +105,10 @@ fn valid_columns(s: &ConvShape, offset: usize, out_width: usize) -> std::ops::Ra
 /// row `(ci, i, j)`, column `(image, oh, ow)` holds `x[image, ci, oh*s - p + i, ow*s - p + j]`
 /// (0 outside the image). Every element of `cols` is written.
 pub(crate) fn im2col(x: &[f32], s: &ConvShape, images: std::ops::Range<usize>, cols: &mut [f32]) {
+    let sources = gathers(s).then(|| PatchSources::new(s));
     let rows_per_channel = s.kernel * s.kernel * images.len() * s.out_plane();
     for (ci, rows) in cols.chunks_exact_mut(rows_per_channel).enumerate() {
-        im2col_channel(x, s, images.clone(), ci, rows);
+        im2col_channel(x, s, images.clone(), ci, rows, sources.as_ref());
     }
 }
 
@@ -118,20 +120,32 @@ pub(crate) fn im2col_parallel(
     images: std::ops::Range<usize>,
     cols: &mut [f32],
 ) {
+    let sources = gathers(s).then(|| PatchSources::new(s));
     let rows_per_channel = s.kernel * s.kernel * images.len() * s.out_plane();
     cols.par_chunks_exact_mut(rows_per_channel)
         .enumerate()
         .with_min_len(8)
-        .for_each(|(ci, rows)| im2col_channel(x, s, images.clone(), ci, rows));
+        .for_each(|(ci, rows)| im2col_channel(x, s, images.clone(), ci, rows, sources.as_ref()));
 }
 
-/// The `kernel * kernel` rows of [`im2col`] that input channel `ci` fills.
+/// Whether im2col gathers through a [`PatchSources`] table rather than copying runs of input
+/// rows: for strided reads, and where the runs are short, so that a copy per run costs more
+/// than the values it moves. im2col of 8 images, 3x3 (us, copies -> gathers): 64 channels
+/// 32x32 990 -> 2258, 16x16 298 -> 512; 128 on 12x12 457 -> 594; 256 on 8x8 660 -> 546; 512 on
+/// 4x4 679 -> 378; stride 2: 64 channels 32x32 790 -> 530, 256 on 16x16 871 -> 562.
+fn gathers(s: &ConvShape) -> bool {
+    s.stride > 1 || s.out_width() <= 8
+}
+
+/// The `kernel * kernel` rows of [`im2col`] that input channel `ci` fills: through `sources`
+/// when given, else (stride 1 only) by copying runs of input rows.
 fn im2col_channel(
     x: &[f32],
     s: &ConvShape,
     images: std::ops::Range<usize>,
     ci: usize,
     rows: &mut [f32],
+    sources: Option<&PatchSources>,
 ) {
     let (ow_n, plane) = (s.out_width(), s.out_plane());
     let width = images.len() * plane;
@@ -144,6 +158,11 @@ fn im2col_channel(
             for (local, image) in images.clone().enumerate() {
                 let src = &x[(image * s.c_in + ci) * in_plane..][..in_plane];
                 let dst = &mut row_cols[local * plane..(local + 1) * plane];
+                if let Some(sources) = sources {
+                    sources.gather_row(row, src, dst);
+                    continue;
+                }
+                assert_eq!(s.stride, 1, "strided im2col gathers");
                 for (oh, out_row) in dst.chunks_exact_mut(ow_n).enumerate() {
                     let ih = (oh * s.stride + i).wrapping_sub(s.padding);
                     if ih >= s.height || valid.is_empty() {
@@ -155,13 +174,7 @@ fn im2col_channel(
                     let in_row = &src[ih * s.width..][..s.width];
                     let first_in = valid.start * s.stride + j - s.padding;
                     let out = &mut out_row[valid.clone()];
-                    if s.stride == 1 {
-                        out.copy_from_slice(&in_row[first_in..first_in + out.len()]);
-                    } else {
-                        for (k, value) in out.iter_mut().enumerate() {
-                            *value = in_row[first_in + k * s.stride];
-                        }
-                    }
+                    out.copy_from_slice(&in_row[first_in..first_in + out.len()]);
                 }
             }
         }
@@ -491,6 +504,75 @@ pub(crate) mod tests {
             padding: 1,
         },
     ];
+
+    /// Both im2col routes (row copies, gathers through a table) write every value exactly as
+    /// the definition says, on wide and narrow planes, strides 1-2, kernels 1-3, odd sizes.
+    #[test]
+    fn im2col_routes_match_the_definition() {
+        let shapes = [
+            (2, 3, 12, 12, 3, 1, 1),
+            (1, 2, 13, 11, 3, 2, 1),
+            (3, 2, 5, 7, 3, 1, 1),
+        ]
+        .into_iter()
+        .chain([
+            (2, 4, 9, 9, 1, 2, 0),
+            (1, 1, 4, 4, 3, 1, 1),
+            (2, 3, 20, 18, 3, 1, 1),
+        ]);
+        for (batch, c_in, height, width, kernel, stride, padding) in shapes {
+            let s = ConvShape {
+                batch,
+                c_in,
+                height,
+                width,
+                c_out: 1,
+                kernel,
+                stride,
+                padding,
+            };
+            let x = values(s.input_len(), 9);
+            let (plane, images) = (s.out_plane(), (batch - 1).min(1)..batch);
+            let cols_width = images.len() * plane;
+            let mut expected = vec![0.0f32; s.patch() * cols_width];
+            for ci in 0..c_in {
+                for (i, j) in (0..kernel).flat_map(|i| (0..kernel).map(move |j| (i, j))) {
+                    let row = (ci * kernel + i) * kernel + j;
+                    for (local, image) in images.clone().enumerate() {
+                        for (oh, ow) in (0..s.out_height())
+                            .flat_map(|oh| (0..s.out_width()).map(move |ow| (oh, ow)))
+                        {
+                            let ih = (oh * stride + i) as isize - padding as isize;
+                            let iw = (ow * stride + j) as isize - padding as isize;
+                            let inside = (0..height as isize).contains(&ih)
+                                && (0..width as isize).contains(&iw);
+                            expected[row * cols_width + local * plane + oh * s.out_width() + ow] =
+                                if inside {
+                                    x[((image * c_in + ci) * height + ih as usize) * width
+                                        + iw as usize]
+                                } else {
+                                    0.0
+                                };
+                        }
+                    }
+                }
+            }
+            let table = PatchSources::new(&s);
+            let copies = (stride == 1).then_some(None);
+            for sources in copies.into_iter().chain([Some(&table)]) {
+                let mut cols = vec![f32::NAN; expected.len()];
+                let per_channel = kernel * kernel * cols_width;
+                for (ci, rows) in cols.chunks_exact_mut(per_channel).enumerate() {
+                    im2col_channel(&x, &s, images.clone(), ci, rows, sources);
+                }
+                let gathered = sources.is_some();
+                assert!(
+                    cols.iter().zip(&expected).all(|(a, b)| a == b),
+                    "{s:?}, gathered {gathered}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn forward_matches_the_definition() {

@@ -8,5 +8,6 @@ pub mod matmul;
 pub mod norm;
 pub mod norm_kernels;
 pub mod packed_gemm;
+mod patch_gather;
 pub mod prepared_conv;
 pub mod winograd;
