@@ -11,3 +11,4 @@ pub mod packed_gemm;
 mod patch_gather;
 pub mod prepared_conv;
 pub mod winograd;
+pub mod winograd_f2;

@@ -13,7 +13,7 @@
 
 use crate::kernels::conv_kernels::{self, ConvShape, Scratch};
 use crate::kernels::packed_gemm::{self, PackedRows};
-use crate::kernels::winograd;
+use crate::kernels::{winograd, winograd_f2};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -39,6 +39,8 @@ pub struct PreparedConv {
     transformed: OnceLock<Vec<f32>>,
     /// Winograd's 36 `[c_out, c_in]` matrices, packed.
     packed_positions: OnceLock<Vec<PackedRows>>,
+    /// Winograd F(2x2, 3x3)'s 16 `[c_out, c_in]` matrices, packed.
+    packed_f2: OnceLock<Vec<PackedRows>>,
 }
 
 impl PreparedConv {
@@ -74,6 +76,7 @@ impl PreparedConv {
             packed: OnceLock::new(),
             transformed: OnceLock::new(),
             packed_positions: OnceLock::new(),
+            packed_f2: OnceLock::new(),
         }
     }
 
@@ -142,6 +145,17 @@ impl PreparedConv {
             for (image, y_image) in y.chunks_exact_mut(self.c_out * plane).enumerate() {
                 winograd::conv2d_one_image(x, image, u, s, y_image);
             }
+        } else if winograd_f2::faster_for_one_image(s) {
+            let u = self
+                .packed_f2
+                .get_or_init(|| winograd_f2::packed_positions(&self.weight, self.c_out, self.c_in));
+            let in_image = s.c_in * s.height * s.width;
+            for (x_image, y_image) in x
+                .chunks_exact(in_image)
+                .zip(y.chunks_exact_mut(self.c_out * plane))
+            {
+                winograd_f2::conv2d_one_image(x_image, u, s, y_image);
+            }
         } else {
             let packed = self
                 .packed
@@ -200,13 +214,14 @@ mod tests {
     use crate::kernels::conv_kernels::tests::{reference_conv, values};
 
     /// The prepared convolution against the definition, conv then the affine map, residual and
-    /// ReLU, on every route: small and large batches, Winograd and im2col layers.
+    /// ReLU, on every route: small and large batches, Winograd F(4x4) and F(2x2), im2col.
     #[test]
     fn matches_conv_then_affine_residual_relu() {
         // (c_in, c_out, size, kernel, stride, batch)
         let cases = [
             (16, 24, 16, 3, 1, 1), // Winograd, one image (16 tiles)
-            (16, 24, 8, 3, 1, 2),  // im2col image by image (4 tiles)
+            (16, 24, 8, 3, 1, 2),  // F(2x2, 3x3) image by image (16 tiles, 4 of F(4x4))
+            (16, 24, 4, 3, 1, 1),  // im2col image by image (4 tiles of F(2x2))
             (8, 20, 9, 3, 2, 3),   // stride 2, odd size
             (12, 16, 8, 1, 2, 1),  // 1x1 shortcut
             (16, 24, 16, 3, 1, 9), // Winograd, chunks of several images

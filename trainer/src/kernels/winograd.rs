@@ -57,6 +57,11 @@ pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
+/// Whether Winograd is on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Whether Winograd beats im2col + GEMM on this convolution (all three passes), by `conv_bench` on 2 AVX-512 cores (ms,
 /// 64 images, im2col -> Winograd; forward, input gradient, weight gradient):
 ///
@@ -76,7 +81,7 @@ pub fn set_enabled(enabled: bool) {
 pub fn faster_than_im2col(s: &ConvShape) -> bool {
     let (th, tw) = tile_grid(s);
     let tiles = s.batch * th * tw;
-    ENABLED.load(Ordering::Relaxed) && applies(s) && s.c_in >= 16 && s.c_out >= 16 && tiles >= 16
+    enabled() && applies(s) && s.c_in >= 16 && s.c_out >= 16 && tiles >= 16
 }
 
 /// `B^T d` for one column (or row) of a 6x6 patch.
