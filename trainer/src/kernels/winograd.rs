@@ -885,11 +885,18 @@ fn weight_grad_row_lanes(du: &[f32], co: usize, c_out: usize, c_in: usize, dw_co
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::conv_kernels::tests::{dot, reference_conv, values};
 
-    fn shape(batch: usize, c_in: usize, c_out: usize, height: usize, width: usize) -> ConvShape {
+    /// A 3x3 stride-1 padding-1 convolution's shape.
+    pub(crate) fn shape(
+        batch: usize,
+        c_in: usize,
+        c_out: usize,
+        height: usize,
+        width: usize,
+    ) -> ConvShape {
         ConvShape {
             batch,
             c_in,

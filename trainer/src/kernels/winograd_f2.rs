@@ -199,6 +199,7 @@ fn transform_output(m: &[f32], s: &ConvShape, co: usize, y_plane: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::kernels::conv_kernels::tests::{reference_conv, values};
+    use crate::kernels::winograd::tests::shape;
 
     /// Against the definition, on 8x8 (16 tiles, the network's case), odd sizes (tiles cut at
     /// the border) and channel counts off the panel and vector sizes.
@@ -208,16 +209,7 @@ mod tests {
             return;
         }
         for (c_in, c_out, height, width) in [(16, 24, 8, 8), (20, 7, 7, 9), (3, 13, 5, 4)] {
-            let s = ConvShape {
-                batch: 1,
-                c_in,
-                height,
-                width,
-                c_out,
-                kernel: 3,
-                stride: 1,
-                padding: 1,
-            };
+            let s = shape(1, c_in, c_out, height, width);
             let (x, w) = (values(s.input_len(), 3), values(s.weight_len(), 4));
             let u = packed_positions(&w, c_out, c_in);
             let mut y = vec![f32::NAN; s.output_len()];
