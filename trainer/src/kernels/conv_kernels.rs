@@ -150,21 +150,24 @@ fn im2col_channel(
     let (ow_n, plane) = (s.out_width(), s.out_plane());
     let width = images.len() * plane;
     let in_plane = s.height * s.width;
+    let planes = images.map(|image| &x[(image * s.c_in + ci) * in_plane..][..in_plane]);
+    if let Some(sources) = sources {
+        for (row, row_cols) in rows.chunks_exact_mut(width).enumerate() {
+            for (src, dst) in planes.clone().zip(row_cols.chunks_exact_mut(plane)) {
+                sources.gather_row(row, src, dst);
+            }
+        }
+        return;
+    }
+    assert_eq!(s.stride, 1, "strided im2col gathers");
     for i in 0..s.kernel {
         for j in 0..s.kernel {
             let row = i * s.kernel + j;
             let row_cols = &mut rows[row * width..(row + 1) * width];
             let valid = valid_columns(s, j, ow_n);
-            for (local, image) in images.clone().enumerate() {
-                let src = &x[(image * s.c_in + ci) * in_plane..][..in_plane];
-                let dst = &mut row_cols[local * plane..(local + 1) * plane];
-                if let Some(sources) = sources {
-                    sources.gather_row(row, src, dst);
-                    continue;
-                }
-                assert_eq!(s.stride, 1, "strided im2col gathers");
+            for (src, dst) in planes.clone().zip(row_cols.chunks_exact_mut(plane)) {
                 for (oh, out_row) in dst.chunks_exact_mut(ow_n).enumerate() {
-                    let ih = (oh * s.stride + i).wrapping_sub(s.padding);
+                    let ih = (oh + i).wrapping_sub(s.padding);
                     if ih >= s.height || valid.is_empty() {
                         out_row.fill(0.0);
                         continue;
@@ -172,7 +175,7 @@ fn im2col_channel(
                     out_row[..valid.start].fill(0.0);
                     out_row[valid.end..].fill(0.0);
                     let in_row = &src[ih * s.width..][..s.width];
-                    let first_in = valid.start * s.stride + j - s.padding;
+                    let first_in = valid.start + j - s.padding;
                     let out = &mut out_row[valid.clone()];
                     out.copy_from_slice(&in_row[first_in..first_in + out.len()]);
                 }
