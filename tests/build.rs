@@ -45,6 +45,7 @@ fn main() {
     let proto = trainer::jobs::export::encoder_to_onnx(
         &saved.encoder,
         config.model.embedding_dim(),
+        config.input_size(),
         &config.augment,
         config.method.kind(),
         &config.to_toml(),

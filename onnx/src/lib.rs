@@ -170,6 +170,20 @@ impl GraphBuilder {
         self.node("Add", &[a, b], vec![])
     }
 
+    /// ONNX `MaxPool` with a square window (padding never wins: it counts as -infinity).
+    pub fn max_pool(&mut self, x: &str, kernel: usize, stride: usize, padding: usize) -> String {
+        let (k, s, p) = (kernel as i64, stride as i64, padding as i64);
+        self.node(
+            "MaxPool",
+            &[x],
+            vec![
+                attr_ints("kernel_shape", &[k, k]),
+                attr_ints("strides", &[s, s]),
+                attr_ints("pads", &[p, p, p, p]),
+            ],
+        )
+    }
+
     pub fn global_average_pool(&mut self, x: &str) -> String {
         self.node("GlobalAveragePool", &[x], vec![])
     }

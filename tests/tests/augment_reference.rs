@@ -81,6 +81,7 @@ fn each_transform_matches_torchvision_pixel_by_pixel() {
             at("left"),
             at("height"),
             at("width"),
+            SIDE,
         );
         assert_pixels(op, &out, 1e-6);
     }
@@ -214,7 +215,7 @@ fn crop_jitter_and_probabilities_follow_torchvision_laws() {
     }
 
     let views: Vec<_> = (0..20_000)
-        .map(|_| config.sample_view(0, &mut rng))
+        .map(|_| config.sample_view(SIDE, 0, &mut rng))
         .collect();
     let fraction = |f: fn(&augment::ViewParams) -> bool| {
         views.iter().filter(|v| f(v)).count() as f64 / views.len() as f64

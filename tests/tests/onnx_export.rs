@@ -44,6 +44,7 @@ fn fixture() -> &'static Fixture {
                 train: splits.train.head(64),
                 test: splits.test.head(8),
                 origin: "shared CIFAR-10".into(),
+                ..splits.clone()
             }),
             topology: Default::default(),
         };
@@ -66,6 +67,7 @@ fn export(dir: &Path, fold: bool) -> std::path::PathBuf {
     let proto = encoder_to_onnx(
         &model.encoder,
         512,
+        f.checkpoint.config.input_size(),
         &f.checkpoint.config.augment,
         f.checkpoint.config.method.kind(),
         &f.checkpoint.config.to_toml(),

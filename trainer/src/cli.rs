@@ -16,9 +16,9 @@ use std::sync::Arc;
 #[command(
     name = "trainer",
     version,
-    about = "Self-supervised pretraining (SimCLR, BYOL, MoCo v2, VICReg, Barlow Twins) of a CIFAR ResNet-18",
-    long_about = "Self-supervised pretraining of a CIFAR ResNet-18 on CIFAR-10 or your own image \
-                  folder, with SimCLR (default), BYOL, MoCo v2, VICReg or Barlow Twins \
+    about = "Self-supervised pretraining (SimCLR, BYOL, MoCo v2, VICReg, Barlow Twins) of a ResNet-18",
+    long_about = "Self-supervised pretraining of a ResNet-18 on CIFAR-10, STL-10 or your own \
+                  images (labelled or not, any size), with SimCLR (default), BYOL, MoCo v2, VICReg or Barlow Twins \
                   (--method; each starts from its published CIFAR-10 settings, see \
                   --print-config). `trainer` alone runs `trainer train` with the defaults: it \
                   downloads CIFAR-10 once (or reads --data) and writes checkpoints, metrics.csv \
@@ -42,7 +42,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Export a checkpoint's encoder to a standard ONNX file (images in [0, 1] -> embedding).
     Export(ExportArgs),
-    /// Write a checkpoint's encoder embeddings of dataset images as a float32 .npy file.
+    /// Write a checkpoint's encoder embeddings of dataset images as a float32 .npy file, with
+    /// a CSV of the images' names (and labels) beside it.
     Embed(EmbedArgs),
 }
 
@@ -62,7 +63,8 @@ pub struct ExportArgs {
     /// then shows them.
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "viewer/assets")]
     pub viewer: Option<PathBuf>,
-    /// Dataset the viewer's sample images come from (test split), as `train --data`.
+    /// Dataset the viewer's sample images come from (test split), as `train --data` (default:
+    /// the run's --eval-data, else its --data).
     #[arg(long, requires = "viewer")]
     pub data: Option<String>,
     /// Number of sample images for the viewer, balanced over the classes.
@@ -75,18 +77,22 @@ pub struct EmbedArgs {
     /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Dataset, as `train --data` (default: the cached official CIFAR-10 download).
+    /// Dataset, as `train --data` (default: the run's own); a folder of images works too.
     #[arg(long)]
     pub data: Option<String>,
-    /// Which split to embed.
+    /// Which split to embed (data without labels: all its images).
     #[arg(long, value_enum, default_value_t = Split::Test)]
     pub split: Split,
     /// Embed only the first N images of the split (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
-    /// Output file: float32 [N, 512] in NumPy .npy format, in dataset order.
+    /// Output file: float32 [N, 512] in NumPy .npy format, in dataset order; OUT with .csv
+    /// in place of .npy lists each row's image (file name for image folders) and label.
     #[arg(long, default_value = "embeddings.npy")]
     pub out: PathBuf,
+    /// An unreadable image file is an error instead of a skipped file with a warning.
+    #[arg(long)]
+    pub strict_data: bool,
     /// Device (cpu, cuda, wgpu, ndarray, candle).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
@@ -106,7 +112,7 @@ pub struct EvalArgs {
     /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Dataset, as `train --data` (default: the cached official CIFAR-10 download).
+    /// Labelled dataset, as `train --data` (default: the run's --eval-data, else its --data).
     #[arg(long)]
     pub data: Option<String>,
     /// Device (cpu, cuda, wgpu, ndarray, candle).
@@ -178,11 +184,24 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    /// Dataset: a cifar-10-batches-bin directory, cifar-10-binary.tar.gz, or folder:PATH
-    /// (PATH/<class>/*.png|jpg). Default: download the official CIFAR-10 archive once into
+    /// Dataset: a cifar-10-batches-bin directory, cifar-10-binary.tar.gz, stl10:DIR (the
+    /// official stl10_binary; `stl10:` alone downloads it), folder:PATH (your images, any size:
+    /// labelled when PATH/<class>/*.jpg or PATH/train + PATH/val, else unlabeled) or
+    /// images:PATH (never labelled). Default: download the official CIFAR-10 archive once into
     /// ~/.cache/selfsup (or $SELFSUP_CACHE), MD5-checked.
     #[arg(long)]
     pub data: Option<String>,
+    /// Side of the square images the network sees, in pixels: each image is resized (shorter
+    /// side) and centre-cropped once at load [default: the dataset's own: CIFAR-10 32, STL-10
+    /// 96, folders 224]. Above 64 the encoder takes ImageNet's stem (model.stem).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// A labelled dataset (as --data) for the kNN monitor, when --data has no labels.
+    #[arg(long, value_name = "DATA")]
+    pub eval_data: Option<String>,
+    /// Stop at an unreadable image file instead of skipping it with a warning.
+    #[arg(long)]
+    pub strict_data: bool,
     /// Self-supervised method; each starts from its preset: SimCLR from this project's recipe
     /// (Adam 3e-4), the others from solo-learn's published CIFAR-10 ResNet-18 configurations
     /// (heads, LARS/SGD with warm-up + cosine, augmentations). `--print-config` shows it all
@@ -317,6 +336,15 @@ impl TrainArgs {
         }
         if let Some(data) = &self.data {
             config.data = data.clone();
+        }
+        if let Some(v) = self.image_size {
+            config.image_size = v;
+        }
+        if let Some(v) = &self.eval_data {
+            config.eval_data = v.clone();
+        }
+        if self.strict_data {
+            config.strict_data = true;
         }
         if let Some(v) = self.epochs {
             config.epochs = v;
@@ -480,6 +508,7 @@ fn export(args: ExportArgs) -> Result<i32> {
     let proto = crate::jobs::export::encoder_to_onnx(
         &model.encoder,
         ckpt.config.model.embedding_dim(),
+        ckpt.config.input_size(),
         &ckpt.config.augment,
         ckpt.config.method.kind(),
         &ckpt.config.to_toml(),
@@ -509,7 +538,13 @@ fn export(args: ExportArgs) -> Result<i32> {
     }
     if let Some(dir) = &args.viewer {
         use crate::jobs::viewer_assets as va;
-        let splits = crate::data::load(&args.data.clone().unwrap_or_default())?;
+        let splits = ckpt.config.load_data_for(args.data.as_deref())?;
+        ensure!(
+            splits.has_labels(),
+            "--viewer: {} has no labelled test images to show; give --data with a labelled \
+             dataset (class folders, CIFAR-10, STL-10)",
+            splits.origin
+        );
         let indices = va::balanced_sample(&splits.test, args.samples)?;
         va::write(
             dir,
@@ -542,12 +577,21 @@ impl crate::backend::BackendTask for EmbedJob {
         use burn::module::AutodiffModule;
         let args = self.args;
         let ckpt = crate::checkpoint::Checkpoint::read(&args.checkpoint)?;
-        let splits = crate::data::load(&args.data.clone().unwrap_or_default())?;
-        let dataset = match args.split {
-            Split::Train => splits.train,
-            Split::Test => splits.test,
+        let mut config = ckpt.config.clone();
+        config.strict_data |= args.strict_data;
+        let splits = config.load_data_for(args.data.as_deref())?;
+        let (split, dataset) = match args.split {
+            _ if !splits.has_labels() => ("all", splits.pretraining()),
+            Split::Train => ("train", &splits.train),
+            Split::Test => ("test", &splits.test),
+        };
+        if split == "all" {
+            eprintln!(
+                "{}: no labelled splits; embedding all its images",
+                splits.origin
+            );
         }
-        .head(args.limit);
+        let dataset = dataset.head(args.limit);
         let encoder = ckpt.model::<B>(&device)?.encoder.valid();
         let features = crate::eval::features::encode_dataset(
             &encoder,
@@ -560,7 +604,13 @@ impl crate::backend::BackendTask for EmbedJob {
         let [rows, cols] = features.dims();
         let values = onnx::values(features);
         crate::jobs::export::write_npy(&args.out, &values, rows, cols)?;
-        println!("wrote {} (float32 {rows} x {cols})", args.out.display());
+        let csv = args.out.with_extension("csv");
+        crate::jobs::export::write_rows_csv(&csv, &dataset, split)?;
+        println!(
+            "wrote {} (float32 {rows} x {cols}) and {} (each row's image)",
+            args.out.display(),
+            csv.display()
+        );
         Ok(())
     }
 }

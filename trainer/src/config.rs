@@ -7,6 +7,7 @@
 
 use crate::backend::DeviceKind;
 use crate::data::augment::AugmentConfig;
+use crate::data::{LoadOptions, Splits};
 use crate::methods::{MethodConfig, MethodKind};
 use crate::model::ModelConfig;
 use crate::optim::OptimConfig;
@@ -40,9 +41,20 @@ impl Default for KnnConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Dataset: a `cifar-10-batches-bin` directory, `cifar-10-binary.tar.gz`, `folder:PATH`,
-    /// or empty for the cached official download.
+    /// Dataset: a `cifar-10-batches-bin` directory, `cifar-10-binary.tar.gz`, `stl10:DIR`,
+    /// `folder:PATH` (labelled by class folders when it has them), `images:PATH` (never
+    /// labelled), or empty for the cached official CIFAR-10 download.
     pub data: String,
+    /// Side of the square images the network sees: each image is resized (shorter side) and
+    /// centre-cropped to it once, at load. 0: the dataset's own (CIFAR-10 32, STL-10 96, image
+    /// folders 224); a run's config.toml records the size it used.
+    pub image_size: usize,
+    /// A labelled dataset (as `data`) for the kNN monitor when `data` has no labels; empty:
+    /// `data`'s own labelled splits, or no monitor.
+    pub eval_data: String,
+    /// An unreadable image file stops loading with an error, instead of being skipped with a
+    /// warning that names it.
+    pub strict_data: bool,
     pub epochs: usize,
     pub batch_size: usize,
     /// Cap on optimizer steps per epoch (0 = a full pass over the data).
@@ -72,6 +84,9 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             data: String::new(),
+            image_size: 0,
+            eval_data: String::new(),
+            strict_data: false,
             epochs: 100,
             batch_size: 256,
             steps_per_epoch: 0,
@@ -157,6 +172,64 @@ impl TrainConfig {
         config
     }
 
+    /// How `data` (and `eval_data`) are loaded.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            image_size: self.image_size,
+            strict: self.strict_data,
+        }
+    }
+
+    /// Side of the images the encoder takes: `image_size`, 32 for a config of a run from before
+    /// sizes could be chosen.
+    pub fn input_size(&self) -> usize {
+        match self.image_size {
+            0 => crate::data::augment::SIDE,
+            side => side,
+        }
+    }
+
+    /// Loads `data` at `image_size`, with the labelled splits of `eval_data` when given.
+    pub fn load_data(&self) -> Result<Splits> {
+        let splits = crate::data::load_with(&self.data, &self.load_options())?;
+        if self.eval_data.is_empty() {
+            return Ok(splits);
+        }
+        let options = LoadOptions {
+            image_size: splits.side(),
+            ..self.load_options()
+        };
+        splits.with_eval_data(crate::data::load_with(&self.eval_data, &options)?)
+    }
+
+    /// The data a trained run's encoder is evaluated or embedded on, at its image size:
+    /// `source` when given, else the run's own (`eval_data` if it had one, else `data`).
+    pub fn load_data_for(&self, source: Option<&str>) -> Result<Splits> {
+        let mut config = self.clone();
+        config.image_size = self.input_size();
+        if let Some(source) = source {
+            config.data = source.to_string();
+            config.eval_data.clear();
+        }
+        config.load_data()
+    }
+
+    /// Makes every choice left to the data concrete: the image size, the stem, and the
+    /// normalisation (the dataset's published mean and std, else computed from its images), so
+    /// that the saved config.toml, checkpoints and exports say what was used.
+    pub fn resolve_for(&mut self, splits: &Splits) {
+        self.image_size = splits.side();
+        self.model.stem = self.model.stem.for_size(self.image_size);
+        if self.augment.mean.is_none() {
+            let (mean, std) = splits
+                .known_stats
+                .unwrap_or_else(|| crate::data::channel_stats(splits.pretraining()));
+            let round = |v: [f32; 3]| v.map(|x| (x * 1e4).round() / 1e4);
+            self.augment.mean = Some(round(mean));
+            self.augment.std = Some(round(std));
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a TrainConfig always serialises")
     }
@@ -189,6 +262,11 @@ impl TrainConfig {
         );
         self.method.validate(self)?;
         anyhow::ensure!(self.model.width >= 1, "model.width must be at least 1");
+        anyhow::ensure!(
+            self.image_size == 0 || self.image_size >= 8,
+            "image_size must be at least 8 pixels (or 0: the dataset's own), got {}",
+            self.image_size
+        );
         anyhow::ensure!(self.knn.k >= 1, "knn.k must be at least 1");
         anyhow::ensure!(
             self.prefetch_batches >= 1,
@@ -219,6 +297,10 @@ mod tests {
         let mut config = TrainConfig::default();
         config.epochs = 7;
         config.model.width = 16;
+        config.image_size = 96;
+        config.model.stem = crate::model::Stem::Imagenet;
+        config.augment.mean = Some([0.5, 0.25, 0.125]);
+        config.augment.std = Some([0.2, 0.3, 0.4]);
         config.augment.blur_prob = crate::data::augment::PerView([0.5, 0.0]);
         let back = TrainConfig::from_toml(&config.to_toml()).unwrap();
         assert_eq!(back, config);

@@ -37,7 +37,7 @@ fn subset() -> Splits {
     Splits {
         train: splits.train.head(10_000),
         test: splits.test.head(2_000),
-        origin: splits.origin,
+        ..splits
     }
 }
 

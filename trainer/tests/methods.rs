@@ -108,6 +108,7 @@ fn real_subset() -> Splits {
         train: splits.train.head(2_000),
         test: splits.test.head(500),
         origin: "CIFAR-10 subset".into(),
+        ..splits
     }
 }
 

@@ -1,4 +1,5 @@
-//! SimCLR's augmentations, on 32x32 RGB images held as planar `[3][H][W]` f32 in [0, 1].
+//! SimCLR's augmentations, on square RGB images of any side held as planar `[3][side][side]` f32
+//! in [0, 1] (the side is read off the slice's length).
 //!
 //! Each transform follows torchvision's definition, so numbers from PyTorch recipes carry over:
 //! RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter, p) -> RandomGrayscale
@@ -16,9 +17,16 @@ use serde::{Deserialize, Serialize};
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
-/// Side of the square images the network sees.
+/// Side of CIFAR-10's images.
 pub const SIDE: usize = 32;
 pub const PIXELS: usize = SIDE * SIDE;
+
+/// Side of a planar square RGB image of `len` values.
+pub fn side_of(len: usize) -> usize {
+    let side = ((len / 3) as f64).sqrt().round() as usize;
+    assert_eq!(3 * side * side, len, "not a planar square RGB image");
+    side
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,13 +49,17 @@ pub struct AugmentConfig {
     /// and lightly leave it out; solo-learn's MoCo v2+ preset uses 0.5).
     pub blur_prob: PerView,
     pub blur_sigma: [f64; 2],
-    /// Side of the blur kernel (odd).
+    /// Side of the blur kernel (odd); 0: a tenth of the image side, made odd, at least 3 (the
+    /// SimCLR paper's rule: 3 at 32 px, 9 at 96 px, 23 at 224 px).
     pub blur_kernel: usize,
     /// Probability of solarization (pixels >= 128/255 inverted, as PIL's `solarize`), for
     /// [first view, second view] (one number sets both).
     pub solarize_prob: PerView,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    /// Per-channel mean and std of `Normalize`, in [0, 1]. Unset: the dataset's published
+    /// values (CIFAR-10's), else computed from the training images when a run starts; the run's
+    /// `config.toml` then records the values used.
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
 }
 
 impl Default for AugmentConfig {
@@ -64,10 +76,10 @@ impl Default for AugmentConfig {
             grayscale_prob: 0.2,
             blur_prob: PerView([0.0; 2]),
             blur_sigma: [0.1, 2.0],
-            blur_kernel: 3,
+            blur_kernel: 0,
             solarize_prob: PerView([0.0; 2]),
-            mean: CIFAR10_MEAN,
-            std: CIFAR10_STD,
+            mean: None,
+            std: None,
         }
     }
 }
@@ -120,8 +132,8 @@ impl AugmentConfig {
             self.hue
         );
         ensure!(
-            self.blur_kernel % 2 == 1,
-            "augment.blur_kernel must be odd, got {}",
+            self.blur_kernel == 0 || self.blur_kernel % 2 == 1,
+            "augment.blur_kernel must be odd (or 0: a tenth of the image side), got {}",
             self.blur_kernel
         );
         ensure!(
@@ -129,22 +141,44 @@ impl AugmentConfig {
             "augment.blur_sigma must satisfy 0 < min <= max"
         );
         ensure!(
-            self.std.iter().all(|&s| s > 0.0),
+            self.std.is_none_or(|std| std.iter().all(|&s| s > 0.0)),
             "augment.std must be positive"
+        );
+        ensure!(
+            self.mean.is_some() == self.std.is_some(),
+            "augment.mean and augment.std go together: give both or neither"
         );
         Ok(())
     }
 
-    /// One random view of `image` (planar RGB bytes, 3 x 32 x 32), normalised, written to `out`;
-    /// `which` is 0 for the first view, 1 for the second.
-    pub fn view(&self, image: &[u8], which: usize, rng: &mut impl Rng, out: &mut [f32]) {
-        self.sample_view(which, rng).apply(image, self, out);
+    /// The `Normalize` mean and std: the configured ones, CIFAR-10's when unset (a run sets
+    /// them from its data before training; see [`AugmentConfig::mean`]).
+    pub fn normalization(&self) -> ([f32; 3], [f32; 3]) {
+        (
+            self.mean.unwrap_or(CIFAR10_MEAN),
+            self.std.unwrap_or(CIFAR10_STD),
+        )
     }
 
-    /// Draws the random choices of view `which` (0 or 1), in the order torchvision's pipeline
-    /// draws them.
-    pub fn sample_view(&self, which: usize, rng: &mut impl Rng) -> ViewParams {
-        let crop = random_resized_crop_box(SIDE, SIDE, self, rng);
+    /// The blur kernel's side for images of `side` pixels.
+    pub fn blur_kernel_for(&self, side: usize) -> usize {
+        match self.blur_kernel {
+            0 => ((side / 10) | 1).max(3),
+            k => k,
+        }
+    }
+
+    /// One random view of `image` (planar RGB bytes, 3 x side x side), normalised, written to
+    /// `out` (the same size); `which` is 0 for the first view, 1 for the second.
+    pub fn view(&self, image: &[u8], which: usize, rng: &mut impl Rng, out: &mut [f32]) {
+        self.sample_view(side_of(image.len()), which, rng)
+            .apply(image, self, out);
+    }
+
+    /// Draws the random choices of view `which` (0 or 1) of an image of `side` pixels, in the
+    /// order torchvision's pipeline draws them.
+    pub fn sample_view(&self, side: usize, which: usize, rng: &mut impl Rng) -> ViewParams {
+        let crop = random_resized_crop_box(side, side, self, rng);
         let flip = rng.random_bool(self.flip_prob);
         let jitter = rng
             .random_bool(self.jitter_prob)
@@ -191,7 +225,7 @@ impl From<OneOrTwo> for PerView {
 /// The random choices of one view (what torchvision's transforms draw in `get_params`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViewParams {
-    /// `(top, left, height, width)` of the crop, resized back to 32 x 32.
+    /// `(top, left, height, width)` of the crop, resized back to the image's side.
     pub crop: (usize, usize, usize, usize),
     pub flip: bool,
     /// `None`: color jitter not applied to this view.
@@ -206,7 +240,8 @@ impl ViewParams {
     /// The view of `image` (planar RGB bytes) these choices describe, normalised, into `out`.
     pub fn apply(&self, image: &[u8], config: &AugmentConfig, out: &mut [f32]) {
         let (top, left, h, w) = self.crop;
-        let mut img = resize_bilinear(&to_float(image), SIDE, SIDE, top, left, h, w);
+        let side = side_of(image.len());
+        let mut img = resize_bilinear(&to_float(image), side, side, top, left, h, w, side);
         if self.flip {
             flip_horizontal(&mut img);
         }
@@ -217,12 +252,13 @@ impl ViewParams {
             grayscale(&mut img);
         }
         if let Some(sigma) = self.blur_sigma {
-            img = gaussian_blur(&img, config.blur_kernel, sigma);
+            img = gaussian_blur(&img, config.blur_kernel_for(side), sigma);
         }
         if self.solarize {
             solarize(&mut img);
         }
-        normalize_into(&img, &config.mean, &config.std, out);
+        let (mean, std) = config.normalization();
+        normalize_into(&img, &mean, &std, out);
     }
 }
 
@@ -233,8 +269,9 @@ pub fn to_float(image: &[u8]) -> Vec<f32> {
 
 /// `(x - mean) / std` per channel: what the network is trained on.
 pub fn normalize_into(img: &[f32], mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+    let plane = img.len() / 3;
     for c in 0..3 {
-        let range = c * PIXELS..(c + 1) * PIXELS;
+        let range = c * plane..(c + 1) * plane;
         for (o, &x) in out[range.clone()].iter_mut().zip(&img[range]) {
             *o = (x - mean[c]) / std[c];
         }
@@ -273,8 +310,9 @@ pub fn random_resized_crop_box(
     ((h - ch) / 2, (w - cw) / 2, ch, cw)
 }
 
-/// Bilinear resize of the crop `(top, left, h, w)` of a planar image to `SIDE x SIDE`
+/// Bilinear resize of the crop `(top, left, h, w)` of a planar image to `side x side`
 /// (half-pixel centres, as `align_corners=False`).
+#[allow(clippy::too_many_arguments)]
 pub fn resize_bilinear(
     img: &[f32],
     src_h: usize,
@@ -283,14 +321,16 @@ pub fn resize_bilinear(
     left: usize,
     h: usize,
     w: usize,
+    side: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0.0; 3 * PIXELS];
-    let (sy, sx) = (h as f32 / SIDE as f32, w as f32 / SIDE as f32);
-    for y in 0..SIDE {
+    let plane = side * side;
+    let mut out = vec![0.0; 3 * plane];
+    let (sy, sx) = (h as f32 / side as f32, w as f32 / side as f32);
+    for y in 0..side {
         let fy = ((y as f32 + 0.5) * sy - 0.5).clamp(0.0, (h - 1) as f32);
         let (y0, dy) = (fy.floor() as usize, fy - fy.floor());
         let y1 = (y0 + 1).min(h - 1);
-        for x in 0..SIDE {
+        for x in 0..side {
             let fx = ((x as f32 + 0.5) * sx - 0.5).clamp(0.0, (w - 1) as f32);
             let (x0, dx) = (fx.floor() as usize, fx - fx.floor());
             let x1 = (x0 + 1).min(w - 1);
@@ -299,7 +339,7 @@ pub fn resize_bilinear(
                     |yy: usize, xx: usize| img[c * src_h * src_w + (top + yy) * src_w + left + xx];
                 let v = (1.0 - dy) * ((1.0 - dx) * at(y0, x0) + dx * at(y0, x1))
                     + dy * ((1.0 - dx) * at(y1, x0) + dx * at(y1, x1));
-                out[c * PIXELS + y * SIDE + x] = v;
+                out[c * plane + y * side + x] = v;
             }
         }
     }
@@ -316,30 +356,33 @@ pub fn solarize(img: &mut [f32]) {
 }
 
 pub fn flip_horizontal(img: &mut [f32]) {
-    for row in img.chunks_mut(SIDE) {
+    for row in img.chunks_mut(side_of(img.len())) {
         row.reverse();
     }
 }
 
 /// ITU-R 601 luma with the weights torchvision's `rgb_to_grayscale` uses on tensors.
 fn luma(img: &[f32], i: usize) -> f32 {
-    0.2989 * img[i] + 0.587 * img[PIXELS + i] + 0.114 * img[2 * PIXELS + i]
+    let plane = img.len() / 3;
+    0.2989 * img[i] + 0.587 * img[plane + i] + 0.114 * img[2 * plane + i]
 }
 
 pub fn grayscale(img: &mut [f32]) {
-    for i in 0..PIXELS {
+    let plane = img.len() / 3;
+    for i in 0..plane {
         let l = luma(img, i);
         for c in 0..3 {
-            img[c * PIXELS + i] = l;
+            img[c * plane + i] = l;
         }
     }
 }
 
 /// `factor * img + (1 - factor) * other`, clamped to [0, 1] (torchvision's `_blend`).
 fn blend(img: &mut [f32], other: impl Fn(usize) -> f32, factor: f32) {
+    let plane = img.len() / 3;
     for c in 0..3 {
-        for i in 0..PIXELS {
-            let v = &mut img[c * PIXELS + i];
+        for i in 0..plane {
+            let v = &mut img[c * plane + i];
             *v = (factor * *v + (1.0 - factor) * other(i)).clamp(0.0, 1.0);
         }
     }
@@ -350,19 +393,21 @@ pub fn adjust_brightness(img: &mut [f32], factor: f32) {
 }
 
 pub fn adjust_contrast(img: &mut [f32], factor: f32) {
-    let mean = (0..PIXELS).map(|i| luma(img, i)).sum::<f32>() / PIXELS as f32;
+    let plane = img.len() / 3;
+    let mean = (0..plane).map(|i| luma(img, i)).sum::<f32>() / plane as f32;
     blend(img, |_| mean, factor);
 }
 
 pub fn adjust_saturation(img: &mut [f32], factor: f32) {
-    let gray: Vec<f32> = (0..PIXELS).map(|i| luma(img, i)).collect();
+    let gray: Vec<f32> = (0..img.len() / 3).map(|i| luma(img, i)).collect();
     blend(img, |i| gray[i], factor);
 }
 
 /// Rotates the hue of every pixel by `shift` turns of the color wheel (HSV space).
 pub fn adjust_hue(img: &mut [f32], shift: f32) {
-    for i in 0..PIXELS {
-        let (r, g, b) = (img[i], img[PIXELS + i], img[2 * PIXELS + i]);
+    let plane = img.len() / 3;
+    for i in 0..plane {
+        let (r, g, b) = (img[i], img[plane + i], img[2 * plane + i]);
         let max = r.max(g).max(b);
         let min = r.min(g).min(b);
         let chroma = max - min;
@@ -387,8 +432,8 @@ pub fn adjust_hue(img: &mut [f32], shift: f32) {
             _ => (chroma, 0.0, x),
         };
         img[i] = r1 + min;
-        img[PIXELS + i] = g1 + min;
-        img[2 * PIXELS + i] = b1 + min;
+        img[plane + i] = g1 + min;
+        img[2 * plane + i] = b1 + min;
     }
 }
 
@@ -468,33 +513,35 @@ pub fn gaussian_blur(img: &[f32], kernel: usize, sigma: f32) -> Vec<f32> {
         .collect();
     let total: f32 = weights.iter().sum();
     let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
+    let side = side_of(img.len());
     let reflect = |i: isize| -> usize {
-        let n = SIDE as isize;
+        let n = side as isize;
         let i = if i < 0 { -i } else { i };
         (if i >= n { 2 * (n - 1) - i } else { i }) as usize
     };
+    let plane_len = side * side;
     let mut tmp = vec![0.0; img.len()];
     let mut out = vec![0.0; img.len()];
     for c in 0..3 {
-        let plane = c * PIXELS;
-        for y in 0..SIDE {
-            for x in 0..SIDE {
-                tmp[plane + y * SIDE + x] = weights
+        let plane = c * plane_len;
+        for y in 0..side {
+            for x in 0..side {
+                tmp[plane + y * side + x] = weights
                     .iter()
                     .enumerate()
                     .map(|(k, w)| {
-                        w * img[plane + y * SIDE + reflect(x as isize + k as isize - half)]
+                        w * img[plane + y * side + reflect(x as isize + k as isize - half)]
                     })
                     .sum();
             }
         }
-        for y in 0..SIDE {
-            for x in 0..SIDE {
-                out[plane + y * SIDE + x] = weights
+        for y in 0..side {
+            for x in 0..side {
+                out[plane + y * side + x] = weights
                     .iter()
                     .enumerate()
                     .map(|(k, w)| {
-                        w * tmp[plane + reflect(y as isize + k as isize - half) * SIDE + x]
+                        w * tmp[plane + reflect(y as isize + k as isize - half) * side + x]
                     })
                     .sum();
             }
@@ -622,12 +669,12 @@ mod tests {
     #[test]
     fn resizing_the_whole_image_is_identity() {
         let src = ramp();
-        let out = resize_bilinear(&src, SIDE, SIDE, 0, 0, SIDE, SIDE);
+        let out = resize_bilinear(&src, SIDE, SIDE, 0, 0, SIDE, SIDE, SIDE);
         for (a, b) in out.iter().zip(&src) {
             assert!((a - b).abs() < 1e-6);
         }
         // A 1-pixel crop upsamples to a constant image of that pixel.
-        let out = resize_bilinear(&src, SIDE, SIDE, 3, 4, 1, 1);
+        let out = resize_bilinear(&src, SIDE, SIDE, 3, 4, 1, 1, SIDE);
         assert!(out[..PIXELS].iter().all(|&v| v == src[3 * SIDE + 4]));
     }
 
@@ -671,6 +718,43 @@ mod tests {
     }
 
     #[test]
+    fn views_keep_the_image_side_and_blur_scales_with_it() {
+        let config = AugmentConfig {
+            blur_prob: PerView([1.0, 1.0]),
+            ..Default::default()
+        };
+        assert_eq!([32, 96, 224].map(|s| config.blur_kernel_for(s)), [3, 9, 23]);
+        let side = 96;
+        let image: Vec<u8> = (0..3 * side * side).map(|i| (i * 13 % 256) as u8).collect();
+        let mut out = vec![f32::NAN; 3 * side * side];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        config.view(&image, 0, &mut rng, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()));
+        // A whole-image crop and nothing else is the normalised image itself, at any side.
+        let plain = AugmentConfig {
+            crop_scale: [1.0, 1.0],
+            crop_ratio: [1.0, 1.0],
+            flip_prob: 0.0,
+            jitter_prob: 0.0,
+            grayscale_prob: 0.0,
+            mean: Some([0.5, 0.4, 0.3]),
+            std: Some([0.2, 0.25, 0.5]),
+            ..Default::default()
+        };
+        plain.view(&image, 0, &mut rng, &mut out);
+        let plane = side * side;
+        for i in [0, 5000, plane + 17, 3 * plane - 1] {
+            let c = i / plane;
+            let expected = (image[i] as f32 / 255.0 - [0.5, 0.4, 0.3][c]) / [0.2, 0.25, 0.5][c];
+            assert!(
+                (out[i] - expected).abs() < 1e-5,
+                "{i}: {} vs {expected}",
+                out[i]
+            );
+        }
+    }
+
+    #[test]
     fn solarize_inverts_pixels_from_128_up() {
         let mut img = vec![0.0, 127.0 / 255.0, 128.0 / 255.0, 1.0];
         solarize(&mut img);
@@ -701,8 +785,8 @@ mod tests {
         };
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..20 {
-            assert!(!config.sample_view(0, &mut rng).solarize);
-            assert!(config.sample_view(1, &mut rng).solarize);
+            assert!(!config.sample_view(SIDE, 0, &mut rng).solarize);
+            assert!(config.sample_view(SIDE, 1, &mut rng).solarize);
         }
     }
 }

@@ -5,7 +5,7 @@
 //! so a run is reproducible and a resumed epoch can skip straight to its next batch.
 
 use crate::data::augment::AugmentConfig;
-use crate::data::{ImageDataset, IMAGE_BYTES};
+use crate::data::ImageDataset;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -14,10 +14,12 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Two views of `size` images, planar f32, already normalised: `views[0..size]` are the first
+/// Two views of `size` images of `side x side` pixels, planar f32, already normalised: `views[0..size]` are the first
 /// views and `views[size..2*size]` the second views of the same images, in the same order.
 pub struct PairBatch {
     pub size: usize,
+    /// Side of the (square) views.
+    pub side: usize,
     pub views: Vec<f32>,
 }
 
@@ -91,11 +93,12 @@ pub fn make_shard(
     let size = plan.batch_size / shard.world;
     let first_row = shard.rank * size;
     let indices = &plan.batch_indices(step)[first_row..first_row + size];
-    let mut views = vec![0.0f32; 2 * size * IMAGE_BYTES];
-    let (first, second) = views.split_at_mut(size * IMAGE_BYTES);
+    let image_bytes = dataset.image_bytes();
+    let mut views = vec![0.0f32; 2 * size * image_bytes];
+    let (first, second) = views.split_at_mut(size * image_bytes);
     first
-        .par_chunks_mut(IMAGE_BYTES)
-        .zip(second.par_chunks_mut(IMAGE_BYTES))
+        .par_chunks_mut(image_bytes)
+        .zip(second.par_chunks_mut(image_bytes))
         .enumerate()
         .for_each(|(i, (view1, view2))| {
             let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
@@ -104,7 +107,11 @@ pub fn make_shard(
             augment.view(image, 0, &mut rng, view1);
             augment.view(image, 1, &mut rng, view2);
         });
-    PairBatch { size, views }
+    PairBatch {
+        size,
+        side: dataset.side,
+        views,
+    }
 }
 
 /// Batches `first_step..plan.steps` of an epoch, made ahead of time on a background thread.
@@ -158,13 +165,11 @@ impl Drop for PrefetchLoader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::IMAGE_BYTES;
 
     fn dataset(n: usize) -> ImageDataset {
-        ImageDataset {
-            pixels: (0..n * IMAGE_BYTES).map(|i| (i % 251) as u8).collect(),
-            labels: vec![0; n],
-            classes: vec!["x".into()],
-        }
+        let pixels: Vec<u8> = (0..n * IMAGE_BYTES).map(|i| (i % 251) as u8).collect();
+        ImageDataset::new(32, pixels, vec![0; n], vec!["x".into()])
     }
 
     #[test]

@@ -1,68 +1,100 @@
-//! Datasets: CIFAR-10 in its official binary layout (a directory, the `.tar.gz`, or the official
-//! download, cached and MD5-checked) and image folders (`PATH/<class>/*.{png,jpg,jpeg}`).
+//! Datasets: CIFAR-10 (official binary: a directory, the `.tar.gz`, or the official download),
+//! STL-10 (official binary, `stl10:DIR`), and folders of your own images, labelled by class
+//! folder or not labelled at all (`folder:PATH`, `images:PATH`).
 //!
-//! Every image is kept as 3 x 32 x 32 planar RGB bytes, the CIFAR binary record layout.
-//! `augment` turns an image into a view, `loader` batches of two views.
+//! Every image is kept as a square of `side x side` pixels, planar RGB bytes (the CIFAR binary
+//! record layout): images of another size are resized (shorter side) and centre-cropped once,
+//! at load. `augment` turns an image into a view, `loader` batches of two views.
 
 pub mod augment;
+pub mod cifar10;
+pub mod folder;
 pub mod loader;
+pub mod pixels;
+pub mod stl10;
 
-use anyhow::{bail, ensure, Context, Result};
-use flate2::read::GzDecoder;
+pub use cifar10::{
+    download_cifar10, load_cifar10_archive, load_cifar10_dir, parse_cifar10_batch, CIFAR10_CLASSES,
+    CIFAR10_MD5, CIFAR10_URL,
+};
+pub use folder::load_image_folder;
+pub use pixels::Pixels;
+
+use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
-use std::collections::BTreeMap;
+use rayon::prelude::*;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::data::augment::PIXELS;
 
-/// Bytes of one image: 3 planes of 32 x 32.
+/// Bytes of one CIFAR-10 image: 3 planes of 32 x 32.
 pub const IMAGE_BYTES: usize = 3 * PIXELS;
-const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
-const RECORDS_PER_BATCH: usize = 10_000;
-const TRAIN_FILES: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
-const TEST_FILE: &str = "test_batch.bin";
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
-pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
-pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 
-/// Labelled images, 3 x 32 x 32 planar RGB bytes each.
+/// Square images, `3 x side x side` planar RGB bytes each, with labels when the data has them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageDataset {
-    pub pixels: Vec<u8>,
+    /// Side of every image, in pixels.
+    pub side: usize,
+    pub pixels: Pixels,
+    /// One per image, an index into `classes`; empty for unlabeled data.
     pub labels: Vec<u8>,
+    /// Empty for unlabeled data.
     pub classes: Vec<String>,
+    /// Each image's file, relative to the dataset folder (image folders only; else empty).
+    pub names: Vec<String>,
 }
 
 impl ImageDataset {
+    /// Labelled `side x side` images.
+    pub fn new(
+        side: usize,
+        pixels: impl Into<Pixels>,
+        labels: Vec<u8>,
+        classes: Vec<String>,
+    ) -> Self {
+        Self {
+            side,
+            pixels: pixels.into(),
+            labels,
+            classes,
+            names: Vec::new(),
+        }
+    }
+
+    /// Bytes of one image.
+    pub fn image_bytes(&self) -> usize {
+        3 * self.side * self.side
+    }
+
     pub fn len(&self) -> usize {
-        self.labels.len()
+        match self.image_bytes() {
+            0 => 0,
+            bytes => self.pixels.len() / bytes,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
+    }
+
+    /// Whether every image has a label (what kNN, the linear probe and k-means need).
+    pub fn is_labelled(&self) -> bool {
+        !self.classes.is_empty() && self.labels.len() == self.len()
     }
 
     pub fn image(&self, index: usize) -> &[u8] {
-        &self.pixels[index * IMAGE_BYTES..(index + 1) * IMAGE_BYTES]
+        let bytes = self.image_bytes();
+        &self.pixels[index * bytes..(index + 1) * bytes]
+    }
+
+    /// Image `index`'s name: its file for image folders, else `<split>/<index>`.
+    pub fn name(&self, index: usize, split: &str) -> String {
+        self.names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| format!("{split}/{index}"))
     }
 
     /// The first `n` images (all when `n` is 0 or too large).
@@ -72,49 +104,219 @@ impl ImageDataset {
         } else {
             n.min(self.len())
         };
+        if n == self.len() {
+            return self.clone(); // shares the bytes (a mapped cache stays mapped)
+        }
         ImageDataset {
-            pixels: self.pixels[..n * IMAGE_BYTES].to_vec(),
-            labels: self.labels[..n].to_vec(),
+            side: self.side,
+            pixels: self.pixels[..n * self.image_bytes()].to_vec().into(),
+            labels: self.labels.iter().take(n).copied().collect(),
             classes: self.classes.clone(),
+            names: self.names.iter().take(n).cloned().collect(),
         }
     }
 
-    fn push(&mut self, image: &[u8], label: u8) {
-        self.pixels.extend_from_slice(image);
-        self.labels.push(label);
+    /// The same images at `side` (bilinear, in memory); itself when already that size.
+    pub fn resized(&self, side: usize) -> ImageDataset {
+        if side == self.side {
+            return self.clone();
+        }
+        let out_bytes = 3 * side * side;
+        let mut pixels = vec![0u8; self.len() * out_bytes];
+        pixels
+            .par_chunks_mut(out_bytes.max(1))
+            .enumerate()
+            .for_each(|(i, out)| resize_square(self.image(i), self.side, side, out));
+        ImageDataset {
+            side,
+            pixels: pixels.into(),
+            ..self.clone()
+        }
     }
 }
 
-/// The train split (pretraining, kNN bank) and the test split (kNN queries).
+/// Bilinear resize of one planar square image (no crop: the images are square already).
+fn resize_square(image: &[u8], from: usize, to: usize, out: &mut [u8]) {
+    let planar = |c: usize| {
+        image::ImageBuffer::<image::Luma<u8>, &[u8]>::from_raw(
+            from as u32,
+            from as u32,
+            &image[c * from * from..(c + 1) * from * from],
+        )
+        .expect("a whole plane")
+    };
+    for c in 0..3 {
+        let plane = image::imageops::resize(
+            &planar(c),
+            to as u32,
+            to as u32,
+            image::imageops::FilterType::Triangle,
+        );
+        out[c * to * to..(c + 1) * to * to].copy_from_slice(plane.as_raw());
+    }
+}
+
+/// The images a run pretrains on and, when the data has labels, the labelled splits the kNN
+/// monitor and `eval` use.
 #[derive(Debug, Clone)]
 pub struct Splits {
+    /// Labelled training images: the kNN bank, the linear probe's training set; pretraining
+    /// uses them too unless `unlabeled` is given. May be unlabeled (no classes).
     pub train: ImageDataset,
+    /// Labelled held-out images: the kNN queries (empty when the data has no labels).
     pub test: ImageDataset,
+    /// Images without labels that pretraining uses instead of `train` (STL-10's 100,000, or a
+    /// folder of unlabeled images).
+    pub unlabeled: Option<ImageDataset>,
     /// Where the data came from, for messages.
     pub origin: String,
+    /// The dataset's published per-channel mean and std in [0, 1] (CIFAR-10's), used when the
+    /// config gives none; `None`: computed from the images.
+    pub known_stats: Option<([f32; 3], [f32; 3])>,
+    /// Files that could not be decoded and were left out.
+    pub skipped: Vec<String>,
+}
+
+impl Splits {
+    /// Labelled train and test splits only.
+    pub fn labelled(train: ImageDataset, test: ImageDataset, origin: impl Into<String>) -> Self {
+        Self {
+            train,
+            test,
+            unlabeled: None,
+            origin: origin.into(),
+            known_stats: None,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// What the self-supervised method trains on.
+    pub fn pretraining(&self) -> &ImageDataset {
+        self.unlabeled.as_ref().unwrap_or(&self.train)
+    }
+
+    /// Whether the kNN monitor and `eval` can run: labelled train and test images.
+    pub fn has_labels(&self) -> bool {
+        self.train.is_labelled() && self.test.is_labelled() && !self.test.is_empty()
+    }
+
+    /// Side of the images.
+    pub fn side(&self) -> usize {
+        self.pretraining().side
+    }
+
+    /// Every split at `side` (CIFAR-10 upsampled for a larger network, say).
+    pub fn resized(self, side: usize) -> Self {
+        Self {
+            train: self.train.resized(side),
+            test: self.test.resized(side),
+            unlabeled: self.unlabeled.map(|u| u.resized(side)),
+            ..self
+        }
+    }
+
+    /// The labelled splits of `other` (`--eval-data`) in place of these, at this side.
+    pub fn with_eval_data(self, other: Splits) -> Result<Self> {
+        anyhow::ensure!(
+            other.has_labels(),
+            "--eval-data {}: has no labelled train and test images (class folders \
+             PATH/<class>/*.jpg, PATH/train + PATH/val, CIFAR-10 or STL-10)",
+            other.origin
+        );
+        let side = self.side();
+        let pretraining = self.pretraining().clone();
+        let origin = format!("{} (kNN and eval on {})", self.origin, other.origin);
+        let mut skipped = self.skipped;
+        skipped.extend(other.skipped);
+        Ok(Self {
+            train: other.train.resized(side),
+            test: other.test.resized(side),
+            unlabeled: Some(pretraining),
+            origin,
+            known_stats: self.known_stats,
+            skipped,
+        })
+    }
+
+    /// A one-line description: sizes, labels, resolution.
+    pub fn summary(&self) -> String {
+        let side = self.side();
+        let labels = if self.has_labels() {
+            format!(
+                "{} train, {} test images, {} classes",
+                self.train.len(),
+                self.test.len(),
+                self.train.classes.len()
+            )
+        } else {
+            "no labels".to_string()
+        };
+        let unlabeled = match &self.unlabeled {
+            Some(u) => format!("{} unlabeled images for pretraining; ", u.len()),
+            None => String::new(),
+        };
+        let skipped = match self.skipped.len() {
+            0 => String::new(),
+            n => format!("; {n} unreadable files skipped"),
+        };
+        format!(
+            "{} ({unlabeled}{labels}; {side}x{side} px{skipped})",
+            self.origin
+        )
+    }
+}
+
+/// How to load a dataset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Side the images are resized and centre-cropped to; 0: the dataset's own (CIFAR-10 32,
+    /// STL-10 96, image folders [`folder::DEFAULT_SIDE`]).
+    pub image_size: usize,
+    /// An unreadable image file is an error instead of a skipped file with a warning.
+    pub strict: bool,
+}
+
+/// Loads the dataset `--data` names at its own resolution (see [`load_with`]).
+pub fn load(source: &str) -> Result<Splits> {
+    load_with(source, &LoadOptions::default())
 }
 
 /// Loads the dataset that `--data` names (see [`crate::config::TrainConfig::data`]).
-pub fn load(source: &str) -> Result<Splits> {
+pub fn load_with(source: &str, options: &LoadOptions) -> Result<Splits> {
     if let Some(folder) = source.strip_prefix("folder:") {
-        return load_image_folder(Path::new(folder));
+        return folder::load(Path::new(folder), folder::Labels::FromFolders, options);
+    }
+    if let Some(folder) = source.strip_prefix("images:") {
+        return folder::load(Path::new(folder), folder::Labels::None, options);
+    }
+    if let Some(dir) = source.strip_prefix("stl10:") {
+        let dir = if dir.is_empty() {
+            stl10::download(&cache_dir())?
+        } else {
+            PathBuf::from(dir)
+        };
+        return stl10::load(&dir, options);
     }
     let path = if source.is_empty() {
         download_cifar10(&cache_dir())?
     } else {
         PathBuf::from(source)
     };
-    if path.is_file() {
-        load_cifar10_archive(&path)
+    let splits = if path.is_file() {
+        load_cifar10_archive(&path)?
     } else if path.is_dir() {
-        load_cifar10_dir(&path)
+        load_cifar10_dir(&path)?
     } else {
         bail!(
             "--data {}: no such file or directory (expected a cifar-10-batches-bin directory, \
-             cifar-10-binary.tar.gz, or folder:PATH)",
+             cifar-10-binary.tar.gz, stl10:DIR, folder:PATH or images:PATH)",
             path.display()
         )
-    }
+    };
+    Ok(match options.image_size {
+        0 => splits,
+        side => splits.resized(side),
+    })
 }
 
 /// `$SELFSUP_CACHE`, else `$XDG_CACHE_HOME/selfsup`, else `~/.cache/selfsup`.
@@ -129,147 +331,66 @@ pub fn cache_dir() -> PathBuf {
     base.join("selfsup")
 }
 
-/// Parses one CIFAR-10 binary batch file's bytes into `into`, checking every record.
-pub fn parse_cifar10_batch(bytes: &[u8], name: &str, into: &mut ImageDataset) -> Result<()> {
-    ensure!(
-        !bytes.is_empty() && bytes.len() % RECORD_BYTES == 0,
-        "{name}: {} bytes is not a whole number of {RECORD_BYTES}-byte CIFAR-10 records \
-         (truncated or not a CIFAR-10 binary batch)",
-        bytes.len()
-    );
-    for (i, record) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
-        let label = record[0];
-        ensure!(
-            (label as usize) < CIFAR10_CLASSES.len(),
-            "{name}: record {i} has label {label}, but CIFAR-10 labels are 0..9 (corrupt file?)"
-        );
-        into.push(&record[1..], label);
-    }
-    Ok(())
+/// Per-channel mean and standard deviation of `dataset`'s pixels in [0, 1], over at most 10,000
+/// images spread evenly through it (as torchvision recipes compute a dataset's `Normalize`).
+pub fn channel_stats(dataset: &ImageDataset) -> ([f32; 3], [f32; 3]) {
+    let n = dataset.len();
+    let take = n.min(10_000);
+    let plane = dataset.side * dataset.side;
+    let sums = (0..take)
+        .into_par_iter()
+        .map(|k| {
+            let image = dataset.image(k * n / take.max(1));
+            let mut s = [0.0f64; 6];
+            for c in 0..3 {
+                let (mut sum, mut squares) = (0u64, 0u64);
+                for &v in &image[c * plane..(c + 1) * plane] {
+                    sum += v as u64;
+                    squares += (v as u64) * (v as u64);
+                }
+                s[c] = sum as f64;
+                s[3 + c] = squares as f64;
+            }
+            s
+        })
+        .reduce(|| [0.0; 6], |a, b| std::array::from_fn(|i| a[i] + b[i]));
+    let count = (take * plane).max(1) as f64;
+    let mean: [f64; 3] = std::array::from_fn(|c| sums[c] / count / 255.0);
+    let std = std::array::from_fn(|c| {
+        let var = sums[3 + c] / count / (255.0 * 255.0) - mean[c] * mean[c];
+        var.max(1e-12).sqrt() as f32
+    });
+    (mean.map(|m| m as f32), std)
 }
 
-fn cifar10_dataset() -> ImageDataset {
-    ImageDataset {
-        classes: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-/// Reads `cifar-10-batches-bin/` (or a directory that contains it).
-pub fn load_cifar10_dir(dir: &Path) -> Result<Splits> {
-    let dir = if dir.join("cifar-10-batches-bin").is_dir() {
-        dir.join("cifar-10-batches-bin")
-    } else {
-        dir.to_path_buf()
-    };
-    let read = |name: &str, into: &mut ImageDataset| -> Result<()> {
-        let path = dir.join(name);
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "cannot read {} (is {} a cifar-10-batches-bin directory?)",
-                path.display(),
-                dir.display()
-            )
-        })?;
-        parse_cifar10_batch(&bytes, &path.display().to_string(), into)
-    };
-    let mut train = cifar10_dataset();
-    for name in TRAIN_FILES {
-        read(name, &mut train)?;
-    }
-    let mut test = cifar10_dataset();
-    read(TEST_FILE, &mut test)?;
-    check_cifar10_sizes(&train, &test, &dir.display().to_string())?;
-    Ok(Splits {
-        train,
-        test,
-        origin: dir.display().to_string(),
-    })
-}
-
-/// Reads the batches straight out of `cifar-10-binary.tar.gz`, without extracting it.
-pub fn load_cifar10_archive(path: &Path) -> Result<Splits> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut archive = tar::Archive::new(GzDecoder::new(file));
-    let mut batches = BTreeMap::new();
-    let entries = archive
-        .entries()
-        .with_context(|| format!("{}: not a readable .tar.gz archive", path.display()))?;
-    for entry in entries {
-        let mut entry =
-            entry.with_context(|| format!("{}: corrupt or truncated archive", path.display()))?;
-        let name = entry
-            .path()?
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
-        if let Some(name) = name.filter(|n| TRAIN_FILES.contains(&n.as_str()) || n == TEST_FILE) {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).with_context(|| {
-                format!("{}: corrupt or truncated archive at {name}", path.display())
-            })?;
-            batches.insert(name, bytes);
-        }
-    }
-    let mut train = cifar10_dataset();
-    let mut test = cifar10_dataset();
-    for name in TRAIN_FILES.iter().chain([&TEST_FILE]) {
-        let bytes = batches.get(*name).with_context(|| {
-            format!(
-                "{}: archive has no {name}; is it cifar-10-binary.tar.gz?",
-                path.display()
-            )
-        })?;
-        let into = if *name == TEST_FILE {
-            &mut test
-        } else {
-            &mut train
-        };
-        parse_cifar10_batch(bytes, &format!("{}:{name}", path.display()), into)?;
-    }
-    check_cifar10_sizes(&train, &test, &path.display().to_string())?;
-    Ok(Splits {
-        train,
-        test,
-        origin: path.display().to_string(),
-    })
-}
-
-fn check_cifar10_sizes(train: &ImageDataset, test: &ImageDataset, origin: &str) -> Result<()> {
-    ensure!(
-        train.len() == TRAIN_FILES.len() * RECORDS_PER_BATCH && test.len() == RECORDS_PER_BATCH,
-        "{origin}: expected 50000 train and 10000 test images, found {} and {} (truncated batch files?)",
-        train.len(),
-        test.len()
-    );
-    Ok(())
-}
-
-/// Downloads the official archive into `cache` once, checks its MD5, and returns its path.
-pub fn download_cifar10(cache: &Path) -> Result<PathBuf> {
-    let target = cache.join("cifar-10-binary.tar.gz");
+/// Downloads `url` into `target` once (through a `.part` file), checks its MD5, and returns
+/// `target`. `what` names the data in messages, `hint` says what to do when offline.
+pub(crate) fn download(
+    url: &str,
+    md5: &str,
+    target: &Path,
+    what: &str,
+    hint: &str,
+) -> Result<PathBuf> {
     if target.is_file() {
-        return Ok(target);
+        return Ok(target.to_path_buf());
     }
+    let cache = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(cache)
         .with_context(|| format!("cannot create cache directory {}", cache.display()))?;
-    eprintln!(
-        "downloading CIFAR-10 (163 MB) from {CIFAR10_URL} into {}",
-        cache.display()
-    );
-    let offline_hint = "if this machine is offline, download cifar-10-binary.tar.gz elsewhere and \
-                        pass it (or its extracted cifar-10-batches-bin directory) with --data PATH";
+    eprintln!("downloading {what} from {url} into {}", cache.display());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_resolve(Some(std::time::Duration::from_secs(10)))
         .timeout_connect(Some(std::time::Duration::from_secs(10)))
         .build()
         .into();
     let response = agent
-        .get(CIFAR10_URL)
+        .get(url)
         .call()
-        .with_context(|| format!("cannot download {CIFAR10_URL}; {offline_hint}"))?;
+        .with_context(|| format!("cannot download {url}; {hint}"))?;
     let mut body = response.into_body();
     let bar = crate::progress::bytes_bar(body.content_length());
-    let partial = cache.join("cifar-10-binary.tar.gz.part");
+    let partial = target.with_extension("part");
     let mut file =
         File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
     let mut reader = body.as_reader();
@@ -278,7 +399,7 @@ pub fn download_cifar10(cache: &Path) -> Result<PathBuf> {
     loop {
         let n = reader
             .read(&mut buffer)
-            .with_context(|| format!("download of {CIFAR10_URL} interrupted; {offline_hint}"))?;
+            .with_context(|| format!("download of {url} interrupted; {hint}"))?;
         if n == 0 {
             break;
         }
@@ -290,212 +411,41 @@ pub fn download_cifar10(cache: &Path) -> Result<PathBuf> {
     bar.finish_and_clear();
     file.sync_all()?;
     let digest = format!("{:x}", hasher.finalize());
-    if digest != CIFAR10_MD5 {
+    if digest != md5 {
         let _ = std::fs::remove_file(&partial);
-        bail!("downloaded {CIFAR10_URL} has MD5 {digest}, expected {CIFAR10_MD5}; try again");
+        bail!("downloaded {url} has MD5 {digest}, expected {md5}; try again");
     }
-    std::fs::rename(&partial, &target)?;
-    Ok(target)
-}
-
-/// `PATH/<class>/*.{png,jpg,jpeg}`, each image resized to 32 x 32. When `PATH/train` and
-/// `PATH/test` exist they are the splits; otherwise every tenth image of each class is held
-/// out as the test split for the kNN monitor.
-pub fn load_image_folder(root: &Path) -> Result<Splits> {
-    ensure!(root.is_dir(), "folder:{}: not a directory", root.display());
-    let (train, test) = if root.join("train").is_dir() && root.join("test").is_dir() {
-        let train = read_class_folders(&root.join("train"), None)?;
-        let test = read_class_folders(&root.join("test"), Some(&train.classes))?;
-        (train, test)
-    } else {
-        let all = read_class_folders(root, None)?;
-        let mut train = ImageDataset {
-            classes: all.classes.clone(),
-            ..Default::default()
-        };
-        let mut test = train.clone();
-        let mut seen = vec![0usize; all.classes.len()];
-        for i in 0..all.len() {
-            let label = all.labels[i];
-            let into = if seen[label as usize] % 10 == 9 {
-                &mut test
-            } else {
-                &mut train
-            };
-            seen[label as usize] += 1;
-            into.push(all.image(i), label);
-        }
-        (train, test)
-    };
-    Ok(Splits {
-        train,
-        test,
-        origin: format!("folder:{}", root.display()),
-    })
-}
-
-fn read_class_folders(root: &Path, classes: Option<&[String]>) -> Result<ImageDataset> {
-    let mut class_dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .with_context(|| format!("cannot list {}", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    class_dirs.sort();
-    let names: Vec<String> = class_dirs
-        .iter()
-        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    if let Some(expected) = classes {
-        ensure!(
-            names == expected,
-            "{}: class folders {names:?} differ from the train split's {expected:?}",
-            root.display()
-        );
-    }
-    ensure!(
-        !names.is_empty() && names.len() <= 256,
-        "{}: expected 1 to 256 class folders (PATH/<class>/*.png|jpg), found {}",
-        root.display(),
-        names.len()
-    );
-    let mut dataset = ImageDataset {
-        classes: names,
-        ..Default::default()
-    };
-    for (label, dir) in class_dirs.iter().enumerate() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_image_file(p))
-            .collect();
-        files.sort();
-        ensure!(
-            !files.is_empty(),
-            "{}: no .png, .jpg or .jpeg images in this class folder",
-            dir.display()
-        );
-        for file in files {
-            dataset.push(&read_image_32(&file)?, label as u8);
-        }
-    }
-    Ok(dataset)
-}
-
-fn is_image_file(path: &Path) -> bool {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
-}
-
-/// Decodes an image file, resizes it to 32 x 32 and returns planar RGB bytes.
-pub fn read_image_32(path: &Path) -> Result<Vec<u8>> {
-    let image = image::open(path)
-        .with_context(|| format!("{}: cannot decode image", path.display()))?
-        .to_rgb8();
-    let image = if image.dimensions() == (32, 32) {
-        image
-    } else {
-        image::imageops::resize(&image, 32, 32, image::imageops::FilterType::Triangle)
-    };
-    let mut planar = vec![0u8; IMAGE_BYTES];
-    for (i, pixel) in image.pixels().enumerate() {
-        for c in 0..3 {
-            planar[c * PIXELS + i] = pixel[c];
-        }
-    }
-    Ok(planar)
+    std::fs::rename(&partial, target)?;
+    Ok(target.to_path_buf())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(label: u8, fill: u8) -> Vec<u8> {
-        let mut r = vec![fill; RECORD_BYTES];
-        r[0] = label;
-        r
-    }
-
     #[test]
-    fn parses_records_in_official_layout() {
-        let mut bytes = record(3, 7);
-        bytes.extend(record(9, 200));
-        let mut data = cifar10_dataset();
-        parse_cifar10_batch(&bytes, "x.bin", &mut data).unwrap();
-        assert_eq!(data.labels, vec![3, 9]);
-        assert_eq!(data.image(1), &[200u8; IMAGE_BYTES][..]);
-    }
-
-    #[test]
-    fn truncated_batch_is_an_error_naming_the_file() {
-        let mut bytes = record(1, 1);
-        bytes.pop();
-        let err =
-            parse_cifar10_batch(&bytes, "data_batch_3.bin", &mut cifar10_dataset()).unwrap_err();
-        let msg = err.to_string();
+    fn stats_of_known_planes() {
+        // Red plane all 255, green half 0 / half 255, blue all 51.
+        let side = 4;
+        let mut image = vec![255u8; 16];
+        image.extend((0..16).map(|i| if i < 8 { 0 } else { 255 }));
+        image.extend([51u8; 16]);
+        let data = ImageDataset::new(side, image, vec![], vec![]);
+        let (mean, std) = channel_stats(&data);
         assert!(
-            msg.contains("data_batch_3.bin") && msg.contains("truncated"),
-            "{msg}"
+            (mean[0] - 1.0).abs() < 1e-6 && std[0] < 1e-5,
+            "{mean:?} {std:?}"
         );
+        assert!((mean[1] - 0.5).abs() < 1e-6 && (std[1] - 0.5).abs() < 1e-6);
+        assert!((mean[2] - 0.2).abs() < 1e-6);
     }
 
     #[test]
-    fn bad_label_is_an_error() {
-        let err = parse_cifar10_batch(&record(12, 0), "b.bin", &mut cifar10_dataset()).unwrap_err();
-        assert!(err.to_string().contains("label 12"), "{err}");
-    }
-
-    #[test]
-    fn missing_batch_file_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("data_batch_1.bin"), record(0, 0)).unwrap();
-        let err = load_cifar10_dir(dir.path()).unwrap_err();
-        assert!(format!("{err:#}").contains("data_batch_2.bin"), "{err:#}");
-    }
-
-    #[test]
-    fn corrupt_archive_is_an_error_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cifar-10-binary.tar.gz");
-        std::fs::write(&path, b"definitely not gzip").unwrap();
-        let err = load(path.to_str().unwrap()).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("cifar-10-binary.tar.gz"),
-            "{err:#}"
-        );
-    }
-
-    #[test]
-    fn image_folder_is_resized_and_labelled_by_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        for (class, color) in [("cats", [255u8, 0, 0]), ("dogs", [0, 0, 255])] {
-            std::fs::create_dir(dir.path().join(class)).unwrap();
-            for i in 0..10 {
-                let img = image::RgbImage::from_pixel(40, 20, image::Rgb(color));
-                img.save(dir.path().join(class).join(format!("{i}.png")))
-                    .unwrap();
-            }
-        }
-        let splits = load(&format!("folder:{}", dir.path().display())).unwrap();
-        assert_eq!(splits.train.classes, vec!["cats", "dogs"]);
-        assert_eq!((splits.train.len(), splits.test.len()), (18, 2));
-        let dog = splits.test.image(1);
-        assert_eq!((dog[0], dog[PIXELS], dog[2 * PIXELS]), (0, 0, 255));
-        assert_eq!(splits.test.labels, vec![0, 1]);
-    }
-
-    #[test]
-    fn empty_class_folder_and_unreadable_image_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("empty")).unwrap();
-        let err = load_image_folder(dir.path()).unwrap_err();
-        assert!(
-            err.to_string().contains("empty") && err.to_string().contains("no .png"),
-            "{err}"
-        );
-        std::fs::write(dir.path().join("empty").join("bad.png"), b"not a png").unwrap();
-        let err = load_image_folder(dir.path()).unwrap_err();
-        assert!(format!("{err:#}").contains("bad.png"), "{err:#}");
+    fn resizing_keeps_a_constant_image_and_the_labels() {
+        let data = ImageDataset::new(2, vec![10u8; 12], vec![0], vec!["a".into()]);
+        let big = data.resized(5);
+        assert_eq!((big.side, big.len(), big.labels.clone()), (5, 1, vec![0]));
+        assert!(big.image(0).iter().all(|&v| v == 10));
+        assert_eq!(data.head(0), data);
     }
 }

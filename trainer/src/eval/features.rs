@@ -1,7 +1,7 @@
 //! Encoder features h of un-augmented images: what evaluation, export checks and the viewer use.
 
 use crate::data::augment::{normalize_into, to_float, AugmentConfig};
-use crate::data::{ImageDataset, IMAGE_BYTES};
+use crate::data::ImageDataset;
 use crate::model::prepared::InferenceEncoder;
 use crate::model::{NetworkOps, ResNet18};
 use crate::progress::items_bar;
@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-/// Normalised planar f32 images `[n, 3, 32, 32]` of `indices` in `dataset`.
+/// Normalised planar f32 images `[n, 3, side, side]` of `indices` in `dataset`.
 pub fn normalized_batch<B: Backend>(
     dataset: &ImageDataset,
     indices: std::ops::Range<usize>,
@@ -17,19 +17,14 @@ pub fn normalized_batch<B: Backend>(
     device: &B::Device,
 ) -> Tensor<B, 4> {
     let n = indices.len();
-    let mut pixels = vec![0.0f32; n * IMAGE_BYTES];
+    let (mean, std) = augment.normalization();
+    let mut pixels = vec![0.0f32; n * dataset.image_bytes()];
     pixels
-        .par_chunks_mut(IMAGE_BYTES)
+        .par_chunks_mut(dataset.image_bytes())
         .zip(indices)
-        .for_each(|(out, i)| {
-            normalize_into(
-                &to_float(dataset.image(i)),
-                &augment.mean,
-                &augment.std,
-                out,
-            )
-        });
-    Tensor::from_data(TensorData::new(pixels, [n, 3, 32, 32]), device)
+        .for_each(|(out, i)| normalize_into(&to_float(dataset.image(i)), &mean, &std, out));
+    let side = dataset.side;
+    Tensor::from_data(TensorData::new(pixels, [n, 3, side, side]), device)
 }
 
 /// Features `[N, D]` of every image of `dataset`. `encoder` must be on an inference backend (a

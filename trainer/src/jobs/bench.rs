@@ -84,11 +84,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn synthetic_images(n: usize) -> ImageDataset {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    ImageDataset {
-        pixels: (0..n * IMAGE_BYTES).map(|_| rng.random()).collect(),
-        labels: vec![0; n],
-        classes: vec!["synthetic".into()],
-    }
+    let pixels: Vec<u8> = (0..n * IMAGE_BYTES).map(|_| rng.random()).collect();
+    ImageDataset::new(32, pixels, vec![0; n], vec!["synthetic".into()])
 }
 
 /// Augmented pairs per second of the loader's batch builder on all cores.
@@ -258,6 +255,7 @@ fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
     let proto = crate::jobs::export::encoder_to_onnx(
         &encoder,
         options.model.embedding_dim(),
+        32,
         &AugmentConfig::default(),
         crate::methods::MethodKind::Simclr,
         "",

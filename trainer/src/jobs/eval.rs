@@ -21,8 +21,14 @@ impl BackendTask for EvalJob {
     fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
         let args = self.args;
         let ckpt = Checkpoint::read(&args.checkpoint)?;
-        let data_source = args.data.clone().unwrap_or_default();
-        let splits = crate::data::load(&data_source)?;
+        let splits = ckpt.config.load_data_for(args.data.as_deref())?;
+        anyhow::ensure!(
+            splits.has_labels(),
+            "{}: no labelled train and test images, and kNN, the linear probe and k-means need \
+             labels: give --data with a labelled dataset (class folders PATH/<class>/*.jpg, \
+             PATH/train + PATH/val, CIFAR-10 or STL-10)",
+            splits.origin
+        );
         let train = splits.train.head(args.limit_train);
         let test = splits.test.head(args.limit_test);
         let classes = splits.train.classes.len();

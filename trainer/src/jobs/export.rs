@@ -1,10 +1,13 @@
 //! The encoder as a standard ONNX file (`trainer export`) and raw embeddings (`trainer embed`).
 //!
-//! The exported graph takes RGB images in [0, 1] (`images`, float32 `[N, 3, 32, 32]`, N dynamic),
-//! normalises them with the training run's mean and std inside the graph, and returns the
-//! encoder feature h (`embedding`, `[N, 512]`) with BatchNorm in inference mode.
+//! The exported graph takes RGB images in [0, 1] (`images`, float32 `[N, 3, S, S]` at the size
+//! S the encoder was trained at, N dynamic), normalises them with the training run's mean and
+//! std inside the graph, and returns the encoder feature h (`embedding`, `[N, 512]`) with
+//! BatchNorm in inference mode. `metadata_props` say the size (`image_size`) and how images
+//! were brought to it (`preprocessing`), so that a consumer (the viewer) can do the same.
 
 use crate::data::augment::AugmentConfig;
+use crate::data::ImageDataset;
 use crate::methods::MethodKind;
 use crate::model::{BasicBlock, ResNet18};
 use anyhow::{Context, Result};
@@ -35,6 +38,10 @@ impl<B: Backend> ToOnnx for ResNet18<B> {
     fn to_onnx(&self, g: &mut GraphBuilder, x: &str, options: &ExportOptions) -> String {
         let stem = g.conv_batch_norm(x, &self.stem_conv, &self.stem_bn, options);
         let mut x = g.relu(&stem);
+        if self.stem_pool {
+            let (k, s, p) = crate::model::encoder::STEM_POOL;
+            x = g.max_pool(&x, k, s, p);
+        }
         for block in &self.blocks {
             x = block.to_onnx(g, &x, options);
         }
@@ -43,22 +50,26 @@ impl<B: Backend> ToOnnx for ResNet18<B> {
     }
 }
 
-/// The ONNX model of `encoder` (trained by `method`) with the normalisation of `augment` in
-/// front.
+/// The ONNX model of `encoder` (trained by `method` on `image_size` px images) with the
+/// normalisation of `augment` in front.
+#[allow(clippy::too_many_arguments)]
 pub fn encoder_to_onnx<B: Backend>(
     encoder: &ResNet18<B>,
     embedding_dim: usize,
+    image_size: usize,
     augment: &AugmentConfig,
     method: MethodKind,
     config_toml: &str,
     options: &ExportOptions,
 ) -> ModelProto {
     let mut g = GraphBuilder::new();
-    let normalized = g.normalize(INPUT, &augment.mean, &augment.std);
+    let (mean, std) = augment.normalization();
+    let normalized = g.normalize(INPUT, &mean, &std);
     let h = encoder.to_onnx(&mut g, &normalized, options);
     let fmt = |v: &[f32; 3]| format!("{}, {}, {}", v[0], v[1], v[2]);
+    let side = image_size as i64;
     g.finish(
-        tensor_value(INPUT, &[Err("N"), Ok(3), Ok(32), Ok(32)]),
+        tensor_value(INPUT, &[Err("N"), Ok(3), Ok(side), Ok(side)]),
         &h,
         tensor_value(OUTPUT, &[Err("N"), Ok(embedding_dim as i64)]),
         &[
@@ -68,7 +79,13 @@ pub fn encoder_to_onnx<B: Backend>(
             ),
             (
                 "input",
-                "images: float32 [N, 3, 32, 32], RGB in [0, 1]".into(),
+                format!("images: float32 [N, 3, {image_size}, {image_size}], RGB in [0, 1]"),
+            ),
+            ("image_size", image_size.to_string()),
+            (
+                "preprocessing",
+                "resize the shorter side to image_size (bilinear), centre-crop to a square, RGB / 255"
+                    .into(),
             ),
             (
                 "output",
@@ -79,8 +96,8 @@ pub fn encoder_to_onnx<B: Backend>(
                 "encoder",
                 "the online encoder (the one the optimizer trained, not a momentum copy)".into(),
             ),
-            ("normalization_mean", fmt(&augment.mean)),
-            ("normalization_std", fmt(&augment.std)),
+            ("normalization_mean", fmt(&mean)),
+            ("normalization_std", fmt(&std)),
             ("bn_folded", options.fold_batch_norm.to_string()),
             ("training_config", config_toml.to_string()),
         ],
@@ -108,6 +125,29 @@ pub fn write_npy(path: &Path, values: &[f32], rows: usize, cols: usize) -> Resul
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes `index,image,label` for each image of `dataset` (its file for image folders, else
+/// `<split>/<index>`; the class name, empty for unlabeled data), atomically: the rows of the
+/// `.npy` written beside it.
+pub fn write_rows_csv(path: &Path, dataset: &ImageDataset, split: &str) -> Result<()> {
+    let mut text = String::from("index,image,label\n");
+    for i in 0..dataset.len() {
+        let label = match dataset.labels.get(i) {
+            Some(&l) if dataset.is_labelled() => dataset.classes[l as usize].as_str(),
+            _ => "",
+        };
+        let name = dataset.name(i, split);
+        // Quoted as CSV wants when a file name holds a comma or a quote.
+        let name = if name.contains([',', '"']) {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        } else {
+            name
+        };
+        text.push_str(&format!("{i},{name},{label}\n"));
+    }
+    crate::checkpoint::write_atomically(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +166,22 @@ mod tests {
         let data = &bytes[10 + header_len..];
         assert_eq!(data.len(), 24);
         assert_eq!(f32::from_le_bytes(data[20..24].try_into().unwrap()), 6.0);
+    }
+
+    #[test]
+    fn rows_csv_names_files_and_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.csv");
+        let mut data = ImageDataset::new(1, vec![0u8; 6], vec![1, 0], vec!["x".into(), "y".into()]);
+        data.names = vec!["cats/1.jpg".into(), "a,b.png".into()];
+        write_rows_csv(&path, &data, "test").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "index,image,label\n0,cats/1.jpg,y\n1,\"a,b.png\",x\n");
+        let unlabeled = ImageDataset::new(1, vec![0u8; 3], vec![], vec![]);
+        write_rows_csv(&path, &unlabeled, "all").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "index,image,label\n0,all/0,\n"
+        );
     }
 }

@@ -6,8 +6,9 @@ use crate::backend::BackendTask;
 use crate::backend::TrainBackend;
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
+use crate::data::augment::side_of;
 use crate::data::loader::{EpochPlan, PairBatch, PrefetchLoader, Shard};
-use crate::data::{self, ImageDataset, Splits, IMAGE_BYTES};
+use crate::data::{ImageDataset, Splits};
 use crate::distributed::collective::with_deadline;
 use crate::distributed::sync::{self, average_gradients, from_rank0, parameter_spread};
 use crate::distributed::{self, Topology};
@@ -95,18 +96,19 @@ impl TrainJob {
 impl BackendTask for TrainJob {
     type Output = (Outcome, Vec<EpochMetrics>);
 
-    fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
-        let splits = match self.data.clone() {
+    fn run<B: TrainBackend>(mut self, device: B::Device, name: &str) -> Result<Self::Output> {
+        let splits = match self.data.take() {
             Some(splits) => splits,
-            None => data::load(&self.config.data)?,
+            None => self.config.load_data()?,
         };
         anyhow::ensure!(
-            splits.train.len() >= self.config.batch_size,
+            splits.pretraining().len() >= self.config.batch_size,
             "{}: {} training images, fewer than one batch of {}",
             splits.origin,
-            splits.train.len(),
+            splits.pretraining().len(),
             self.config.batch_size
         );
+        self.config.resolve_for(&splits);
         let topology = &self.topology;
         topology.validate(self.config.batch_size)?;
         let spread = if topology.is_single() {
@@ -121,14 +123,21 @@ impl BackendTask for TrainJob {
                 self.config.batch_size / topology.world()
             )
         };
+        let stem = match self.config.model.stem {
+            crate::model::Stem::Imagenet => "ImageNet stem",
+            _ => "CIFAR stem",
+        };
         eprintln!(
-            "data: {} ({} train, {} test images, {} classes); device: {name}{spread}; method: {}",
-            splits.origin,
-            splits.train.len(),
-            splits.test.len(),
-            splits.train.classes.len(),
+            "data: {}; device: {name}{spread}; method: {}; ResNet-18 ({stem})",
+            splits.summary(),
             self.config.method.kind()
         );
+        if !splits.has_labels() {
+            eprintln!(
+                "kNN monitor: off (the data has no labels; --eval-data DATA names a labelled \
+                 dataset to monitor on)"
+            );
+        }
         if topology.is_single() {
             return self.train_on::<B>(splits, device);
         }
@@ -299,7 +308,7 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     }
 }
 
-/// The method's loss of `images` (`[2N, 3, 32, 32]`, first views then second views; BatchNorm
+/// The method's loss of `images` (`[2N, 3, H, W]`, first views then second views; BatchNorm
 /// in training mode, so running statistics move) and backward. Returns the loss, the collapse
 /// monitor and the gradient of every parameter (none when the loss is not finite).
 pub fn loss_and_gradients<B: TrainBackend>(
@@ -339,10 +348,10 @@ pub fn apply_update<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     (optimizer.step(lr, model, grads), norm)
 }
 
-/// Input tensor `[2B, 3, 32, 32]` of a prefetched batch.
+/// Input tensor `[2B, 3, side, side]` of a prefetched batch of `size` pairs.
 pub fn batch_tensor<B: Backend>(views: Vec<f32>, size: usize, device: &B::Device) -> Tensor<B, 4> {
-    debug_assert_eq!(views.len(), 2 * size * IMAGE_BYTES);
-    Tensor::from_data(TensorData::new(views, [2 * size, 3, 32, 32]), device)
+    let side = side_of(views.len() / (2 * size));
+    Tensor::from_data(TensorData::new(views, [2 * size, 3, side, side]), device)
 }
 
 impl TrainJob {
@@ -480,7 +489,7 @@ impl TrainJob {
             world: p.world,
         });
 
-        let train = Arc::new(splits.train);
+        let train = Arc::new(splits.pretraining().clone());
         let steps_per_epoch =
             EpochPlan::new(train.len(), config.batch_size, config.steps_per_epoch, 0).steps;
         let schedule = Schedule {
@@ -607,8 +616,8 @@ impl TrainJob {
                 );
             }
             // The monitor and the files are rank 0's; the others wait at their next step.
-            let knn_top1 = if main {
-                knn_monitor(&model, &train, &splits.test, &config, &device)
+            let knn_top1 = if main && splits.has_labels() {
+                knn_monitor(&model, &splits.train, &splits.test, &config, &device)
             } else {
                 f64::NAN
             };

@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use std::path::Path;
 
-use crate::data::{ImageDataset, IMAGE_BYTES};
+use crate::data::ImageDataset;
 
 pub const MODEL_FILE: &str = "encoder.onnx";
 pub const SAMPLES_FILE: &str = "samples.bin";
@@ -20,7 +20,8 @@ pub struct SamplesMeta<'a> {
     pub format: &'a str,
     pub count: usize,
     pub image_size: usize,
-    /// `planar-rgb-u8`: per image 3 planes (R, G, B) of 32 x 32 bytes, the CIFAR record layout,
+    /// `planar-rgb-u8`: per image 3 planes (R, G, B) of `image_size` squared bytes (the CIFAR
+    /// record layout at 32 px),
     /// which divided by 255 is exactly the encoder's input.
     pub layout: &'a str,
     pub classes: &'a [String],
@@ -72,14 +73,14 @@ pub fn write(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the viewer folder {}", dir.display()))?;
-    let mut pixels = Vec::with_capacity(indices.len() * IMAGE_BYTES);
+    let mut pixels = Vec::with_capacity(indices.len() * dataset.image_bytes());
     for &i in indices {
         pixels.extend_from_slice(dataset.image(i));
     }
     let meta = SamplesMeta {
         format: SAMPLES_FORMAT,
         count: indices.len(),
-        image_size: 32,
+        image_size: dataset.side,
         layout: "planar-rgb-u8",
         classes: &dataset.classes,
         labels: indices.iter().map(|&i| dataset.labels[i]).collect(),
@@ -99,13 +100,12 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::IMAGE_BYTES;
 
     fn dataset(labels: &[u8]) -> ImageDataset {
-        ImageDataset {
-            pixels: labels.iter().flat_map(|&l| vec![l; IMAGE_BYTES]).collect(),
-            labels: labels.to_vec(),
-            classes: vec!["a".into(), "b".into(), "c".into()],
-        }
+        let pixels: Vec<u8> = labels.iter().flat_map(|&l| vec![l; IMAGE_BYTES]).collect();
+        let classes = vec!["a".into(), "b".into(), "c".into()];
+        ImageDataset::new(32, pixels, labels.to_vec(), classes)
     }
 
     #[test]

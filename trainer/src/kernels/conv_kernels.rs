@@ -464,8 +464,9 @@ pub(crate) mod tests {
             .sum()
     }
 
-    const SHAPES: [ConvShape; 4] = [
-        // 3x3 stride 1 (most of the network), 3x3 stride 2, 1x1 stride 2 (shortcut), odd sizes.
+    const SHAPES: [ConvShape; 5] = [
+        // 3x3 stride 1 (most of the network), 3x3 stride 2, 1x1 stride 2 (shortcut), odd sizes,
+        // and the ImageNet stem's 7x7 stride 2 padding 3 on 3 channels.
         ConvShape {
             batch: 3,
             c_in: 4,
@@ -506,10 +507,20 @@ pub(crate) mod tests {
             stride: 2,
             padding: 1,
         },
+        ConvShape {
+            batch: 2,
+            c_in: 3,
+            height: 19,
+            width: 16,
+            c_out: 4,
+            kernel: 7,
+            stride: 2,
+            padding: 3,
+        },
     ];
 
     /// Both im2col routes (row copies, gathers through a table) write every value exactly as
-    /// the definition says, on wide and narrow planes, strides 1-2, kernels 1-3, odd sizes.
+    /// the definition says, on wide and narrow planes, strides 1-2, kernels 1-7, odd sizes.
     #[test]
     fn im2col_routes_match_the_definition() {
         let shapes = [
@@ -519,6 +530,7 @@ pub(crate) mod tests {
             (2, 4, 9, 9, 1, 2, 0),
             (1, 1, 4, 4, 3, 1, 1),
             (2, 3, 20, 18, 3, 1, 1),
+            (2, 3, 23, 20, 7, 2, 3),
         ];
         for (batch, c_in, height, width, kernel, stride, padding) in shapes {
             let s = ConvShape {

@@ -9,6 +9,7 @@ pub mod norm;
 pub mod norm_kernels;
 pub mod packed_gemm;
 mod patch_gather;
+pub mod pool;
 pub mod prepared_conv;
 pub mod winograd;
 pub mod winograd_f2;

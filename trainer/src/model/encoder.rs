@@ -1,12 +1,14 @@
-//! The CIFAR ResNet-18 encoder (see the diagram in `model`): a 3x3 stride-1 stem without
-//! max-pool, four stages of two BasicBlocks, global average pooling.
+//! The ResNet-18 encoder (see the diagram in `model`): a stem (CIFAR's 3x3 stride 1 without
+//! max-pool, or ImageNet's 7x7 stride 2 and a 3x3 stride-2 max-pool), four stages of two
+//! BasicBlocks, global average pooling.
 
 use crate::kernels::conv::conv2d;
 use crate::kernels::norm::batch_norm;
-use crate::model::NetworkOps;
+use crate::model::{NetworkOps, Stem};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
+use burn::tensor::module::max_pool2d;
 
 fn conv3x3<B: Backend>(c_in: usize, c_out: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
     // No bias: every convolution is followed by BatchNorm, which has its own shift.
@@ -67,17 +69,29 @@ impl<B: NetworkOps> BasicBlock<B> {
     }
 }
 
-/// CIFAR ResNet-18 without its classifier: maps `[N,3,32,32]` normalised images to `[N, 8*width]`.
+/// The ImageNet stem's max-pool: 3x3, stride 2, padding 1 (torchvision's `resnet18`).
+pub const STEM_POOL: (usize, usize, usize) = (3, 2, 1);
+
+/// ResNet-18 without its classifier: maps `[N, 3, H, W]` normalised images to `[N, 8*width]`.
 #[derive(Module, Debug)]
 pub struct ResNet18<B: Backend> {
     pub stem_conv: Conv2d<B>,
     pub stem_bn: BatchNorm<B>,
+    /// The ImageNet stem's max-pool after the stem's ReLU (a constant: no weights).
+    pub stem_pool: bool,
     pub blocks: Vec<BasicBlock<B>>,
     pub relu: Relu,
 }
 
 impl<B: Backend> ResNet18<B> {
+    /// The CIFAR ResNet-18 (3x3 stem, no max-pool).
     pub fn new(width: usize, device: &B::Device) -> Self {
+        Self::with_stem(width, Stem::Cifar, device)
+    }
+
+    /// A ResNet-18 with `stem`: [`Stem::Imagenet`] is torchvision's `resnet18` stem (7x7 stride
+    /// 2, padding 3, then the 3x3 stride-2 max-pool), for images larger than about 64 px.
+    pub fn with_stem(width: usize, stem: Stem, device: &B::Device) -> Self {
         let mut blocks = Vec::new();
         let mut c_in = width;
         for (stage, stride) in [1, 2, 2, 2].into_iter().enumerate() {
@@ -86,9 +100,20 @@ impl<B: Backend> ResNet18<B> {
             blocks.push(BasicBlock::new(c_out, c_out, 1, device));
             c_in = c_out;
         }
+        let imagenet = stem == Stem::Imagenet;
+        let stem_conv = if imagenet {
+            Conv2dConfig::new([3, width], [7, 7])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+                .with_bias(false)
+                .init(device)
+        } else {
+            conv3x3(3, width, 1, device)
+        };
         Self {
-            stem_conv: conv3x3(3, width, 1, device),
+            stem_conv,
             stem_bn: BatchNormConfig::new(width).init(device),
+            stem_pool: imagenet,
             blocks,
             relu: Relu::new(),
         }
@@ -98,6 +123,10 @@ impl<B: Backend> ResNet18<B> {
 impl<B: NetworkOps> ResNet18<B> {
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut x = batch_norm(&self.stem_bn, conv2d(&self.stem_conv, images), true);
+        if self.stem_pool {
+            let (k, s, p) = STEM_POOL;
+            x = max_pool2d(x, [k, k], [s, s], [p, p], [1, 1], false);
+        }
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -123,5 +152,18 @@ mod tests {
             (params - 11.17).abs() <= 0.01,
             "encoder has {params:.4} M parameters"
         );
+        // torchvision's resnet18 without fc: 11.18 M (the 7x7 stem has 9,408 weights, not 1,728).
+        let imagenet = ResNet18::<CpuBackend>::with_stem(64, Stem::Imagenet, &device);
+        assert_eq!(imagenet.num_params() - encoder.num_params(), 9408 - 1728);
+    }
+
+    #[test]
+    fn imagenet_stem_quarters_the_plane_before_the_stages() {
+        let device = Default::default();
+        let encoder = ResNet18::<CpuBackend>::with_stem(4, Stem::Imagenet, &device);
+        let images = Tensor::<CpuBackend, 4>::ones([2, 3, 96, 96], &device);
+        assert_eq!(encoder.forward(images).dims(), [2, 32]);
+        let stem = conv2d(&encoder.stem_conv, Tensor::ones([1, 3, 96, 96], &device));
+        assert_eq!(stem.dims(), [1, 4, 48, 48]);
     }
 }

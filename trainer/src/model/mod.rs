@@ -1,7 +1,9 @@
-//! The network: a CIFAR ResNet-18 encoder and the method's MLP heads.
+//! The network: a ResNet-18 encoder and the method's MLP heads.
 //!
 //! ```text
 //! image [N,3,32,32] -> conv3x3(64) -> BN -> ReLU              (CIFAR stem: stride 1, no max-pool)
+//!   (or [N,3,H,W] -> conv7x7(64, stride 2) -> BN -> ReLU -> max-pool 3x3 stride 2: ImageNet
+//!    stem, a quarter of the side before stage 1; e.g. 96 px -> 24 x 24)
 //!   -> stage1: 2 x BasicBlock(64,  stride 1)                  [N, 64,32,32]
 //!   -> stage2: 2 x BasicBlock(128, stride 2)                  [N,128,16,16]
 //!   -> stage3: 2 x BasicBlock(256, stride 2)                  [N,256, 8, 8]
@@ -30,12 +32,39 @@ use serde::{Deserialize, Serialize};
 pub trait NetworkOps: ConvBackend + NormBackend + CollectiveBackend {}
 impl<B: ConvBackend + NormBackend + CollectiveBackend> NetworkOps for B {}
 
+/// The encoder's first layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// Chosen from the image size when a run starts: `cifar` up to 64 px, `imagenet` above.
+    #[default]
+    Auto,
+    /// 3x3 stride 1, no max-pool: the whole resolution reaches stage 1 (CIFAR, small images).
+    Cifar,
+    /// torchvision's: 7x7 stride 2 and a 3x3 stride-2 max-pool (STL-10, ImageNet, photos).
+    Imagenet,
+}
+
+impl Stem {
+    /// `Auto` made concrete for images of `image_size` pixels.
+    pub fn for_size(self, image_size: usize) -> Stem {
+        match self {
+            Stem::Auto if image_size > 64 => Stem::Imagenet,
+            Stem::Auto => Stem::Cifar,
+            stem => stem,
+        }
+    }
+}
+
 /// Architecture of encoder and heads; part of every checkpoint so a mismatch is caught on load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Channels of the stem and first stage; later stages use 2x, 4x, 8x this.
     pub width: usize,
+    /// `cifar`, `imagenet`, or `auto` (by the image size; what a run's config.toml records is
+    /// the one it chose).
+    pub stem: Stem,
     /// The projector (the space the loss works in).
     pub head: HeadConfig,
     /// The predictor on top of the projector (BYOL); `None`: no predictor.
@@ -46,6 +75,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             width: 64,
+            stem: Stem::Auto,
             head: HeadConfig::default(),
             predictor: None,
         }
@@ -57,6 +87,7 @@ impl ModelConfig {
     pub fn small(width: usize, hidden: usize, out: usize) -> Self {
         Self {
             width,
+            stem: Stem::Auto,
             head: HeadConfig {
                 hidden,
                 out,
@@ -73,7 +104,8 @@ impl ModelConfig {
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> SslModel<B> {
         SslModel {
-            encoder: ResNet18::new(self.width, device),
+            // `Auto` here is a config from before stems could be chosen: all were CIFAR's.
+            encoder: ResNet18::with_stem(self.width, self.stem.for_size(32), device),
             head: self.head.init(self.embedding_dim(), device),
             predictor: self.predictor.map(|p| p.init(self.head.out, device)),
         }

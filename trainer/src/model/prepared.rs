@@ -4,7 +4,9 @@
 //! over its output ([`PreparedConv`]); elsewhere the module's own forward pass runs.
 
 use crate::kernels::conv::geometry;
+use crate::kernels::pool::{max_pool, pooled_size};
 use crate::kernels::prepared_conv::PreparedConv;
+use crate::model::encoder::STEM_POOL;
 use crate::model::{NetworkOps, ResNet18};
 use burn::nn::conv::Conv2d;
 use burn::nn::BatchNorm;
@@ -15,6 +17,8 @@ use burn::tensor::TensorData;
 #[derive(Debug)]
 pub struct PreparedEncoder {
     stem: PreparedConv,
+    /// The ImageNet stem's max-pool after it.
+    stem_pool: bool,
     blocks: Vec<PreparedBlock>,
 }
 
@@ -59,6 +63,7 @@ impl PreparedEncoder {
             .collect::<Option<Vec<_>>>()?;
         Some(Self {
             stem: fold(&encoder.stem_conv, &encoder.stem_bn)?,
+            stem_pool: encoder.stem_pool,
             blocks,
         })
     }
@@ -75,7 +80,13 @@ impl PreparedEncoder {
         let mut x = self
             .stem
             .forward(images, [batch, height, width], None, true);
-        let mut size = [height, width];
+        let s = self.stem.shape(batch, height, width);
+        let mut size = [s.out_height(), s.out_width()];
+        if self.stem_pool {
+            let (k, s, p) = STEM_POOL;
+            x = max_pool(&x, size, k, s, p);
+            size = size.map(|n| pooled_size(n, k, s, p));
+        }
         for block in &self.blocks {
             let dims = [batch, size[0], size[1]];
             let s = block.conv1.shape(batch, size[0], size[1]);
@@ -152,6 +163,7 @@ impl<'a, B: NetworkOps> InferenceEncoder<'a, B> {
 mod tests {
     use super::*;
     use crate::backend::CpuBackend;
+    use crate::model::Stem;
     use burn::module::RunningState;
     use burn::tensor::Distribution;
 
@@ -184,11 +196,20 @@ mod tests {
     fn prepared_features_match_the_module_in_inference_mode() {
         let device = Default::default();
         CpuBackend::seed(&device, 7);
-        let encoder = with_statistics(ResNet18::<CpuBackend>::new(8, &device));
-        // Batch 1 and 3 take the image-by-image route, 6 the chunked one.
-        for batch in [1, 3, 6] {
+        let cifar = with_statistics(ResNet18::<CpuBackend>::new(8, &device));
+        let imagenet = with_statistics(ResNet18::with_stem(8, Stem::Imagenet, &device));
+        // Batch 1 and 3 take the image-by-image route, 6 the chunked one; the ImageNet stem
+        // (7x7 stride 2 + max-pool) at 96 px, as STL-10.
+        let cases = [
+            (&cifar, 1, 32),
+            (&cifar, 3, 32),
+            (&cifar, 6, 32),
+            (&imagenet, 1, 96),
+            (&imagenet, 4, 96),
+        ];
+        for (encoder, batch, side) in cases {
             let images = Tensor::<CpuBackend, 4>::random(
-                [batch, 3, 32, 32],
+                [batch, 3, side, side],
                 Distribution::Normal(0.0, 1.0),
                 &device,
             );
@@ -208,7 +229,7 @@ mod tests {
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
                 worst < 1e-4 * scale,
-                "batch {batch}: max diff {worst} (scale {scale})"
+                "batch {batch} at {side} px: max diff {worst} (scale {scale})"
             );
         }
     }

@@ -17,20 +17,14 @@ use trainer::model::HeadConfig;
 /// `n` random images in 3 classes.
 pub fn images(n: usize, seed: u64) -> ImageDataset {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    ImageDataset {
-        pixels: (0..n * IMAGE_BYTES).map(|_| rng.random()).collect(),
-        labels: (0..n).map(|i| (i % 3) as u8).collect(),
-        classes: vec!["a".into(), "b".into(), "c".into()],
-    }
+    let pixels: Vec<u8> = (0..n * IMAGE_BYTES).map(|_| rng.random()).collect();
+    let labels = (0..n).map(|i| (i % 3) as u8).collect();
+    ImageDataset::new(32, pixels, labels, vec!["a".into(), "b".into(), "c".into()])
 }
 
 /// 48 random training images and 12 test images.
 pub fn synthetic() -> Splits {
-    Splits {
-        train: images(48, 1),
-        test: images(12, 2),
-        origin: "synthetic".into(),
-    }
+    Splits::labelled(images(48, 1), images(12, 2), "synthetic")
 }
 
 /// A training run on the CPU into `out` on `data`; `stop` raises the Ctrl-C flag from the start

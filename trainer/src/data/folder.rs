@@ -1,0 +1,538 @@
+//! Folders of your own images (`.png`, `.jpg`, `.jpeg`), at any size, labelled or not.
+//!
+//! `folder:PATH` reads, in this order of precedence:
+//! - `PATH/train/<class>/*` and `PATH/val/<class>/*` (or `PATH/test`): labelled splits;
+//! - `PATH/<class>/*`, every image exactly one folder deep (torchvision's ImageFolder): labelled,
+//!   every tenth image of each class held out for the kNN monitor;
+//! - anything else (a flat folder, nested folders of any depth): unlabeled, every image used
+//!   for pretraining; the kNN monitor and `eval` then need `--eval-data`.
+//!
+//! `images:PATH` always takes the last reading, for folders whose sub-folders are not classes.
+//!
+//! Each image is decoded once, resized so that its shorter side is the image size, and
+//! centre-cropped to a square (torchvision's `Resize(size)` + `CenterCrop(size)`), into a cache
+//! file under the cache directory that is memory-mapped: later runs, `eval` and `export` on the
+//! same files reuse it, and a dataset larger than RAM pages in as it is read.
+
+use anyhow::{ensure, Context, Result};
+use md5::{Digest, Md5};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::data::pixels::{CacheWriter, Pixels};
+use crate::data::{cache_dir, ImageDataset, LoadOptions, Splits};
+
+/// Image size of folders when none is given: ImageNet's, as lightly and LightlyTrain default to.
+pub const DEFAULT_SIDE: usize = 224;
+
+/// Whether sub-folders name classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labels {
+    /// Class folders when the layout has them (see the module docs).
+    FromFolders,
+    /// Every image unlabeled, whatever the folders.
+    None,
+}
+
+/// Loads the folder `root` (see the module docs).
+pub fn load(root: &Path, labels: Labels, options: &LoadOptions) -> Result<Splits> {
+    ensure!(root.is_dir(), "{}: not a directory", root.display());
+    let side = match options.image_size {
+        0 => DEFAULT_SIDE,
+        side => side,
+    };
+    let origin = format!("folder:{}", root.display());
+    let held_out = ["val", "test"].map(|name| root.join(name));
+    if labels == Labels::FromFolders && root.join("train").is_dir() {
+        if let Some(eval_dir) = held_out.iter().find(|d| d.is_dir()) {
+            let (train_files, classes) = class_folder_files(&root.join("train"))?;
+            let (test_files, test_classes) = class_folder_files(eval_dir)?;
+            ensure!(
+                test_classes == classes,
+                "{}: class folders {test_classes:?} differ from the train split's {classes:?}",
+                eval_dir.display()
+            );
+            let (train, mut skipped) = decode(
+                &root.join("train"),
+                &train_files,
+                classes.clone(),
+                side,
+                options,
+            )?;
+            let (test, more) = decode(eval_dir, &test_files, classes, side, options)?;
+            skipped.extend(more);
+            return Ok(Splits {
+                skipped,
+                ..Splits::labelled(train, test, origin)
+            });
+        }
+    }
+    let files = image_files(root)?;
+    ensure!(
+        !files.is_empty(),
+        "{}: no .png, .jpg or .jpeg images in this folder or below it",
+        root.display()
+    );
+    let class_layout =
+        labels == Labels::FromFolders && files.iter().all(|f| f.components().count() == 2);
+    if class_layout {
+        let (files, classes) = class_folder_files(root)?;
+        // Every tenth image of each class (in file order) is held out, decided before decoding
+        // so that a corrupt file does not shift which images are held out.
+        let mut seen = vec![0usize; classes.len()];
+        let (mut train_files, mut test_files) = (Vec::new(), Vec::new());
+        for (file, label) in files {
+            let into = if seen[label as usize] % 10 == 9 {
+                &mut test_files
+            } else {
+                &mut train_files
+            };
+            seen[label as usize] += 1;
+            into.push((file, label));
+        }
+        let (train, mut skipped) = decode(root, &train_files, classes.clone(), side, options)?;
+        let (test, more) = decode(root, &test_files, classes, side, options)?;
+        skipped.extend(more);
+        return Ok(Splits {
+            skipped,
+            ..Splits::labelled(train, test, origin)
+        });
+    }
+    let files: Vec<(PathBuf, u8)> = files.into_iter().map(|f| (f, 0)).collect();
+    let (images, skipped) = decode(root, &files, Vec::new(), side, options)?;
+    let empty = ImageDataset {
+        side,
+        ..Default::default()
+    };
+    Ok(Splits {
+        unlabeled: Some(images),
+        skipped,
+        ..Splits::labelled(empty.clone(), empty, origin)
+    })
+}
+
+/// The image folder layout at its default size (kept for callers of the 32 px era).
+pub fn load_image_folder(root: &Path) -> Result<Splits> {
+    load(root, Labels::FromFolders, &LoadOptions::default())
+}
+
+fn is_image_file(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
+}
+
+/// Every image file under `root`, as paths relative to it, sorted; hidden entries are skipped.
+fn image_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = root.join(&relative);
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = relative.join(&name);
+            if entry.path().is_dir() {
+                pending.push(path);
+            } else if is_image_file(&path) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `root/<class>/<image>` files with their class index, and the classes (sorted folder names).
+fn class_folder_files(root: &Path) -> Result<(Vec<(PathBuf, u8)>, Vec<String>)> {
+    let mut classes: Vec<String> = std::fs::read_dir(root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    ensure!(
+        !classes.is_empty() && classes.len() <= 256,
+        "{}: expected 1 to 256 class folders (PATH/<class>/*.png|jpg), found {}",
+        root.display(),
+        classes.len()
+    );
+    let mut files = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let dir = root.join(class);
+        let mut in_class: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image_file(p))
+            .map(|p| PathBuf::from(class).join(p.file_name().expect("a file name")))
+            .collect();
+        in_class.sort();
+        ensure!(
+            !in_class.is_empty(),
+            "{}: no .png, .jpg or .jpeg images in this class folder",
+            dir.display()
+        );
+        files.extend(in_class.into_iter().map(|f| (f, label as u8)));
+    }
+    Ok((files, classes))
+}
+
+/// Decodes an image file, resizes its shorter side to `side` and centre-crops it to a square,
+/// as torchvision's `Resize(side)` + `CenterCrop(side)`; returns planar RGB bytes.
+pub fn read_image(path: &Path, side: usize) -> Result<Vec<u8>> {
+    let image = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .decode()
+        .with_context(|| format!("{}: cannot decode image", path.display()))?
+        .to_rgb8();
+    Ok(square_planar(&image, side))
+}
+
+/// `image` resized (shorter side to `side`, the other as `int(side * long / short)`) and
+/// centre-cropped to `side x side`, as planar RGB bytes.
+pub fn square_planar(image: &image::RgbImage, side: usize) -> Vec<u8> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let short = w.min(h).max(1);
+    let (new_w, new_h) = if w <= h {
+        (side, side * h / short)
+    } else {
+        (side * w / short, side)
+    };
+    let resized;
+    let image = if (new_w, new_h) == (w, h) {
+        image
+    } else {
+        resized = image::imageops::resize(
+            image,
+            new_w as u32,
+            new_h as u32,
+            image::imageops::FilterType::Triangle,
+        );
+        &resized
+    };
+    let top = ((new_h - side) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((new_w - side) as f64 / 2.0).round_ties_even() as usize;
+    let plane = side * side;
+    let mut planar = vec![0u8; 3 * plane];
+    for y in 0..side {
+        for x in 0..side {
+            let pixel = image.get_pixel((left + x) as u32, (top + y) as u32);
+            for c in 0..3 {
+                planar[c * plane + y * side + x] = pixel[c];
+            }
+        }
+    }
+    planar
+}
+
+/// What a cache file holds besides the pixels: which files made it, with their labels, and
+/// which could not be read.
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheMeta {
+    side: usize,
+    names: Vec<String>,
+    labels: Vec<u8>,
+    /// `(file, why)` of each file left out.
+    skipped: Vec<(String, String)>,
+}
+
+/// The cache key of `files` under `root` at `side`: their paths, sizes and modification times,
+/// so that an added, removed or rewritten file makes a new cache.
+fn cache_key(root: &Path, files: &[(PathBuf, u8)], side: usize) -> String {
+    let mut hasher = Md5::new();
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    hasher.update(format!("selfsup-images/1\n{}\n{side}\n", root.display()));
+    for (file, label) in files {
+        let meta = std::fs::metadata(root.join(file)).ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        let modified = meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        hasher.update(format!("{}\t{label}\t{len}\t{modified}\n", file.display()));
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// Decodes `files` (relative to `root`, each with its label) at `side` through the cache.
+/// Returns the images and the files left out; an unreadable file is an error when
+/// `options.strict`, else a warning.
+fn decode(
+    root: &Path,
+    files: &[(PathBuf, u8)],
+    classes: Vec<String>,
+    side: usize,
+    options: &LoadOptions,
+) -> Result<(ImageDataset, Vec<String>)> {
+    let key = cache_key(root, files, side);
+    let dir = cache_dir().join("images");
+    let (pixels_path, meta_path) = (
+        dir.join(format!("{key}.pixels")),
+        dir.join(format!("{key}.json")),
+    );
+    let bytes = 3 * side * side;
+    let cached = std::fs::read(&meta_path)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<CacheMeta>(&text).ok())
+        .filter(|meta| {
+            let expected = (meta.names.len() * bytes) as u64;
+            meta.side == side && std::fs::metadata(&pixels_path).is_ok_and(|m| m.len() == expected)
+        });
+    let (meta, pixels) = match cached {
+        Some(meta) => {
+            let pixels = Pixels::map(&pixels_path)?;
+            (meta, pixels)
+        }
+        None => fill_cache(root, files, side, options, &pixels_path, &meta_path)?,
+    };
+    for (file, why) in &meta.skipped {
+        let path = root.join(file);
+        ensure!(
+            !options.strict,
+            "{}: {why} (--strict-data: every file must be a readable image; remove it or drop \
+             --strict-data to skip it)",
+            path.display()
+        );
+        eprintln!("warning: skipped {}: {why}", path.display());
+    }
+    ensure!(
+        !meta.names.is_empty(),
+        "{}: none of its {} image files could be read",
+        root.display(),
+        files.len()
+    );
+    let labels = if classes.is_empty() {
+        Vec::new()
+    } else {
+        meta.labels
+    };
+    let skipped = meta.skipped.into_iter().map(|(file, _)| file).collect();
+    Ok((
+        ImageDataset {
+            side,
+            pixels,
+            labels,
+            classes,
+            names: meta.names,
+        },
+        skipped,
+    ))
+}
+
+/// Decodes every file (all cores, in order) into a new cache file and its description.
+fn fill_cache(
+    root: &Path,
+    files: &[(PathBuf, u8)],
+    side: usize,
+    options: &LoadOptions,
+    pixels_path: &Path,
+    meta_path: &Path,
+) -> Result<(CacheMeta, Pixels)> {
+    let bar = crate::progress::items_bar(files.len() as u64, "decoding images");
+    let mut writer = CacheWriter::create(pixels_path)?;
+    let mut meta = CacheMeta {
+        side,
+        names: Vec::new(),
+        labels: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for chunk in files.chunks(256) {
+        let decoded: Vec<Result<Vec<u8>>> = chunk
+            .par_iter()
+            .map(|(file, _)| read_image(&root.join(file), side))
+            .collect();
+        for ((file, label), image) in chunk.iter().zip(decoded) {
+            match image {
+                Ok(image) => {
+                    writer.write(&image)?;
+                    meta.names.push(file.display().to_string());
+                    meta.labels.push(*label);
+                }
+                Err(e) if options.strict => {
+                    return Err(e.context("--strict-data: every file must be a readable image"))
+                }
+                Err(e) => {
+                    // The first line of the cause, without the path the message starts with.
+                    let why = format!("{:#}", e);
+                    let why = why
+                        .split_once(": ")
+                        .map_or(why.as_str(), |(_, rest)| rest)
+                        .to_string();
+                    meta.skipped.push((file.display().to_string(), why));
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let pixels = writer.finish()?;
+    crate::checkpoint::write_atomically(meta_path, &serde_json::to_vec(&meta)?)
+        .with_context(|| format!("cannot write {}", meta_path.display()))?;
+    Ok((meta, pixels))
+}
+
+/// Reads a list of images for `embed`: every image file under `root`, at `side`, unlabeled,
+/// with unreadable files skipped (named on stderr) unless `strict`.
+pub fn load_for_embedding(root: &Path, side: usize, strict: bool) -> Result<ImageDataset> {
+    let options = LoadOptions {
+        image_size: side,
+        strict,
+    };
+    let files = image_files(root)?;
+    ensure!(
+        !files.is_empty(),
+        "{}: no .png, .jpg or .jpeg images in this folder or below it",
+        root.display()
+    );
+    let files: Vec<(PathBuf, u8)> = files.into_iter().map(|f| (f, 0)).collect();
+    Ok(decode(root, &files, Vec::new(), side, &options)?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The tests use the user's cache directory: each folder is a new temporary one, so its
+    // cache key is new too.
+
+    fn save(path: &Path, w: u32, h: u32, color: [u8; 3]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(w, h, image::Rgb(color))
+            .save(path)
+            .unwrap();
+    }
+
+    #[test]
+    fn shorter_side_then_centre_crop_as_torchvision() {
+        // 6 wide, 3 high: columns 0-1 red, 2-3 green, 4-5 blue. At side 3 the shorter side keeps
+        // its size, and the crop starts at round((6 - 3) / 2) = round(1.5) = 2 (Python rounds
+        // half to even): columns 2, 3, 4 are green, green, blue.
+        let mut image = image::RgbImage::new(6, 3);
+        for (x, _, p) in image.enumerate_pixels_mut() {
+            *p = image::Rgb(match x {
+                0 | 1 => [255, 0, 0],
+                2 | 3 => [0, 255, 0],
+                _ => [0, 0, 255],
+            });
+        }
+        let planar = square_planar(&image, 3);
+        let (red, green, blue) = (&planar[..9], &planar[9..18], &planar[18..]);
+        assert_eq!(&red[..3], &[0, 0, 0]);
+        assert_eq!(&green[..3], &[255, 255, 0]);
+        assert_eq!(&blue[..3], &[0, 0, 255]);
+        // A 200 x 150 image at 96: 128 x 96, cropped to the square.
+        let wide = image::RgbImage::from_pixel(200, 150, image::Rgb([9, 8, 7]));
+        let planar = square_planar(&wide, 96);
+        assert_eq!(planar.len(), 3 * 96 * 96);
+        assert!(planar[..96 * 96].iter().all(|&v| v == 9));
+    }
+
+    #[test]
+    fn a_flat_folder_of_mixed_sizes_is_unlabeled_and_a_corrupt_file_is_skipped_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        save(&dir.path().join("a.png"), 200, 150, [255, 0, 0]);
+        save(&dir.path().join("b.jpg"), 64, 128, [0, 255, 0]);
+        save(&dir.path().join("deeper/c.png"), 40, 40, [0, 0, 255]);
+        std::fs::write(dir.path().join("broken.jpg"), b"not a jpeg at all").unwrap();
+        let options = LoadOptions {
+            image_size: 16,
+            strict: false,
+        };
+        let splits = load(dir.path(), Labels::FromFolders, &options).unwrap();
+        let images = splits.unlabeled.as_ref().unwrap();
+        assert_eq!((images.len(), images.side), (3, 16));
+        assert!(!splits.has_labels() && !images.is_labelled());
+        assert_eq!(images.names, vec!["a.png", "b.jpg", "deeper/c.png"]);
+        assert_eq!(splits.skipped, vec!["broken.jpg"]);
+        assert!(images.pixels.is_mapped());
+        let blue = images.image(2);
+        assert_eq!((blue[0], blue[256], blue[512]), (0, 0, 255));
+        // The second load reads the cache, with the same images and the same warning.
+        let again = load(dir.path(), Labels::FromFolders, &options).unwrap();
+        assert_eq!(again.unlabeled.as_ref().unwrap(), images);
+        assert_eq!(again.skipped, vec!["broken.jpg"]);
+        let strict = LoadOptions {
+            strict: true,
+            ..options
+        };
+        let err = load(dir.path(), Labels::FromFolders, &strict).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("broken.jpg") && msg.contains("--strict-data"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn class_folders_are_labels_and_images_prefix_ignores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, color) in [("cats", [255u8, 0, 0]), ("dogs", [0, 0, 255])] {
+            for i in 0..10 {
+                save(
+                    &dir.path().join(class).join(format!("{i}.png")),
+                    40,
+                    20,
+                    color,
+                );
+            }
+        }
+        let options = LoadOptions {
+            image_size: 8,
+            strict: false,
+        };
+        let splits = load(dir.path(), Labels::FromFolders, &options).unwrap();
+        assert_eq!(splits.train.classes, vec!["cats", "dogs"]);
+        assert_eq!((splits.train.len(), splits.test.len()), (18, 2));
+        assert_eq!(splits.test.labels, vec![0, 1]);
+        let dog = splits.test.image(1);
+        assert_eq!((dog[0], dog[64], dog[128]), (0, 0, 255));
+        let unlabeled = load(dir.path(), Labels::None, &options).unwrap();
+        assert_eq!(unlabeled.unlabeled.unwrap().len(), 20);
+        assert!(!unlabeled.train.is_labelled());
+    }
+
+    #[test]
+    fn train_and_val_folders_are_the_splits() {
+        let dir = tempfile::tempdir().unwrap();
+        for split in ["train", "val"] {
+            for class in ["x", "y"] {
+                save(
+                    &dir.path().join(split).join(class).join("0.png"),
+                    5,
+                    5,
+                    [1, 2, 3],
+                );
+            }
+        }
+        let options = LoadOptions {
+            image_size: 4,
+            strict: false,
+        };
+        let splits = load(dir.path(), Labels::FromFolders, &options).unwrap();
+        assert!(splits.has_labels());
+        assert_eq!((splits.train.len(), splits.test.len()), (2, 2));
+    }
+
+    #[test]
+    fn empty_and_unreadable_folders_are_errors_that_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path(), Labels::FromFolders, &LoadOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("no .png"), "{err}");
+        std::fs::write(dir.path().join("bad.png"), b"not a png").unwrap();
+        let err = load(dir.path(), Labels::FromFolders, &LoadOptions::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("none of its 1 image files could be read"),
+            "{err:#}"
+        );
+    }
+}
