@@ -87,8 +87,7 @@ fn an_unlabeled_folder_trains_resumes_exports_and_embeds() {
         onnx.to_str().unwrap(),
     ]);
     assert!(export.status.success(), "{}", text(&export.stderr));
-    // The input's fixed dimensions are recorded as `3, 24, 24` in the graph's input shape and
-    // the size in metadata_props.
+    // metadata_props say the size and the input's shape at it.
     let bytes = std::fs::read(&onnx).unwrap();
     let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(has(b"image_size") && has(b"[N, 3, 24, 24]"));

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::data::pixels::{CacheWriter, Pixels};
+use crate::data::pixels::{file_fingerprint, CacheWriter, Pixels};
 use crate::data::{cache_dir, ImageDataset, LoadOptions, Splits};
 
 /// Image size of folders when none is given: ImageNet's, as lightly and LightlyTrain default to.
@@ -253,13 +253,8 @@ fn cache_key(root: &Path, files: &[(PathBuf, u8)], side: usize) -> String {
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     hasher.update(format!("selfsup-images/1\n{}\n{side}\n", root.display()));
     for (file, label) in files {
-        let meta = std::fs::metadata(root.join(file)).ok();
-        let len = meta.as_ref().map_or(0, |m| m.len());
-        let modified = meta
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        hasher.update(format!("{}\t{label}\t{len}\t{modified}\n", file.display()));
+        let fingerprint = file_fingerprint(&root.join(file));
+        hasher.update(format!("{}\t{label}\t{fingerprint}\n", file.display()));
     }
     format!("{:x}", hasher.finalize())
 }
@@ -379,23 +374,6 @@ fn fill_cache(
     crate::checkpoint::write_atomically(meta_path, &serde_json::to_vec(&meta)?)
         .with_context(|| format!("cannot write {}", meta_path.display()))?;
     Ok((meta, pixels))
-}
-
-/// Reads a list of images for `embed`: every image file under `root`, at `side`, unlabeled,
-/// with unreadable files skipped (named on stderr) unless `strict`.
-pub fn load_for_embedding(root: &Path, side: usize, strict: bool) -> Result<ImageDataset> {
-    let options = LoadOptions {
-        image_size: side,
-        strict,
-    };
-    let files = image_files(root)?;
-    ensure!(
-        !files.is_empty(),
-        "{}: no .png, .jpg or .jpeg images in this folder or below it",
-        root.display()
-    );
-    let files: Vec<(PathBuf, u8)> = files.into_iter().map(|f| (f, 0)).collect();
-    Ok(decode(root, &files, Vec::new(), side, &options)?.0)
 }
 
 #[cfg(test)]

@@ -79,6 +79,18 @@ impl std::fmt::Debug for Pixels {
     }
 }
 
+/// What a cache key records of a source file: its size and modification time (`len\tmtime_ns`,
+/// zeros when it cannot be read), so that a rewritten file makes a new cache.
+pub fn file_fingerprint(path: &Path) -> String {
+    let meta = std::fs::metadata(path).ok();
+    let len = meta.as_ref().map_or(0, |m| m.len());
+    let modified = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{len}\t{modified}")
+}
+
 /// Writes a cache file image by image; [`CacheWriter::finish`] renames it into place and maps it.
 pub struct CacheWriter {
     partial: PathBuf,

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::data::folder::square_planar;
-use crate::data::pixels::{CacheWriter, Pixels};
+use crate::data::pixels::{file_fingerprint, CacheWriter, Pixels};
 use crate::data::{cache_dir, ImageDataset, LoadOptions, Splits};
 
 pub const STL10_URL: &str = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz";
@@ -108,15 +108,10 @@ fn images(path: &Path, side: usize) -> Result<Pixels> {
     let count = (meta.len() / IMAGE_BYTES as u64) as usize;
     let mut hasher = Md5::new();
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
     hasher.update(format!(
-        "selfsup-stl10/1\n{}\n{}\n{modified}\n{side}\n",
+        "selfsup-stl10/1\n{}\n{}\n{side}\n",
         canonical.display(),
-        meta.len()
+        file_fingerprint(path)
     ));
     let target = cache_dir()
         .join("stl10")
