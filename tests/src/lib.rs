@@ -74,8 +74,8 @@ pub fn onnxruntime_dylib() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// Runs the ONNX file at `path` in native ONNX Runtime on `n` images (`[n, 3, 32, 32]` floats)
-/// fed to the input named `input`, and returns the shape and values of the output named
+/// Runs the ONNX file at `path` in native ONNX Runtime on `n` square images (`[n, 3, S, S]`
+/// floats, the side read from their count) fed to the input named `input`, and returns the shape and values of the output named
 /// `output`. One environment serves the whole test process.
 pub fn onnxruntime_run(
     path: &Path,
@@ -96,7 +96,9 @@ pub fn onnxruntime_run(
         .unwrap()
         .commit_from_file(path)
         .unwrap();
-    let tensor = ort::value::Tensor::from_array(([n, 3, 32, 32], images)).unwrap();
+    let side = (images.len() / (3 * n.max(1))).isqrt();
+    assert_eq!(images.len(), n * 3 * side * side, "{n} square RGB images");
+    let tensor = ort::value::Tensor::from_array(([n, 3, side, side], images)).unwrap();
     let outputs = session.run(ort::inputs![input => tensor]).unwrap();
     let (shape, values) = outputs[output].try_extract_tensor::<f32>().unwrap();
     (shape.to_vec(), values.to_vec())

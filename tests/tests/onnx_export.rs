@@ -1,5 +1,6 @@
 //! Train -> export -> ONNX Runtime: the exported encoder computes what Burn computes, on real
-//! CIFAR-10 test images, and the file is a valid ONNX model for `onnx.checker`.
+//! CIFAR-10 test images, and the file is a valid ONNX model for `onnx.checker`; at 32 px (CIFAR
+//! stem) and at 96 px (the same images upsampled: ImageNet stem, 7x7 stride 2 + max-pool).
 
 use burn::module::AutodiffModule;
 use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
@@ -21,45 +22,61 @@ struct Fixture {
 }
 
 /// A full-width encoder after a few real SimCLR steps (so BatchNorm's running statistics are
-/// not the identity), trained once for every test here.
+/// not the identity), trained once for every test here: on the images at 32 px.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let splits = data::load(cifar10_bin().to_str().unwrap()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = TrainConfig {
-            epochs: 1,
-            batch_size: 8,
-            steps_per_epoch: 3,
-            ..Default::default()
-        };
-        config.knn.bank_size = 16;
-        config.knn.query_size = 8;
-        let job = TrainJob {
-            config,
-            out: dir.path().to_path_buf(),
-            resume: false,
-            stop: Arc::new(AtomicBool::new(false)),
-            data: Some(Splits {
-                train: splits.train.head(64),
-                test: splits.test.head(8),
-                origin: "shared CIFAR-10".into(),
-                ..splits.clone()
-            }),
-            topology: Default::default(),
-        };
-        run_on(DeviceKind::Cpu, job).unwrap();
-        let checkpoint = Checkpoint::read(&dir.path().join("checkpoints")).unwrap();
-        Fixture {
-            _dir: dir,
-            checkpoint,
-            test: splits.test.head(64),
-        }
-    })
+    FIXTURE.get_or_init(|| train_fixture(32))
+}
+
+/// The same at 96 px, where the run's `image_size` picks the ImageNet stem.
+fn fixture_96() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| train_fixture(96))
+}
+
+fn train_fixture(side: usize) -> Fixture {
+    let splits = data::load(cifar10_bin().to_str().unwrap()).unwrap();
+    let splits = Splits {
+        train: splits.train.head(64),
+        test: splits.test.head(64),
+        ..splits
+    }
+    .resized(side);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TrainConfig {
+        epochs: 1,
+        batch_size: 8,
+        steps_per_epoch: 3,
+        ..Default::default()
+    };
+    config.knn.bank_size = 16;
+    config.knn.query_size = 8;
+    let job = TrainJob {
+        config,
+        out: dir.path().to_path_buf(),
+        resume: false,
+        stop: Arc::new(AtomicBool::new(false)),
+        data: Some(Splits {
+            test: splits.test.head(8),
+            origin: "shared CIFAR-10".into(),
+            ..splits.clone()
+        }),
+        topology: Default::default(),
+    };
+    run_on(DeviceKind::Cpu, job).unwrap();
+    let checkpoint = Checkpoint::read(&dir.path().join("checkpoints")).unwrap();
+    Fixture {
+        _dir: dir,
+        checkpoint,
+        test: splits.test,
+    }
 }
 
 fn export(dir: &Path, fold: bool) -> std::path::PathBuf {
-    let f = fixture();
+    export_of(fixture(), dir, fold)
+}
+
+fn export_of(f: &Fixture, dir: &Path, fold: bool) -> std::path::PathBuf {
     let model = f
         .checkpoint
         .model::<CpuBackend>(&Default::default())
@@ -82,7 +99,10 @@ fn export(dir: &Path, fold: bool) -> std::path::PathBuf {
 
 /// Burn's embeddings of the first `n` test images (inference mode).
 fn burn_embeddings(n: usize) -> Vec<f32> {
-    let f = fixture();
+    burn_embeddings_of(fixture(), n)
+}
+
+fn burn_embeddings_of(f: &Fixture, n: usize) -> Vec<f32> {
     let device = Default::default();
     let encoder = f
         .checkpoint
@@ -97,7 +117,10 @@ fn burn_embeddings(n: usize) -> Vec<f32> {
 
 /// ONNX Runtime's embeddings of the first `n` test images: the raw bytes / 255, nothing else.
 fn ort_embeddings(path: &Path, n: usize) -> Vec<f32> {
-    let f = fixture();
+    ort_embeddings_of(fixture(), path, n)
+}
+
+fn ort_embeddings_of(f: &Fixture, path: &Path, n: usize) -> Vec<f32> {
     let pixels: Vec<f32> = (0..n)
         .flat_map(|i| f.test.image(i).iter().map(|&b| b as f32 / 255.0))
         .collect();
@@ -182,14 +205,19 @@ fn file_is_standard_onnx_with_metadata() {
     ] {
         assert!(meta.contains(&key), "{key} missing from {meta:?}");
     }
-    // The reference checker, with shape inference over the whole graph.
+    assert_eq!(checked_output_dims(&path), "['N', 512]");
+}
+
+/// Runs `onnx.checker` with full shape inference on the file and returns the inferred output
+/// dimensions as Python prints them.
+fn checked_output_dims(path: &Path) -> String {
     let check = e2e::python3()
         .args([
             "-c",
             "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); \
              print([d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim])",
         ])
-        .arg(&path)
+        .arg(path)
         .output()
         .expect("python3 runs");
     assert!(
@@ -197,5 +225,56 @@ fn file_is_standard_onnx_with_metadata() {
         "onnx.checker rejected the file (pip install onnx?): {}",
         String::from_utf8_lossy(&check.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "['N', 512]");
+    String::from_utf8_lossy(&check.stdout).trim().to_string()
+}
+
+#[test]
+fn at_96_px_the_imagenet_stem_exports_and_matches_burn_in_onnx_runtime() {
+    let f = fixture_96();
+    assert_eq!(f.checkpoint.config.input_size(), 96);
+    assert_eq!(
+        f.checkpoint.config.model.stem,
+        trainer::model::Stem::Imagenet
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = export_of(f, dir.path(), false);
+
+    let model = onnx::read_model(&path).unwrap();
+    let graph = model.graph.as_ref().unwrap();
+    let dims: Vec<Option<i64>> = graph.input[0]
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .expect("the input has a shape")
+        .dim
+        .iter()
+        .map(|d| d.dim_value)
+        .collect();
+    assert_eq!(
+        dims,
+        [None, Some(3), Some(96), Some(96)],
+        "input [N, 3, 96, 96]"
+    );
+    let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+    assert_eq!((count("Conv"), count("MaxPool")), (20, 1));
+    let size = model.metadata_props.iter().find(|p| p.key == "image_size");
+    assert_eq!(size.map(|p| p.value.as_str()), Some("96"));
+    assert_eq!(checked_output_dims(&path), "['N', 512]");
+
+    let expected = burn_embeddings_of(f, 16);
+    for n in [1, 16] {
+        let got = ort_embeddings_of(f, &path, n);
+        let relative = e2e::relative_l2(&got, &expected[..n * 512]);
+        let diff = max_abs_diff(&got, &expected[..n * 512]);
+        println!("96 px, batch {n}: |ORT - Burn| / |Burn| = {relative:e}, max abs {diff:e}");
+        assert!(
+            relative <= 1e-4,
+            "batch {n}: relative difference {relative}"
+        );
+    }
+    assert!(
+        expected.iter().any(|v| v.abs() > 1e-3),
+        "embeddings are not all zero"
+    );
 }
