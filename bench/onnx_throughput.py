@@ -22,7 +22,8 @@ options = ort.SessionOptions()
 if a.threads > 0:
     options.intra_op_num_threads = a.threads
 session = ort.InferenceSession(a.model, options, providers=["CPUExecutionProvider"])
-images = np.random.default_rng(0).random((a.batch_size, 3, 32, 32), dtype=np.float32)
+side = session.get_inputs()[0].shape[2]  # the size the encoder was exported at
+images = np.random.default_rng(0).random((a.batch_size, 3, side, side), dtype=np.float32)
 session.run(["embedding"], {"images": images})  # warm-up
 done, start = 0, time.perf_counter()
 while time.perf_counter() - start < a.seconds:

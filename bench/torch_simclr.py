@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch reference for `trainer bench`: the same SimCLR step as the Rust trainer.
 
-CIFAR ResNet-18 (3x3 stem, stride 1, no max-pool) + projection head 512-512-128, two views of
+ResNet-18 with the CIFAR stem (3x3, stride 1, no max-pool) or, with --stem imagenet,
+torchvision's (7x7 stride 2 + 3x3 stride-2 max-pool), + projection head 512-512-128, two views of
 each image concatenated in one forward pass, NT-Xent (T=0.5), backward, global gradient-norm
 clipping at 1.0, Adam lr 3e-4 with weight decay 1e-4.
 Prints one JSON line: {"pairs_per_s": ..., "step_ms_median": ..., "device": ...}.
@@ -34,9 +35,13 @@ class BasicBlock(nn.Module):
 
 
 class SimCLR(nn.Module):
-    def __init__(self, width=64, hidden=512, out=128):
+    def __init__(self, width=64, hidden=512, out=128, stem="cifar"):
         super().__init__()
-        layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        if stem == "imagenet":
+            layers = [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                      nn.MaxPool2d(3, 2, 1)]
+        else:
+            layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
         c_in = width
         for stage, stride in enumerate([1, 2, 2, 2]):
             c_out = width << stage
@@ -65,6 +70,8 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--width", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--stem", choices=["cifar", "imagenet"], default="cifar")
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, or auto (cuda when a GPU is visible, else cpu: the wgpu case)")
     p.add_argument("--threads", type=int, default=0)
@@ -75,9 +82,9 @@ def main():
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(a.device)
     torch.manual_seed(0)
-    model = SimCLR(a.width).to(device)
+    model = SimCLR(a.width, stem=a.stem).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-4)
-    views = torch.randn(2 * a.batch_size, 3, 32, 32, device=device)
+    views = torch.randn(2 * a.batch_size, 3, a.image_size, a.image_size, device=device)
     times = []
     for step in range(a.warmup + a.steps):
         if device.type == "cuda":
@@ -95,7 +102,8 @@ def main():
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
     result = {"pairs_per_s": a.batch_size / step, "step_ms_median": step * 1e3, "device": str(device),
-              "threads": torch.get_num_threads(), "torch": torch.__version__}
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "image_size": a.image_size, "stem": a.stem}
     if device.type == "cuda":
         result["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(result))

@@ -58,16 +58,17 @@ pub struct ExportArgs {
     /// Fold every BatchNorm into the convolution before it (same outputs within 1e-5).
     #[arg(long)]
     pub fold_bn: bool,
-    /// Also write what the browser viewer loads into DIR: encoder.onnx plus a class-balanced
-    /// sample of labelled test images (samples.bin, samples.json). `trunk serve` in viewer/
-    /// then shows them.
+    /// Also write what the browser viewer loads into DIR: encoder.onnx plus a sample of images
+    /// (samples.bin, samples.json): class-balanced test images of labelled data, evenly spaced
+    /// images of an unlabeled folder. `trunk serve` in viewer/ then shows them.
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "viewer/assets")]
     pub viewer: Option<PathBuf>,
     /// Dataset the viewer's sample images come from (test split), as `train --data` (default:
     /// the run's --eval-data, else its --data).
     #[arg(long, requires = "viewer")]
     pub data: Option<String>,
-    /// Number of sample images for the viewer, balanced over the classes.
+    /// Number of sample images for the viewer, balanced over the classes (at most all of an
+    /// unlabeled folder).
     #[arg(long, default_value_t = 1000, requires = "viewer")]
     pub samples: usize,
 }
@@ -158,6 +159,10 @@ pub struct BenchArgs {
     /// ResNet-18 width (64 is the standard network).
     #[arg(long, default_value_t = 64)]
     pub width: usize,
+    /// Side of the images in pixels (32: CIFAR-10, 96: STL-10); above 64 the network has
+    /// ImageNet's stem (7x7 stride 2 + max-pool), as `train` picks it, and so does PyTorch's.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
     /// Dataset whose images are augmented (as `train --data`); random images when omitted.
     #[arg(long)]
     pub data: Option<String>,
@@ -447,8 +452,23 @@ fn bench(args: BenchArgs) -> Result<i32> {
         args.inference_batch_size.iter().all(|&b| b >= 1),
         "--inference-batch-size values must be at least 1"
     );
+    anyhow::ensure!(
+        args.image_size >= 8,
+        "--image-size must be at least 8 pixels, got {}",
+        args.image_size
+    );
     let data = match &args.data {
-        Some(source) => Some(crate::data::load(source)?.train),
+        Some(source) => {
+            let options = crate::data::LoadOptions {
+                image_size: args.image_size,
+                strict: false,
+            };
+            Some(
+                crate::data::load_with(source, &options)?
+                    .pretraining()
+                    .clone(),
+            )
+        }
         None => None,
     };
     let torch_script = (!args.no_torch).then(|| args.torch_script.clone());
@@ -466,8 +486,10 @@ fn bench(args: BenchArgs) -> Result<i32> {
         device: args.device,
         model: crate::model::ModelConfig {
             width: args.width,
+            stem: crate::model::Stem::Auto.for_size(args.image_size),
             ..Default::default()
         },
+        image_size: args.image_size,
         data,
         torch_script,
         onnx_script: (!args.no_onnx && args.onnx_script.is_file())
@@ -539,26 +561,34 @@ fn export(args: ExportArgs) -> Result<i32> {
     if let Some(dir) = &args.viewer {
         use crate::jobs::viewer_assets as va;
         let splits = ckpt.config.load_data_for(args.data.as_deref())?;
-        ensure!(
-            splits.has_labels(),
-            "--viewer: {} has no labelled test images to show; give --data with a labelled \
-             dataset (class folders, CIFAR-10, STL-10)",
-            splits.origin
-        );
-        let indices = va::balanced_sample(&splits.test, args.samples)?;
+        // Labelled data: a class-balanced sample of the test split. An unlabeled folder:
+        // evenly spaced images of the folder itself.
+        let (images, indices) = match splits.has_labels() {
+            true => (
+                &splits.test,
+                va::balanced_sample(&splits.test, args.samples)?,
+            ),
+            false => {
+                let images = splits.pretraining();
+                (images, va::evenly_spaced(images.len(), args.samples)?)
+            }
+        };
         va::write(
             dir,
             &proto.to_bytes(),
-            &splits.test,
+            images,
             &indices,
             &splits.origin,
             &ckpt.path,
         )?;
         report(&dir.join(va::MODEL_FILE));
         println!(
-            "wrote {} sample images ({} classes) from {} into {}; view them with `trunk serve` in viewer/",
+            "wrote {} sample images ({}) from {} into {}; view them with `trunk serve` in viewer/",
             indices.len(),
-            splits.test.classes.len(),
+            match images.is_labelled() {
+                true => format!("{} classes", images.classes.len()),
+                false => "unlabeled".to_string(),
+            },
             splits.origin,
             dir.display()
         );

@@ -92,6 +92,27 @@ fn an_unlabeled_folder_trains_resumes_exports_and_embeds() {
     let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(has(b"image_size") && has(b"[N, 3, 24, 24]"));
 
+    // For the viewer: evenly spaced photos of the folder, marked unlabeled, at 24 px.
+    let assets = dir.path().join("viewer-assets");
+    let viewer = trainer(&[
+        "export",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--viewer",
+        assets.to_str().unwrap(),
+        "--samples",
+        "5",
+    ]);
+    assert!(viewer.status.success(), "{}", text(&viewer.stderr));
+    assert!(text(&viewer.stdout).contains("5 sample images (unlabeled)"));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(assets.join("samples.json")).unwrap()).unwrap();
+    assert_eq!(meta["labelled"], false);
+    assert_eq!(meta["image_size"], 24);
+    assert_eq!(meta["source_index"], serde_json::json!([0, 2, 4, 7, 9]));
+    let pixels = std::fs::metadata(assets.join("samples.bin")).unwrap().len();
+    assert_eq!(pixels, 5 * 3 * 24 * 24);
+
     let npy = dir.path().join("photos.npy");
     let embed = trainer(&[
         "embed",

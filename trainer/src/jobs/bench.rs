@@ -10,7 +10,7 @@ use crate::backend::TrainBackend;
 use crate::backend::{BackendTask, DeviceKind};
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::{make_batch, EpochPlan};
-use crate::data::{ImageDataset, IMAGE_BYTES};
+use crate::data::ImageDataset;
 use crate::jobs::train::train_step;
 use crate::methods::simclr::{NtXentLoss, SimClr};
 use crate::model::{ModelConfig, SslModel};
@@ -28,7 +28,10 @@ pub struct BenchOptions {
     pub steps: usize,
     pub warmup: usize,
     pub device: DeviceKind,
+    /// The network; its `stem` is the one for `image_size` (ImageNet's above 64 px).
     pub model: ModelConfig,
+    /// Side of the square images (32: CIFAR-10; 96: STL-10).
+    pub image_size: usize,
     /// Real images to augment (random bytes when `None`).
     pub data: Option<ImageDataset>,
     pub torch_script: Option<PathBuf>,
@@ -67,6 +70,8 @@ pub struct BenchReport {
     pub device: String,
     pub threads: usize,
     pub width: usize,
+    pub image_size: usize,
+    pub stem: String,
     pub steps: usize,
     pub results: Vec<BenchResult>,
     pub inference: Vec<InferenceResult>,
@@ -82,10 +87,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn synthetic_images(n: usize) -> ImageDataset {
+fn synthetic_images(n: usize, side: usize) -> ImageDataset {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let pixels: Vec<u8> = (0..n * IMAGE_BYTES).map(|_| rng.random()).collect();
-    ImageDataset::new(32, pixels, vec![0; n], vec!["synthetic".into()])
+    let pixels: Vec<u8> = (0..n * 3 * side * side).map(|_| rng.random()).collect();
+    ImageDataset::new(side, pixels, vec![0; n], vec!["synthetic".into()])
 }
 
 /// Augmented pairs per second of the loader's batch builder on all cores.
@@ -183,6 +188,8 @@ impl BackendTask for TrainStepTiming<'_> {
 /// `min_seconds` of timed passes. The features are read back, as `eval` does.
 struct InferenceTiming {
     width: usize,
+    stem: crate::model::Stem,
+    image_size: usize,
     batch_size: usize,
     warmup: usize,
     min_passes: usize,
@@ -195,11 +202,12 @@ impl BackendTask for InferenceTiming {
     fn run<B: TrainBackend>(self, device: B::Device, _name: &str) -> Result<Vec<f64>> {
         use burn::tensor::{Distribution, Tensor};
         B::seed(&device, 0);
-        let module = crate::model::ResNet18::<B::InnerBackend>::new(self.width, &device);
+        let module =
+            crate::model::ResNet18::<B::InnerBackend>::with_stem(self.width, self.stem, &device);
         // As `eval` and `embed` run it: prepared once (on the CPU), then batch after batch.
         let encoder = crate::model::prepared::InferenceEncoder::new(&module);
         let images = Tensor::<B::InnerBackend, 4>::random(
-            [self.batch_size, 3, 32, 32],
+            [self.batch_size, 3, self.image_size, self.image_size],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
@@ -251,11 +259,13 @@ fn run_python_json(script: &Path, args: &[String], what: &str) -> Option<serde_j
 fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -> Option<f64> {
     use crate::backend::CpuBackend;
     let device = Default::default();
-    let encoder = crate::model::ResNet18::<CpuBackend>::new(options.model.width, &device);
+    let stem = options.model.stem.for_size(options.image_size);
+    let encoder =
+        crate::model::ResNet18::<CpuBackend>::with_stem(options.model.width, stem, &device);
     let proto = crate::jobs::export::encoder_to_onnx(
         &encoder,
         options.model.embedding_dim(),
-        32,
+        options.image_size,
         &AugmentConfig::default(),
         crate::methods::MethodKind::Simclr,
         "",
@@ -275,6 +285,14 @@ fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
     json?["images_per_s"].as_f64()
 }
 
+/// `cifar` or `imagenet`: the stem the network at this size has.
+fn stem_name(options: &BenchOptions) -> &'static str {
+    match options.model.stem.for_size(options.image_size) {
+        crate::model::Stem::Imagenet => "imagenet",
+        _ => "cifar",
+    }
+}
+
 /// Runs the PyTorch reference; `None` (with the reason on stderr) when torch is unavailable.
 fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -> Option<f64> {
     let device = match options.device {
@@ -288,6 +306,8 @@ fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
         ("--steps", options.steps.to_string()),
         ("--warmup", options.warmup.to_string()),
         ("--width", options.model.width.to_string()),
+        ("--image-size", options.image_size.to_string()),
+        ("--stem", stem_name(options).to_string()),
         ("--device", device.to_string()),
         ("--threads", options.threads.to_string()),
     ]
@@ -300,8 +320,8 @@ fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
 pub fn run(options: &BenchOptions) -> Result<BenchReport> {
     let largest = options.batch_sizes.iter().copied().max().unwrap_or(32);
     let dataset = match &options.data {
-        Some(data) => data.head(largest * 4),
-        None => synthetic_images(largest * 4),
+        Some(data) => data.head(largest * 4).resized(options.image_size),
+        None => synthetic_images(largest * 4, options.image_size),
     };
     let mut results = Vec::new();
     let mut device_name = String::new();
@@ -342,6 +362,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             options.device,
             InferenceTiming {
                 width: options.model.width,
+                stem: options.model.stem.for_size(options.image_size),
+                image_size: options.image_size,
                 batch_size,
                 warmup: 2,
                 min_passes: options.steps.max(3),
@@ -364,6 +386,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         device: device_name,
         threads: options.threads,
         width: options.model.width,
+        image_size: options.image_size,
+        stem: stem_name(options).into(),
         steps: options.steps,
         results,
         inference,
@@ -377,8 +401,8 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 /// The table printed to the terminal (and pasted in the README).
 pub fn table(report: &BenchReport) -> String {
     let mut out = format!(
-        "device: {} | threads: {} | ResNet-18 width {} | median of {} steps\n\n",
-        report.device, report.threads, report.width, report.steps
+        "device: {} | threads: {} | ResNet-18 width {} ({} stem) at {} px | median of {} steps\n\n",
+        report.device, report.threads, report.width, report.stem, report.image_size, report.steps
     );
     out += "training step (SimCLR, Adam)\n\n";
     out += "| batch | ours pairs/s | step ms | PyTorch pairs/s | ours / PyTorch | data pairs/s |\n";
@@ -435,6 +459,7 @@ mod tests {
             warmup: 1,
             device: DeviceKind::Cpu,
             model: ModelConfig::small(2, 8, 4),
+            image_size: 32,
             data: None,
             torch_script: None,
             onnx_script: None,
@@ -469,6 +494,40 @@ mod tests {
         assert!(
             printed.contains("| 4 |") && printed.contains("| 3 |"),
             "{printed}"
+        );
+        assert_eq!(
+            (json["image_size"].as_u64(), json["stem"].as_str()),
+            (Some(32), Some("cifar"))
+        );
+    }
+
+    #[test]
+    fn above_64_px_the_bench_measures_the_imagenet_stem_network() {
+        let model = ModelConfig {
+            stem: crate::model::Stem::Auto.for_size(72),
+            ..ModelConfig::small(2, 8, 4)
+        };
+        let options = BenchOptions {
+            batch_sizes: vec![2],
+            steps: 1,
+            warmup: 0,
+            device: DeviceKind::Cpu,
+            model,
+            image_size: 72,
+            data: Some(synthetic_images(4, 32)), // upsampled to 72 px as `--data` is
+            torch_script: None,
+            onnx_script: None,
+            inference_batch_sizes: vec![1],
+            inference_seconds: 0.0,
+            threads: 1,
+        };
+        let report = run(&options).unwrap();
+        assert_eq!((report.image_size, report.stem.as_str()), (72, "imagenet"));
+        assert!(report.results[0].train_step_pairs_per_s > 0.0);
+        assert!(
+            table(&report).contains("(imagenet stem) at 72 px"),
+            "{}",
+            table(&report)
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The files the browser viewer loads (`trainer export --viewer`): the encoder `.onnx`, a
-//! class-balanced sample of labelled test images (`samples.bin`) and its description
-//! (`samples.json`). The viewer's `samples` module reads exactly this layout.
+//! sample of images (`samples.bin`: class-balanced labelled test images, or evenly spaced
+//! images of an unlabeled folder) and its description (`samples.json`). The viewer's
+//! `samples` module reads exactly this layout.
 
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
@@ -24,8 +25,11 @@ pub struct SamplesMeta<'a> {
     /// record layout at 32 px),
     /// which divided by 255 is exactly the encoder's input.
     pub layout: &'a str,
-    pub classes: &'a [String],
+    /// `["images"]` for unlabeled data, whose labels are then all 0.
+    pub classes: Vec<String>,
     pub labels: Vec<u8>,
+    /// False for an unlabeled folder: the viewer colours by nothing and captions by index.
+    pub labelled: bool,
     /// Position of each sample in the source split, to find it again.
     pub source_index: &'a [usize],
     pub source: &'a str,
@@ -61,6 +65,15 @@ pub fn balanced_sample(dataset: &ImageDataset, n: usize) -> Result<Vec<usize>> {
     Ok(picked)
 }
 
+/// Picks `n` images evenly spaced over a split of `len` images (for unlabeled data, where
+/// there are no classes to balance), in dataset order.
+pub fn evenly_spaced(len: usize, n: usize) -> Result<Vec<usize>> {
+    ensure!(n > 0, "--samples must be at least 1");
+    ensure!(len > 0, "the dataset has no images to show");
+    let n = n.min(len);
+    Ok((0..n).map(|k| k * len / n).collect())
+}
+
 /// Writes `onnx_bytes` and the sample images into `dir` (created if missing), each file
 /// atomically, so a viewer that is serving the folder never sees half a file.
 pub fn write(
@@ -77,13 +90,21 @@ pub fn write(
     for &i in indices {
         pixels.extend_from_slice(dataset.image(i));
     }
+    let labelled = dataset.is_labelled();
     let meta = SamplesMeta {
         format: SAMPLES_FORMAT,
         count: indices.len(),
         image_size: dataset.side,
         layout: "planar-rgb-u8",
-        classes: &dataset.classes,
-        labels: indices.iter().map(|&i| dataset.labels[i]).collect(),
+        classes: match labelled {
+            true => dataset.classes.clone(),
+            false => vec!["images".to_string()],
+        },
+        labels: match labelled {
+            true => indices.iter().map(|&i| dataset.labels[i]).collect(),
+            false => vec![0; indices.len()],
+        },
+        labelled,
         source_index: indices,
         source,
         model: MODEL_FILE,
@@ -136,5 +157,28 @@ mod tests {
         assert_eq!(meta["labels"], serde_json::json!([1, 2]));
         assert_eq!(meta["source_index"], serde_json::json!([1, 2]));
         assert_eq!(meta["format"], SAMPLES_FORMAT);
+        assert_eq!(meta["labelled"], true);
+    }
+
+    #[test]
+    fn unlabeled_images_are_sampled_evenly_and_marked_unlabeled() {
+        assert_eq!(evenly_spaced(10, 4).unwrap(), vec![0, 2, 5, 7]);
+        assert_eq!(evenly_spaced(3, 1000).unwrap(), vec![0, 1, 2]);
+        assert!(evenly_spaced(0, 5).is_err());
+        let side = 40;
+        let pixels: Vec<u8> = (0..3u8).flat_map(|i| vec![i; 3 * side * side]).collect();
+        let d = ImageDataset::new(side, pixels, vec![], vec![]);
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), b"onnx", &d, &[0, 2], "folder", Path::new("ck")).unwrap();
+        let pixels = std::fs::read(dir.path().join(SAMPLES_FILE)).unwrap();
+        assert_eq!(pixels.len(), 2 * 3 * side * side);
+        assert_eq!(pixels[3 * side * side], 2);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(SAMPLES_META_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(meta["labelled"], false);
+        assert_eq!(meta["image_size"], side);
+        assert_eq!(meta["classes"], serde_json::json!(["images"]));
+        assert_eq!(meta["labels"], serde_json::json!([0, 0]));
     }
 }
