@@ -2,6 +2,10 @@
 // saw as JSON; tests/tests/viewer_browser.rs makes the assertions.
 //
 //   node viewer_e2e.mjs --dist DIR --query IMAGE --bad NAME[,NAME...] --screenshot PNG
+//                       [--unlabeled SUBDIR/]
+//
+// --unlabeled: a second export in DIR/SUBDIR/ (encoder.onnx + samples) of an unlabeled folder
+// at another image size, opened with ?model=...&samples=...
 //
 // DIR is served on 127.0.0.1 (a free port) with the cross-origin isolation headers of
 // viewer/Trunk.toml; nothing else is reached.
@@ -119,6 +123,38 @@ try {
     seconds: (Date.now() - t2) / 1000,
     message: await broken.evaluate(() => document.getElementById('message').textContent),
   };
+
+  // 6. An unlabeled folder's export at its own image size: embedded, mapped and queried.
+  if (args.unlabeled) {
+    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    page.on('pageerror', e => result.console.push(`unlabeled pageerror: ${e.message}`));
+    const u = args.unlabeled;
+    await page.goto(`${base}?model=${u}encoder.onnx&samples=${u}`);
+    await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.status), null, { timeout: 240000 });
+    const seen = await page.evaluate(() => ({
+      status: document.body.dataset.status,
+      points: Number(document.body.dataset.points),
+      message: document.getElementById('message').textContent,
+      legend: document.getElementById('legend').textContent,
+      model_name: document.getElementById('model-name').textContent,
+      dim: window.selfsupViewer ? window.selfsupViewer.dim : 0,
+      first8: window.selfsupViewer ? Array.from(window.selfsupViewer.embeddings.slice(0, 8 * window.selfsupViewer.dim)) : [],
+    }));
+    if (seen.status === 'ready') {
+      const bytes = [...await readFile(args.query)];
+      await page.evaluate(([bytes, name]) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
+        document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }, [bytes, 'query.png']);
+      await page.waitForFunction(() => document.body.dataset.queries === '1' || document.body.dataset.status === 'error', null, { timeout: 45000 });
+      seen.query_status = await page.evaluate(() => document.body.dataset.status);
+      seen.query_message = await page.evaluate(() => document.getElementById('message').textContent);
+      seen.query_neighbours = await page.locator('#queries .query figure.neighbour').count();
+      seen.query_captions = await page.locator('#queries .query figure.neighbour figcaption').allTextContents();
+    }
+    result.unlabeled = seen;
+  }
 } catch (e) {
   result.failure = String(e && e.stack || e);
 } finally {

@@ -2,7 +2,8 @@
 //! page, then headless Chromium (tests/browser/viewer_e2e.mjs) loads it from 127.0.0.1. The
 //! browser's embeddings must equal native ONNX Runtime's, a clicked point and a dropped image
 //! must get neighbours, and a corrupt model, a wrong-shape model and a missing runtime must show
-//! an error on the page.
+//! an error on the page. An unlabeled folder of photos trained at 96 px (ImageNet stem) and
+//! exported beside it must be embedded at 96 px, mapped and queried the same way.
 //!
 //! Needs what `.ci/run` installs: trunk, wasm-bindgen-cli, the wasm32 target, Chromium and the
 //! viewer's npm packages.
@@ -15,6 +16,8 @@ use trainer::jobs::export::{INPUT, OUTPUT};
 
 const SAMPLES: usize = 200;
 const COMPARED: usize = 8;
+/// Photos in the unlabeled folder (all of them go to the viewer).
+const UNLABELED: usize = 30;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -62,8 +65,11 @@ fn build_viewer(dist: &Path) {
 
 /// ONNX Runtime's (native) embeddings of the first `n` sample images the viewer got.
 fn native_embeddings(assets: &Path, n: usize) -> (Vec<f32>, usize) {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(assets.join("samples.json")).unwrap()).unwrap();
+    let side = meta["image_size"].as_u64().unwrap() as usize;
     let pixels = std::fs::read(assets.join("samples.bin")).unwrap();
-    let images: Vec<f32> = pixels[..n * 3072]
+    let images: Vec<f32> = pixels[..n * 3 * side * side]
         .iter()
         .map(|&b| b as f32 / 255.0)
         .collect();
@@ -83,6 +89,87 @@ fn query_png(path: &Path) {
     image::imageops::resize(&img, 64, 64, image::imageops::FilterType::Triangle)
         .save(path)
         .unwrap();
+}
+
+/// Browser embeddings (`first8` of the script's JSON) against native ONNX Runtime's.
+fn assert_matches_native(seen: &serde_json::Value, assets: &Path) {
+    let (native, dim) = native_embeddings(assets, COMPARED);
+    assert_eq!(seen["dim"], dim);
+    let browser: Vec<f32> = seen["first8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(browser.len(), COMPARED * dim);
+    let max_diff = max_abs_diff(&browser, &native);
+    eprintln!(
+        "{}: max |browser - native| over {COMPARED} images: {max_diff:e}",
+        assets.display()
+    );
+    assert!(
+        max_diff <= 1e-4,
+        "browser and native embeddings differ by {max_diff}"
+    );
+}
+
+/// What a user with their own photos does: train on an unlabeled folder at 96 px (a width-4
+/// network, two steps) and export it for the viewer into `assets`.
+fn export_unlabeled_photos(work: &Path, assets: &Path) {
+    let photos = work.join("photos");
+    for i in 0..UNLABELED {
+        let (w, h) = [(160, 120), (100, 140), (96, 96)][i % 3];
+        let image = image::RgbImage::from_fn(w, h, |x, y| {
+            let t = i as u32 * 37;
+            image::Rgb([
+                (x * 3 + t) as u8,
+                (y * 2 + t / 2) as u8,
+                ((x ^ y) + t) as u8,
+            ])
+        });
+        std::fs::create_dir_all(&photos).unwrap();
+        image.save(photos.join(format!("photo{i:02}.png"))).unwrap();
+    }
+    let config = work.join("small.toml");
+    std::fs::write(
+        &config,
+        "[model]\nwidth = 4\n\n[model.head]\nhidden = 16\nout = 8\n",
+    )
+    .unwrap();
+    let run = work.join("photos-run");
+    let data = format!("folder:{}", photos.display());
+    let train = trainer::cli::Cli::parse_from([
+        "trainer",
+        "--data",
+        &data,
+        "--image-size",
+        "96",
+        "--batch-size",
+        "4",
+        "--steps-per-epoch",
+        "2",
+        "--epochs",
+        "1",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(trainer::cli::run(train).unwrap(), 0);
+    let export = trainer::cli::Cli::parse_from([
+        "trainer",
+        "export",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--viewer",
+        assets.to_str().unwrap(),
+    ]);
+    assert_eq!(trainer::cli::run(export).unwrap(), 0);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(assets.join("samples.json")).unwrap()).unwrap();
+    assert_eq!(meta["labelled"], false);
+    assert_eq!(meta["image_size"], 96);
+    assert_eq!(meta["count"], UNLABELED);
 }
 
 /// A valid ONNX model that is not an encoder: images -> GlobalAveragePool -> [N, 3, 1, 1].
@@ -129,6 +216,7 @@ fn browser_embeds_projects_and_answers_queries() {
     write_wrong_shape_model(&assets.join("wrong-shape.onnx"));
     let query = work.join("query.png");
     query_png(&query);
+    export_unlabeled_photos(&work, &dist.join("photos"));
 
     let screenshot = work.join("viewer.png");
     let out = Command::new("node")
@@ -137,6 +225,7 @@ fn browser_embeds_projects_and_answers_queries() {
         .args(["--query", query.to_str().unwrap()])
         .args(["--bad", "corrupt.onnx,wrong-shape.onnx,missing.onnx"])
         .args(["--screenshot", screenshot.to_str().unwrap()])
+        .args(["--unlabeled", "photos/"])
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -164,21 +253,7 @@ fn browser_embeds_projects_and_answers_queries() {
     assert!(seen["timings"]["tsne_s"].as_f64().unwrap() > 0.0);
 
     // Browser (ONNX Runtime Web, wasm) == native ONNX Runtime on the same images.
-    let (native, dim) = native_embeddings(&assets, COMPARED);
-    assert_eq!(seen["dim"], dim);
-    let browser: Vec<f32> = seen["first8"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
-    assert_eq!(browser.len(), COMPARED * dim);
-    let max_diff = max_abs_diff(&browser, &native);
-    eprintln!("max |browser - native| over {COMPARED} images: {max_diff:e}");
-    assert!(
-        max_diff <= 1e-4,
-        "browser and native embeddings differ by {max_diff}"
-    );
+    assert_matches_native(&seen, &assets);
 
     // Clicking a point and dropping an image both list the nearest samples.
     assert_eq!(seen["clicked_neighbours"], viewer::NEIGHBOURS);
@@ -210,6 +285,36 @@ fn browser_embeds_projects_and_answers_queries() {
     let missing = &seen["runtime_missing"];
     let message = missing["message"].as_str().unwrap_or("");
     assert!(message.contains("ONNX Runtime Web is missing"), "{message}");
+
+    // The unlabeled photos at 96 px: every one on the map, one legend line, the same embeddings
+    // as native ONNX Runtime, and a dropped image answered with captions by index.
+    let photos = &seen["unlabeled"];
+    assert_eq!(
+        photos["status"], "ready",
+        "page message: {}",
+        photos["message"]
+    );
+    assert_eq!(photos["points"], UNLABELED);
+    assert_eq!(photos["legend"], format!("{UNLABELED} unlabeled images"));
+    assert!(
+        photos["model_name"].as_str().unwrap().contains("96"),
+        "{}",
+        photos["model_name"]
+    );
+    assert_matches_native(photos, &dist.join("photos"));
+    assert_eq!(
+        photos["query_status"], "ready",
+        "{}",
+        photos["query_message"]
+    );
+    assert_eq!(photos["query_neighbours"], viewer::NEIGHBOURS);
+    let captions = photos["query_captions"].as_array().unwrap();
+    assert!(
+        captions
+            .iter()
+            .all(|c| c.as_str().unwrap().contains("image ")),
+        "{captions:?}"
+    );
 
     let png = std::fs::read(&screenshot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

@@ -6,7 +6,7 @@
 //! `embedding`, `projecting`, `ready`, `error`), `points`, `queries`, `tsne-frames`; `window.selfsupViewer`
 //! holds the embeddings and timings.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
@@ -33,8 +33,10 @@ const PALETTE: [&str; 10] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf",
 ];
+/// The one colour of unlabeled images.
+const UNLABELED_COLOUR: &str = "#1f77b4";
 const HOW_TO_EXPORT: &str = "create them with `cargo run -p trainer --release -- export \
-     --checkpoint runs/<run> --viewer --data <CIFAR-10>` in the repository root, then reload; \
+     --checkpoint runs/<run> --viewer` in the repository root, then reload; \
      or drop an encoder .onnx here";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -214,12 +216,20 @@ async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
     let mut encoder = Encoder::open(&env, &bytes, &name).await?;
     let model_ms = dom::now_ms() - t0;
     let set = samples().await?;
+    ensure!(
+        encoder.side == set.side,
+        "{name} takes {s}x{s} images but the samples are {t}x{t}: export the viewer files from \
+         the same run (`trainer export --checkpoint RUN --viewer`)",
+        s = encoder.side,
+        t = set.side
+    );
     dom::set_text(
         "model-name",
         &format!(
-            "{name} ({:.1} MB, {}-d embeddings)",
+            "{name} ({:.1} MB, {s}x{s} px in, {}-d embeddings)",
             bytes.len() as f64 / 1e6,
-            encoder.dim
+            encoder.dim,
+            s = encoder.side
         ),
     );
 
@@ -450,7 +460,10 @@ fn redraw() {
         for (i, p) in a.coords.chunks(2).enumerate() {
             let (x, y) = a.view.to_screen(p[0], p[1]);
             let label = set.labels.get(i).copied().unwrap_or(0) as usize;
-            ctx.set_fill_style_str(PALETTE[label % PALETTE.len()]);
+            ctx.set_fill_style_str(match set.labelled {
+                true => PALETTE[label % PALETTE.len()],
+                false => UNLABELED_COLOUR,
+            });
             ctx.fill_rect(x - 2.5, y - 2.5, 5.0, 5.0);
         }
         ctx.set_line_width(2.0);
@@ -490,6 +503,10 @@ fn redraw() {
 fn draw_legend(set: &SampleSet) {
     let legend: HtmlElement = by_id("legend");
     legend.set_inner_html("");
+    if !set.labelled {
+        legend.set_text_content(Some(&format!("{} unlabeled images", set.len())));
+        return;
+    }
     let doc = dom::document();
     for (c, class) in set.classes.iter().enumerate() {
         let count = set.labels.iter().filter(|&&l| l as usize == c).count();
@@ -503,12 +520,21 @@ fn draw_legend(set: &SampleSet) {
     }
 }
 
-/// A thumbnail with a caption, for the neighbour lists.
+/// Side of the square images an RGBA buffer holds.
+fn rgba_side(rgba: &[u8]) -> u32 {
+    ((rgba.len() / 4) as f64).sqrt().round() as u32
+}
+
+/// A thumbnail with a caption, for the neighbour lists (larger for larger images, so 96 px
+/// photos are not shrunk to CIFAR's 48 px).
 fn figure(rgba: &[u8], caption: &str, class: &str) -> web_sys::Element {
     let doc = dom::document();
     let fig = doc.create_element("figure").expect("figure");
     fig.set_class_name(class);
-    fig.append_with_node_1(&dom::image_canvas(rgba, 48)).ok();
+    let side = rgba_side(rgba);
+    let css_px = side.clamp(48, 96);
+    fig.append_with_node_1(&dom::image_canvas(rgba, side, css_px))
+        .ok();
     let cap = doc.create_element("figcaption").expect("figcaption");
     cap.set_text_content(Some(caption));
     fig.append_with_node_1(&cap).ok();
@@ -520,7 +546,7 @@ fn neighbour_figures(hits: &[(usize, f32)]) -> Vec<web_sys::Element> {
         let set = a.samples.clone().expect("samples are loaded");
         hits.iter()
             .map(|&(i, sim)| {
-                let label = &set.classes[set.labels[i] as usize];
+                let label = set.caption(i);
                 figure(&a.thumbs[i], &format!("{label} {sim:.2}"), "neighbour")
             })
             .collect()
@@ -535,7 +561,7 @@ fn select_point(i: usize) {
         let set = a.samples.clone().expect("samples are loaded");
         a.selected = Some(i);
         a.highlight = hits.iter().map(|h| h.0).collect();
-        let caption = format!("#{i} {}", set.classes[set.labels[i] as usize]);
+        let caption = format!("#{i} {}", set.caption(i));
         (hits, caption, a.thumbs[i].clone())
     });
     let panel: HtmlElement = by_id("selection");
@@ -551,10 +577,16 @@ fn select_point(i: usize) {
 
 /// Embeds a dropped image and lists its nearest samples.
 async fn query_image(file: web_sys::File) -> Result<()> {
-    let rgba = dom::decode_image_32(&file).await?;
     let encoder = with_app(|a| a.encoder.take())
         .ok_or_else(|| anyhow!("no encoder is loaded yet: wait for the map, then drop again"))?;
     let mut encoder = encoder;
+    let rgba = match dom::decode_image(&file, encoder.side as u32).await {
+        Ok(rgba) => rgba,
+        Err(e) => {
+            with_app(|a| a.encoder = Some(encoder));
+            return Err(e);
+        }
+    };
     let result = encoder.embed(rgba_to_input(&rgba), 1).await;
     with_app(|a| a.encoder = Some(encoder));
     let embedding = result?;
@@ -564,7 +596,7 @@ async fn query_image(file: web_sys::File) -> Result<()> {
         a.selected = None;
         a.queries += 1;
         dom::set_body_data("queries", &a.queries.to_string());
-        let mark = dom::image_canvas(&rgba, 24);
+        let mark = dom::image_canvas(&rgba, rgba_side(&rgba), 24);
         a.query_marks
             .push((mark, hits.iter().map(|h| h.0).collect()));
         hits
@@ -709,10 +741,7 @@ fn on_mouse_move(e: MouseEvent) {
     let hover = with_app(|a| {
         let i = a.view.pick(&a.coords, x, y, 6.0)?;
         let set = a.samples.clone()?;
-        Some((
-            a.thumbs[i].clone(),
-            format!("#{i} {}", set.classes[set.labels[i] as usize]),
-        ))
+        Some((a.thumbs[i].clone(), format!("#{i} {}", set.caption(i))))
     });
     match hover {
         Some((rgba, caption)) => {

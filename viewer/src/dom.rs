@@ -149,29 +149,32 @@ pub fn context_2d(canvas: &HtmlCanvasElement) -> CanvasRenderingContext2d {
         .unchecked_into()
 }
 
-/// A 32 x 32 canvas showing `rgba`, drawn `css_px` wide with crisp pixels.
-pub fn image_canvas(rgba: &[u8], css_px: u32) -> HtmlCanvasElement {
+/// A `side` x `side` canvas showing `rgba`, drawn `css_px` wide with crisp pixels.
+pub fn image_canvas(rgba: &[u8], side: u32, css_px: u32) -> HtmlCanvasElement {
     let canvas: HtmlCanvasElement = document()
         .create_element("canvas")
         .expect("canvas")
         .unchecked_into();
-    canvas.set_width(32);
-    canvas.set_height(32);
+    canvas.set_width(side);
+    canvas.set_height(side);
     canvas.set_class_name("thumb");
     let _ = canvas.style().set_property("width", &format!("{css_px}px"));
     let _ = canvas
         .style()
         .set_property("height", &format!("{css_px}px"));
-    if let Ok(data) =
-        web_sys::ImageData::new_with_u8_clamped_array_and_sh(wasm_bindgen::Clamped(rgba), 32, 32)
-    {
+    if let Ok(data) = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+        wasm_bindgen::Clamped(rgba),
+        side,
+        side,
+    ) {
         let _ = context_2d(&canvas).put_image_data(&data, 0.0, 0.0);
     }
     canvas
 }
 
-/// Decodes an image file with the browser and scales it to 32 x 32 RGBA.
-pub async fn decode_image_32(file: &web_sys::File) -> Result<Vec<u8>> {
+/// Decodes an image file with the browser and brings it to `side` x `side` RGBA as training
+/// did: the centred square of its shorter side, scaled (aspect kept, no stretching).
+pub async fn decode_image(file: &web_sys::File, side: u32) -> Result<Vec<u8>> {
     let url = web_sys::Url::create_object_url_with_blob(file).map_err(js_error)?;
     let img = web_sys::HtmlImageElement::new().map_err(js_error)?;
     let loaded = js_sys::Promise::new(&mut |resolve, reject| {
@@ -188,13 +191,29 @@ pub async fn decode_image_32(file: &web_sys::File) -> Result<Vec<u8>> {
         .create_element("canvas")
         .map_err(js_error)?
         .unchecked_into();
-    canvas.set_width(32);
-    canvas.set_height(32);
+    canvas.set_width(side);
+    canvas.set_height(side);
     let ctx = context_2d(&canvas);
     ctx.set_image_smoothing_enabled(true);
-    ctx.draw_image_with_html_image_element_and_dw_and_dh(&img, 0.0, 0.0, 32.0, 32.0)
-        .map_err(js_error)?;
-    let data = ctx.get_image_data(0.0, 0.0, 32.0, 32.0).map_err(js_error)?;
+    // web-sys has no binding for imageSmoothingQuality; without "high" Chromium's bilinear
+    // downscale aliases large photos.
+    let _ = js_sys::Reflect::set(&ctx, &"imageSmoothingQuality".into(), &"high".into());
+    let (w, h) = (img.natural_width() as f64, img.natural_height() as f64);
+    let crop = w.min(h);
+    let s = side as f64;
+    ctx.draw_image_with_html_image_element_and_sw_and_sh_and_dx_and_dy_and_dw_and_dh(
+        &img,
+        (w - crop) / 2.0,
+        (h - crop) / 2.0,
+        crop,
+        crop,
+        0.0,
+        0.0,
+        s,
+        s,
+    )
+    .map_err(js_error)?;
+    let data = ctx.get_image_data(0.0, 0.0, s, s).map_err(js_error)?;
     Ok(data.data().0)
 }
 

@@ -68,6 +68,8 @@ fn use_all_cores() {
 pub struct Encoder {
     session: Session,
     pub dim: usize,
+    /// Side of the square images it takes.
+    pub side: usize,
     pub input_name: String,
     pub output_name: String,
 }
@@ -105,18 +107,20 @@ impl Encoder {
             .iter()
             .map(|o| port(o.name(), o.dtype()))
             .collect();
-        let dim = contract::check(&inputs, &outputs).with_context(|| name.to_string())?;
+        let shapes = contract::check(&inputs, &outputs).with_context(|| name.to_string())?;
         Ok(Encoder {
             session,
-            dim,
+            dim: shapes.dim,
+            side: shapes.side,
             input_name: inputs[0].name.clone(),
             output_name: outputs[0].name.clone(),
         })
     }
 
-    /// Embeddings (n x dim) of `n` images given as the encoder's input ([n, 3, 32, 32] in [0, 1]).
+    /// Embeddings (n x dim) of `n` images given as the encoder's input ([n, 3, S, S] in [0, 1]).
     pub async fn embed(&mut self, input: Vec<f32>, n: usize) -> Result<Vec<f32>> {
-        let tensor = Tensor::from_array(([n, 3, 32, 32], input)).map_err(|e| anyhow!("{e}"))?;
+        let s = self.side;
+        let tensor = Tensor::from_array(([n, 3, s, s], input)).map_err(|e| anyhow!("{e}"))?;
         let options = RunOptions::new().map_err(|e| anyhow!("{e}"))?;
         let mut outputs = self
             .session

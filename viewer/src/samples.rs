@@ -1,12 +1,12 @@
-//! The labelled sample images that `trainer export --viewer` writes: `samples.json` describes
-//! them, `samples.bin` holds the pixels (per image 3 planes of 32 x 32 bytes, R then G then B).
+//! The sample images that `trainer export --viewer` writes: `samples.json` describes them,
+//! `samples.bin` holds the pixels (per image 3 planes of S x S bytes, R then G then B, at the
+//! encoder's size S). Unlabeled samples (a folder of the user's own images) have one class and
+//! `"labelled": false`.
 
 use anyhow::{bail, ensure, Result};
 use serde::Deserialize;
 
 pub const FORMAT: &str = "selfsup-viewer-samples/1";
-pub const SIDE: usize = 32;
-pub const IMAGE_BYTES: usize = 3 * SIDE * SIDE;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SamplesMeta {
@@ -18,6 +18,14 @@ pub struct SamplesMeta {
     pub labels: Vec<u8>,
     #[serde(default)]
     pub source: String,
+    /// False for unlabeled images (drawn in one colour, no legend); older exports were all
+    /// labelled.
+    #[serde(default = "yes")]
+    pub labelled: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Images with labels, checked against their description.
@@ -25,6 +33,9 @@ pub struct SamplesMeta {
 pub struct SampleSet {
     pub classes: Vec<String>,
     pub labels: Vec<u8>,
+    pub labelled: bool,
+    /// Side of the square images.
+    pub side: usize,
     pixels: Vec<u8>,
     pub source: String,
 }
@@ -41,12 +52,14 @@ impl SampleSet {
             meta.format
         );
         ensure!(
-            meta.image_size == SIDE && meta.layout == "planar-rgb-u8",
-            "samples.json describes {}x{} {} images; the viewer needs 32x32 planar-rgb-u8",
+            meta.image_size >= 8 && meta.layout == "planar-rgb-u8",
+            "samples.json describes {}x{} {} images; the viewer reads planar-rgb-u8 images of \
+             at least 8x8",
             meta.image_size,
             meta.image_size,
             meta.layout
         );
+        let image_bytes = 3 * meta.image_size * meta.image_size;
         ensure!(
             meta.labels.len() == meta.count,
             "samples.json: {} labels for {} images",
@@ -64,16 +77,18 @@ impl SampleSet {
             );
         }
         ensure!(
-            pixels.len() == meta.count * IMAGE_BYTES,
-            "samples.bin has {} bytes, samples.json says {} images of {IMAGE_BYTES} bytes = {} \
+            pixels.len() == meta.count * image_bytes,
+            "samples.bin has {} bytes, samples.json says {} images of {image_bytes} bytes = {} \
              (truncated or from another export: run `trainer export --viewer` again)",
             pixels.len(),
             meta.count,
-            meta.count * IMAGE_BYTES
+            meta.count * image_bytes
         );
         Ok(SampleSet {
             classes: meta.classes,
             labels: meta.labels,
+            labelled: meta.labelled,
+            side: meta.image_size,
             pixels,
             source: meta.source,
         })
@@ -87,14 +102,28 @@ impl SampleSet {
         self.labels.is_empty()
     }
 
-    /// Planar RGB bytes of image `i`.
-    pub fn image(&self, i: usize) -> &[u8] {
-        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    fn image_bytes(&self) -> usize {
+        3 * self.side * self.side
     }
 
-    /// Images `range` as the encoder's input: [n, 3, 32, 32] floats in [0, 1].
+    /// Planar RGB bytes of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let bytes = self.image_bytes();
+        &self.pixels[i * bytes..(i + 1) * bytes]
+    }
+
+    /// What a point's caption says: its class, or its index when the images are unlabeled.
+    pub fn caption(&self, i: usize) -> String {
+        match self.labelled {
+            true => self.classes[self.labels[i] as usize].clone(),
+            false => format!("image {i}"),
+        }
+    }
+
+    /// Images `range` as the encoder's input: [n, 3, S, S] floats in [0, 1].
     pub fn input_batch(&self, range: std::ops::Range<usize>) -> Vec<f32> {
-        self.pixels[range.start * IMAGE_BYTES..range.end * IMAGE_BYTES]
+        let bytes = self.image_bytes();
+        self.pixels[range.start * bytes..range.end * bytes]
             .iter()
             .map(|&b| b as f32 / 255.0)
             .collect()
@@ -111,7 +140,7 @@ pub fn planar_to_rgba(planar: &[u8]) -> Vec<u8> {
     rgba
 }
 
-/// Interleaved RGBA of a 32 x 32 image to the encoder's input (planar RGB in [0, 1]).
+/// Interleaved RGBA of an S x S image to the encoder's input (planar RGB in [0, 1]).
 pub fn rgba_to_input(rgba: &[u8]) -> Vec<f32> {
     let pixels = rgba.len() / 4;
     let mut input = vec![0.0; 3 * pixels];
@@ -127,11 +156,36 @@ pub fn rgba_to_input(rgba: &[u8]) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    const IMAGE_BYTES: usize = 3 * 32 * 32;
+
     fn meta(count: usize, labels: &str) -> String {
         format!(
             r#"{{"format":"{FORMAT}","count":{count},"image_size":32,"layout":"planar-rgb-u8",
                 "classes":["a","b"],"labels":{labels},"source":"test"}}"#
         )
+    }
+
+    #[test]
+    fn reads_unlabeled_images_at_their_size() {
+        let json = format!(
+            r#"{{"format":"{FORMAT}","count":2,"image_size":96,"layout":"planar-rgb-u8",
+                "classes":["images"],"labels":[0,0],"labelled":false}}"#
+        );
+        let mut pixels = vec![0u8; 2 * 3 * 96 * 96];
+        pixels[3 * 96 * 96] = 51;
+        let set = SampleSet::parse(json.as_bytes(), pixels.clone()).unwrap();
+        assert_eq!((set.side, set.labelled, set.len()), (96, false, 2));
+        assert_eq!(set.image(1).len(), 3 * 96 * 96);
+        assert_eq!(set.input_batch(1..2)[0], 0.2);
+        assert_eq!(set.caption(1), "image 1");
+        let err = SampleSet::parse(json.as_bytes(), pixels[..3 * 96 * 96].to_vec()).unwrap_err();
+        assert!(err.to_string().contains("images of 27648 bytes"), "{err}");
+        // Older exports carry no `labelled` key: labelled.
+        let old = SampleSet::parse(meta(1, "[1]").as_bytes(), vec![0; IMAGE_BYTES]).unwrap();
+        assert_eq!(
+            (old.labelled, old.side, old.caption(0)),
+            (true, 32, "b".to_string())
+        );
     }
 
     #[test]
