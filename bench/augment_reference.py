@@ -7,12 +7,15 @@ Writes one safetensors file (float32) with two kinds of reference:
    loads the same images): `op.<name>` [3, 32, 32] in [0, 1] or normalised, with the input image
    index and the parameters in the metadata (`ops`, JSON). torchvision's tensor functions:
    resized_crop (bilinear, antialias), hflip, adjust_brightness/contrast/saturation/hue,
-   rgb_to_grayscale, normalize, and ColorJitter's four adjustments in a given order.
+   rgb_to_grayscale, normalize, ColorJitter's four adjustments in a given order, and
+   gaussian_blur at kernel sides 3, 9 and 23.
 2. Statistics of the random choices and of whole views (metadata `stats`, JSON):
    - RandomResizedCrop(32, scale=(0.08, 1), ratio=(3/4, 4/3)).get_params, 50,000 draws: mean and
      deciles of the crop's area fraction and aspect ratio (w/h);
    - ColorJitter(0.4, 0.4, 0.4, 0.1).get_params, 50,000 draws: mean and deciles of each factor,
      and how often each adjustment comes first;
+   - GaussianBlur.get_params(0.1, 2), 50,000 draws: mean and deciles of sigma, and the fraction
+     of probes that RandomApply(GaussianBlur, 0.5) changes (20,000);
    - the fraction of views that the SimCLR pipeline's RandomHorizontalFlip(0.5),
      RandomApply(ColorJitter, 0.8) and RandomGrayscale(0.2) change, 20,000 probes each;
    - per-channel mean and standard deviation of normalised views of the first 2,000 training
@@ -77,6 +80,11 @@ def pixel_references(test_images):
     img = F.adjust_contrast(img, 1.1)
     add("jitter", 13, {"order": [3, 0, 2, 1], "brightness": 0.7, "contrast": 1.1,
                        "saturation": 1.25, "hue": -0.04}, img)
+    # GaussianBlur at the kernel sides the trainer picks for 32, 96 and 224 px images (a tenth
+    # of the side, odd: 3, 9, 23), small and large sigma.
+    for op, (index, kernel, sigma) in enumerate([(14, 3, 0.5), (15, 3, 2.0), (0, 9, 1.5), (1, 23, 2.0)]):
+        add(f"blur{op}", index, {"kernel": kernel, "sigma": sigma},
+            F.gaussian_blur(test_images[index], [kernel, kernel], [sigma, sigma]))
     return ops
 
 
@@ -114,6 +122,9 @@ def main():
     color = test_images[0]
     pipeline = simclr_transform()
     views = torch.stack([pipeline(img) for img in train_images for _ in range(2)])
+    # A checkerboard changes under any blur, even sigma 0.1's.
+    checkerboard = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2).float().expand(3, 32, 32)
+    blur = T.RandomApply([T.GaussianBlur(3, (0.1, 2.0))], p=0.5)
 
     stats = {
         "crop_area": summary(area),
@@ -129,6 +140,9 @@ def main():
         "view_channel_mean": views.mean(dim=(0, 2, 3)).tolist(),
         "view_channel_std": views.std(dim=(0, 2, 3)).tolist(),
         "views": len(views),
+        # Drawn last, so the draws above keep the random stream of the earlier fixture.
+        "blur_sigma": summary([T.GaussianBlur.get_params(0.1, 2.0) for _ in range(50_000)]),
+        "blur_fraction": applied_fraction(blur, checkerboard.contiguous(), 20_000),
     }
     tensors = {f"op.{name}": out.numpy() for name, _, _, out in ops}
     metadata = {

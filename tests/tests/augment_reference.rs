@@ -1,9 +1,10 @@
 //! The trainer's augmentations against torchvision's (`tests/fixtures/augment_reference.safetensors`,
 //! written by `bench/augment_reference.py` with torchvision 0.29 on the same real CIFAR-10 images).
 //!
-//! Pixel by pixel for fixed parameters (each transform, and ColorJitter's composition), and in
-//! distribution for the random choices (crop area and aspect ratio, jitter factors and order,
-//! how often flip, jitter and grayscale apply) and for whole views (per-channel mean and std).
+//! Pixel by pixel for fixed parameters (each transform, ColorJitter's composition, and
+//! GaussianBlur at kernel sides 3 to 23), and in distribution for the random choices (crop area
+//! and aspect ratio, jitter factors and order, blur sigma, how often flip, jitter, grayscale and
+//! blur apply) and for whole views (per-channel mean and std).
 //! Each statistical tolerance is about 5 standard errors of the difference of two samples of
 //! these sizes; `statistics_reject_wrong_laws` shows that plausible wrong recipes fail them.
 
@@ -133,6 +134,30 @@ fn each_transform_matches_torchvision_pixel_by_pixel() {
     }
     .apply(&mut img);
     assert_pixels("jitter", &img, 2e-6);
+
+    // Kernel sides 3, 9 and 23 (the trainer's at 32, 96 and 224 px), sigma 0.5 to 2.
+    for op in ["blur0", "blur1", "blur2", "blur3"] {
+        let (img, p) = input(op);
+        let kernel = p["kernel"].as_u64().unwrap() as usize;
+        assert_pixels(
+            op,
+            &augment::gaussian_blur(&img, kernel, factor(p, "sigma")),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn a_three_tap_blur_is_not_torchvisions_at_large_sides() {
+    // What the trainer did before its kernel followed the image side: 3 taps at every size.
+    // At sigma 2 that is nearly a box filter, far from the 23-tap reference of the same sigma.
+    let (img, p) = input("blur3");
+    let three_taps = augment::gaussian_blur(&img, 3, factor(p, "sigma"));
+    let diff = e2e::max_abs_diff(&three_taps, &reference().ops["blur3"]);
+    assert!(
+        diff > 1e-2,
+        "a 3-tap blur is within {diff:.2e} of the 23-tap one"
+    );
 }
 
 /// Mean and deciles of a sample, as `bench/augment_reference.py` summarises it.
@@ -231,6 +256,36 @@ fn crop_jitter_and_probabilities_follow_torchvision_laws() {
             "{key}: {ours:.4} of views, torchvision {theirs:.4}"
         );
     }
+}
+
+#[test]
+fn blur_sigma_and_probability_follow_torchvision_laws() {
+    // MoCo v2's blur: p 0.5, sigma uniform in [0.1, 2] (torchvision's GaussianBlur.get_params).
+    let config = AugmentConfig {
+        blur_prob: augment::PerView([0.5, 0.5]),
+        ..AugmentConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let views: Vec<_> = (0..DRAWS)
+        .map(|i| config.sample_view(SIDE, i % 2, &mut rng))
+        .collect();
+    let mut sigmas: Vec<f64> = views
+        .iter()
+        .filter_map(|v| v.blur_sigma.map(f64::from))
+        .collect();
+    let ours = sigmas.len() as f64 / DRAWS as f64;
+    let theirs = reference().stats["blur_fraction"].as_f64().unwrap();
+    assert!(
+        (ours - theirs).abs() < 0.02,
+        "blur applies to {ours:.4} of views, torchvision's to {theirs:.4}"
+    );
+    // About 25,000 sigmas against 50,000: 5 standard errors of a decile's difference is 0.03.
+    compare("blur_sigma", &mut sigmas, 0.03).unwrap();
+    // A log-uniform sigma (a plausible wrong law) fails the same check.
+    let mut log_uniform: Vec<f64> = (0..DRAWS)
+        .map(|_| rng.random_range(0.1f64.ln()..=2.0f64.ln()).exp())
+        .collect();
+    assert!(compare("blur_sigma", &mut log_uniform, 0.03).is_err());
 }
 
 #[test]
