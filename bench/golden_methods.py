@@ -7,8 +7,9 @@ its preset at a small width (BYOL: projector and predictor with BatchNorm; MoCo 
 without; VICReg and Barlow Twins: three-layer expander with BatchNorm), and one step as the
 trainer takes it: both views in one forward pass (BatchNorm in training mode), the method's
 loss as its reference code writes it, backward. BYOL's target and MoCo's key encoder are copies
-of the online network at the step (run in training mode, no gradient); MoCo's queues are
-random unit vectors stored in the file.
+of the online network at the step (run in training mode, no gradient; MoCo's key encoder takes
+each view in its own forward pass, as solo-learn's); MoCo's queues are random unit vectors
+stored in the file.
 
 Writes one safetensors file (float32), names in the trainer's module paths (Burn layout):
   views                    [2N, 3, 32, 32]
@@ -169,7 +170,12 @@ def main():
         if method in ("byol", "mocov2"):
             target = copy.deepcopy(nn.ModuleDict({"encoder": model.encoder, "head": model.head}))
             with torch.no_grad():
-                t = target["head"](target["encoder"](x))
+                if method == "mocov2":
+                    # The key encoder sees each view on its own (solo-learn's momentum_forward
+                    # per view), so BatchNorm cannot mix a query's view into its key.
+                    t = torch.cat([target["head"](target["encoder"](v)) for v in split(x)])
+                else:
+                    t = target["head"](target["encoder"](x))
         z = model(x)
         if method == "byol":
             loss = byol_loss(model.predictor(z), t)

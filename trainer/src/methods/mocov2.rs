@@ -184,7 +184,18 @@ impl<B: TrainBackend> Method<B> for MocoV2<B> {
     fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
         let z = gather_views(model.forward(images.clone()));
         let (q_a, q_b) = split_views(l2_normalize(z.clone()));
-        let keys = l2_normalize(gather_views(self.state.key_encoder.forward(images)));
+        // Each view through the key encoder on its own, as solo-learn does: in one forward,
+        // BatchNorm's batch statistics would mix a query's view into its positive key, the
+        // intra-batch leak that MoCo's shuffle-BN exists to prevent.
+        let [rows, channels, height, width] = images.dims();
+        let view = |range: std::ops::Range<usize>| {
+            let images = images
+                .clone()
+                .slice([range, 0..channels, 0..height, 0..width]);
+            self.state.key_encoder.forward(images)
+        };
+        let keys = Tensor::cat(vec![view(0..rows / 2), view(rows / 2..rows)], 0);
+        let keys = l2_normalize(gather_views(keys));
         let [rows, d] = keys.dims();
         let (k_a, k_b) = split_views(keys.clone());
         let queue = self.state.queue.val().detach();
