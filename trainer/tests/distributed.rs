@@ -9,7 +9,7 @@ mod common;
 use burn::module::Module;
 use burn::optim::{Optimizer, SgdConfig};
 use burn_collective::CollectiveConfig;
-use common::{small, synthetic, text, trainer};
+use common::{small, synthetic, text, trainer, Metrics};
 use e2e::{cifar10_bin, relative_l2};
 use std::io::Read;
 use std::path::Path;
@@ -311,9 +311,7 @@ fn parameters(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn first_loss(run: &Path) -> f64 {
-    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let row = metrics.lines().nth(1).expect("one epoch row");
-    row.split(',').nth(1).unwrap().parse().unwrap()
+    Metrics::read(run).column("loss")[0]
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{text, trainer};
+use common::{text, trainer, Metrics};
 use std::path::Path;
 
 /// A width-4 network with small heads and a small kNN monitor, so a CPU run takes seconds.
@@ -207,17 +207,8 @@ fn stl10_at_96_px_trains_with_the_imagenet_stem_and_evaluates() {
             && stderr.contains("ImageNet stem"),
         "{stderr}"
     );
-    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-    let knn: f64 = csv
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .nth(3)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((0.0..=1.0).contains(&knn), "{csv}");
+    let knn = Metrics::read(&out).column("knn_top1")[0];
+    assert!((0.0..=1.0).contains(&knn), "kNN {knn}");
 
     let eval = trainer(&[
         "eval",

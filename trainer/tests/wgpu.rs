@@ -7,6 +7,9 @@
 #![cfg(feature = "wgpu")]
 
 use burn::backend::Autodiff;
+mod common;
+
+use common::Metrics;
 use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run, trainer_command};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -61,16 +64,6 @@ fn train_args<'a>(data: &'a str, config: &'a str, out: &'a str, device: &'a str)
         "--device",
         device,
     ]
-}
-
-/// metrics.csv rows: epoch, loss, kNN top-1, pairs/s, ...
-fn metrics(run: &Path) -> Vec<Vec<f64>> {
-    std::fs::read_to_string(run.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
-        .collect()
 }
 
 /// Every parameter and running statistic of a checkpoint, by name.
@@ -192,15 +185,18 @@ fn wgpu_trains_and_checkpoints_resume_across_backends() {
         for file in ["epoch-0001.ckpt", "epoch-0002.ckpt", "epoch-0003.ckpt"] {
             assert!(crossed.join("checkpoints").join(file).is_file(), "{file}");
         }
-        let (crossed_rows, same_rows) = (metrics(&crossed), metrics(&same));
-        assert_eq!(crossed_rows.len(), 3);
-        for row in &crossed_rows {
-            assert!(row[1] > 1.0 && row[1] < 10.0, "loss {}", row[1]);
-            assert!((0.0..=1.0).contains(&row[2]), "kNN {}", row[2]);
+        let (crossed_rows, same_rows) = (Metrics::read(&crossed), Metrics::read(&same));
+        assert_eq!(crossed_rows.rows.len(), 3);
+        let losses = crossed_rows.column("loss");
+        for &loss in &losses {
+            assert!(loss > 1.0 && loss < 10.0, "loss {loss}");
+        }
+        for knn in crossed_rows.column("knn_top1") {
+            assert!((0.0..=1.0).contains(&knn), "kNN {knn}");
         }
         // Epochs 1-2 are the same file; epoch 3 ran on the two backends.
-        assert_eq!(crossed_rows[..2], same_rows[..2]);
-        let (loss_crossed, loss_same) = (crossed_rows[2][1], same_rows[2][1]);
+        assert_eq!(crossed_rows.rows[..2], same_rows.rows[..2]);
+        let (loss_crossed, loss_same) = (losses[2], same_rows.column("loss")[2]);
         assert!(
             (loss_crossed - loss_same).abs() / loss_same < 1e-3,
             "from {device}: epoch 3 loss {loss_crossed} resumed on the other backend, \

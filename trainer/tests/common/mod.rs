@@ -62,6 +62,55 @@ pub fn trainer(args: &[&str]) -> Output {
         .expect("the trainer binary runs")
 }
 
+/// A run's `metrics.csv`, read by column name from its header, so that a test asking for
+/// `knn_top1` gets the kNN accuracy whatever the column order. Empty cells (the kNN monitor
+/// off) read as NaN.
+pub struct Metrics {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<f64>>,
+}
+
+impl Metrics {
+    pub fn read(run: &Path) -> Self {
+        let path = run.join("metrics.csv");
+        let csv = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let mut lines = csv.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or_else(|| panic!("{} is empty", path.display()))
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        let rows = lines
+            .map(|line| {
+                let row: Vec<f64> = line
+                    .split(',')
+                    .map(|v| match v {
+                        "" => f64::NAN,
+                        v => v
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{v:?} in {line:?}: {e}")),
+                    })
+                    .collect();
+                assert_eq!(row.len(), header.len(), "{line:?} against {header:?}");
+                row
+            })
+            .collect();
+        Self { header, rows }
+    }
+
+    /// Every row's value of the column `name` (a panic lists the columns there are).
+    pub fn column(&self, name: &str) -> Vec<f64> {
+        let i = self
+            .header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("metrics.csv has no column {name:?}: {:?}", self.header));
+        self.rows.iter().map(|row| row[i]).collect()
+    }
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
