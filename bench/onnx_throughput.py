@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """ONNX Runtime throughput of an exported encoder, for `trainer bench`.
 
-usage: onnx_throughput.py MODEL.onnx [--batch-size 64] [--seconds 3] [--threads 0]
+usage: onnx_throughput.py MODEL.onnx [--batch-size 64] [--warmup 2] [--min-passes 3]
+                          [--seconds 3] [--threads 0]
+Timed as `trainer bench` times its own inference: `--warmup` untimed passes, then each pass
+timed, at least `--min-passes` and about `--seconds` of them; images/s from the median pass.
 Prints one JSON line: {"images_per_s": ..., "batch_size": ..., "onnxruntime": version}.
 """
-import argparse, json, sys, time
+import argparse, json, statistics, sys, time
 
 try:
     import numpy as np
@@ -15,6 +18,8 @@ except ImportError as e:
 p = argparse.ArgumentParser()
 p.add_argument("model")
 p.add_argument("--batch-size", type=int, default=64)
+p.add_argument("--warmup", type=int, default=2)
+p.add_argument("--min-passes", type=int, default=3)
 p.add_argument("--seconds", type=float, default=3.0)
 p.add_argument("--threads", type=int, default=0)
 a = p.parse_args()
@@ -24,10 +29,12 @@ if a.threads > 0:
 session = ort.InferenceSession(a.model, options, providers=["CPUExecutionProvider"])
 side = session.get_inputs()[0].shape[2]  # the size the encoder was exported at
 images = np.random.default_rng(0).random((a.batch_size, 3, side, side), dtype=np.float32)
-session.run(["embedding"], {"images": images})  # warm-up
-done, start = 0, time.perf_counter()
-while time.perf_counter() - start < a.seconds:
+for _ in range(a.warmup):
     session.run(["embedding"], {"images": images})
-    done += a.batch_size
-print(json.dumps({"images_per_s": done / (time.perf_counter() - start), "batch_size": a.batch_size,
-                  "onnxruntime": ort.__version__}))
+times, start = [], time.perf_counter()
+while len(times) < a.min_passes or time.perf_counter() - start < a.seconds:
+    t0 = time.perf_counter()
+    session.run(["embedding"], {"images": images})
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"images_per_s": a.batch_size / statistics.median(times), "batch_size": a.batch_size,
+                  "passes": len(times), "onnxruntime": ort.__version__}))
