@@ -17,6 +17,8 @@ cosine similarity, k = 200, votes exp(sim / 0.1).
 Prints a table and writes --out (JSON: per seed and framework, loss per epoch and kNN).
 `--ours-only --keep DIR` runs only the trainer (from PyTorch's initialisation, whose kNN it
 reports) and keeps its run directory: how the README's long CPU run was made.
+`--trainer-arg=--no-winograd` passes a flag to the trainer: the same seeds with and without it
+compare the CPU's Winograd convolutions with im2col over a real budget (README, "Evidence").
 Needs torch, torchvision, safetensors, numpy.
 """
 import argparse
@@ -97,7 +99,8 @@ def train_ours(weights, args, seed, scratch):
     out = os.path.join(args.keep or scratch, f"ours-{seed}")
     subprocess.run([args.trainer, "--data", args.data, "--config", config, "--init-weights", weights,
                     "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
-                    "--batch-size", str(args.batch_size), "--seed", str(seed), "--out", out],
+                    "--batch-size", str(args.batch_size), "--seed", str(seed), "--out", out,
+                    *args.trainer_arg],
                    check=True, stderr=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -123,6 +126,8 @@ def main():
     p.add_argument("--out", default="parity.json")
     p.add_argument("--ours-only", action="store_true", help="train only the trainer")
     p.add_argument("--keep", help="directory that keeps the trainer's runs (ours-SEED)")
+    p.add_argument("--trainer-arg", action="append", default=[],
+                   help="an extra trainer flag, repeatable (--trainer-arg=--no-winograd)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,7 +7,9 @@
 //! The header holds the epoch, the position inside the next epoch (for a Ctrl-C save), the
 //! RNG state, the full config (with the method) and the MD5 of the three records, so a truncated
 //! or corrupted file is reported as such instead of loading garbage. The method state is what a
-//! method keeps beside the trained model (BYOL's target network, MoCo's key encoder and queue). `OUT/checkpoints/latest` names the newest file.
+//! method keeps beside the trained model (BYOL's target network, MoCo's key encoder and queue).
+//! `OUT/checkpoints/latest` names the newest file. After each save, `prune` removes the
+//! checkpoints the run no longer needs (`keep_last`, `keep_every`).
 
 use crate::config::TrainConfig;
 use crate::methods::MethodKind;
@@ -93,7 +95,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_parent_dir(path)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -103,6 +106,64 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Makes a rename in `path`'s folder durable: without it a power cut can lose the new name
+/// although the file's bytes were synced. Folders cannot be opened for syncing on Windows.
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Removes, from the checkpoints folder `dir`, the files a run no longer needs: Ctrl-C
+/// (mid-epoch) checkpoints and all but the newest `keep_last` end-of-epoch ones (0: keep them
+/// all), except epochs that are multiples of `keep_every` and the file `latest` names, which
+/// stay. Returns the names removed.
+pub fn prune(dir: &Path, keep_last: usize, keep_every: usize) -> Result<Vec<String>> {
+    let latest = latest_in(dir)?.and_then(|p| p.file_name().map(|n| n.to_os_string()));
+    let mut epochs = Vec::new();
+    let mut mid_epoch = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name
+            .strip_prefix("epoch-")
+            .and_then(|n| n.strip_suffix(".ckpt"))
+        else {
+            continue;
+        };
+        match stem.parse::<usize>() {
+            Ok(epoch) => epochs.push((epoch, name)),
+            Err(_) if stem.contains("-step-") => mid_epoch.push(name),
+            Err(_) => {}
+        }
+    }
+    epochs.sort();
+    let keep_from = match keep_last {
+        0 => 0,
+        n => epochs.len().saturating_sub(n),
+    };
+    let mut doomed: Vec<String> = epochs
+        .iter()
+        .enumerate()
+        .filter(|&(i, &(epoch, _))| i < keep_from && !(keep_every > 0 && epoch % keep_every == 0))
+        .map(|(_, (_, name))| name.clone())
+        .chain(mid_epoch)
+        .filter(|name| latest.as_deref() != Some(std::ffi::OsStr::new(name)))
+        .collect();
+    doomed.sort();
+    for name in &doomed {
+        let path = dir.join(name);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the old checkpoint {}", path.display()))?;
+    }
+    Ok(doomed)
 }
 
 /// A Burn record as bytes (what checkpoints store).
@@ -350,6 +411,53 @@ mod tests {
         let record = model.clone().into_record();
         let path = save(dir, &model, record, b"method", &state(), &config).unwrap();
         (path, model)
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_the_multiples_and_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |name: &str| std::fs::write(dir.path().join(name), b"x").unwrap();
+        for epoch in 1..=7 {
+            touch(&format!("epoch-{epoch:04}.ckpt"));
+        }
+        touch("epoch-0003-step-000012.ckpt"); // a Ctrl-C save, since passed
+        touch("notes.txt");
+        std::fs::write(dir.path().join(LATEST), "epoch-0007.ckpt\n").unwrap();
+        let removed = prune(dir.path(), 2, 3).unwrap();
+        assert_eq!(
+            removed,
+            [
+                "epoch-0001.ckpt",
+                "epoch-0002.ckpt",
+                "epoch-0003-step-000012.ckpt",
+                "epoch-0004.ckpt",
+                "epoch-0005.ckpt"
+            ]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "epoch-0003.ckpt",
+                "epoch-0006.ckpt",
+                "epoch-0007.ckpt",
+                "latest",
+                "notes.txt"
+            ]
+        );
+        // keep_last 0 keeps every end-of-epoch file; latest survives even when it is mid-epoch.
+        touch("epoch-0008-step-000005.ckpt");
+        std::fs::write(dir.path().join(LATEST), "epoch-0008-step-000005.ckpt\n").unwrap();
+        assert!(prune(dir.path(), 0, 0).unwrap().is_empty());
+        assert_eq!(
+            prune(dir.path(), 1, 0).unwrap(),
+            ["epoch-0003.ckpt", "epoch-0006.ckpt"]
+        );
+        assert!(dir.path().join("epoch-0008-step-000005.ckpt").is_file());
     }
 
     #[test]

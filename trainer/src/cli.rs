@@ -3,6 +3,7 @@
 use crate::backend::{run_on, DeviceKind};
 use crate::config::TrainConfig;
 use crate::distributed::Topology;
+use crate::eval::ProbeProtocol;
 use crate::jobs::train::{Outcome, TrainJob};
 use crate::methods::MethodKind;
 use crate::optim::{OptimConfig, OptimizerKind};
@@ -22,7 +23,7 @@ use std::sync::Arc;
                   (--method; each starts from its published CIFAR-10 settings, see \
                   --print-config). `trainer` alone runs `trainer train` with the defaults: it \
                   downloads CIFAR-10 once (or reads --data) and writes checkpoints, metrics.csv \
-                  and config.toml under runs/<timestamp>.",
+and config.toml under runs/<timestamp>.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -125,12 +126,17 @@ pub struct EvalArgs {
     /// kNN vote temperature: each neighbour votes exp(similarity / T).
     #[arg(long, default_value_t = 0.1)]
     pub temperature: f64,
-    /// Epochs of linear-probe training (Adam, cosine-decayed learning rate).
+    /// Linear evaluation: fast (Adam on features of un-augmented images computed once, a
+    /// quick look) or standard (the published protocol, solo-learn's main_linear: SGD momentum
+    /// 0.9, cosine, random crop + flip views every epoch; one encoder pass per epoch).
+    #[arg(long, value_enum, default_value_t = ProbeProtocol::Fast)]
+    pub protocol: ProbeProtocol,
+    /// Epochs of linear-probe training (cosine-decayed learning rate).
     #[arg(long, default_value_t = 100)]
     pub probe_epochs: usize,
-    /// Linear-probe learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub probe_lr: f64,
+    /// Linear-probe learning rate [default: 1e-3 fast, 0.1 standard].
+    #[arg(long)]
+    pub probe_lr: Option<f64>,
     /// Use only the first N train images (0 = all 50,000).
     #[arg(long, default_value_t = 0)]
     pub limit_train: usize,
@@ -207,6 +213,10 @@ pub struct TrainArgs {
     /// Stop at an unreadable image file instead of skipping it with a warning.
     #[arg(long)]
     pub strict_data: bool,
+    /// CPU convolutions as im2col + GEMM only, without the faster Winograd kernels
+    /// (config key `winograd`).
+    #[arg(long)]
+    pub no_winograd: bool,
     /// Self-supervised method; each starts from its preset: SimCLR from this project's recipe
     /// (Adam 3e-4), the others from solo-learn's published CIFAR-10 ResNet-18 configurations
     /// (heads, LARS/SGD with warm-up + cosine, augmentations). `--print-config` shows it all
@@ -222,6 +232,14 @@ pub struct TrainArgs {
     /// Cap on optimizer steps per epoch, for quick runs (0 = full epoch) [default: 0].
     #[arg(long)]
     pub steps_per_epoch: Option<usize>,
+    /// End-of-epoch checkpoints to keep, newest first; older ones are deleted after each save
+    /// (0: keep every one) [default: 3].
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Also keep the checkpoint of every N-th epoch, whatever --keep-last says [default: 0,
+    /// none].
+    #[arg(long, value_name = "N")]
+    pub keep_every: Option<usize>,
     /// Output directory for checkpoints, metrics.csv and config.toml [default: runs/<timestamp>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -237,9 +255,11 @@ pub struct TrainArgs {
     /// every tensor under its module path (see the README, "Evidence that it learns").
     #[arg(long, value_name = "FILE")]
     pub init_weights: Option<String>,
-    /// Optimizer preset, replacing the method's: adam (lr 3e-4, wd 1e-4), sgd (momentum 0.9,
-    /// lr 0.06 x batch/256, wd 5e-4, cosine schedule) or lars (lr 0.3 x batch/256, wd 1e-4,
-    /// eta 0.02, 10 warm-up epochs, cosine) [default: the method's].
+    /// Optimizer, replacing the method's. Between sgd and lars the method's learning rate,
+    /// weight decay and schedule stay; from adam: sgd (momentum 0.9, lr 0.06 x batch/256, wd
+    /// 5e-4, cosine) or lars (lr 0.3 x batch/256, wd 1e-4, eta 0.02, 10 warm-up epochs,
+    /// cosine); adam is lr 3e-4, wd 1e-4. `--print-config` shows the result [default: the
+    /// method's].
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
     /// TOML file with any config keys (see `trainer train --print-config`); flags override it.
@@ -248,6 +268,10 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint (its config.toml is reused).
     #[arg(long, requires = "out")]
     pub resume: bool,
+    /// With --resume and a new --epochs: stretch the learning-rate and momentum schedules over
+    /// the new total, instead of keeping the run's original horizon.
+    #[arg(long, requires = "resume")]
+    pub extend_schedule: bool,
     /// Print the full config this command would use, as TOML, and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -317,7 +341,7 @@ impl TrainArgs {
                     ensure!(
                         method == config.method.kind(),
                         "{} was trained with {}; --method {method} cannot resume it: drop \
-                         --method, or start a new run with another --out",
+--method, or start a new run with another --out",
                         out.display(),
                         config.method.kind()
                     );
@@ -329,13 +353,21 @@ impl TrainArgs {
                 self.batch_size.unwrap_or(TrainConfig::default().batch_size),
             ),
         };
+        let saved = (self.resume && self.config.is_none()).then(|| config.clone());
         if let Some(optimizer) = self.optimizer {
             if optimizer != config.optim.optimizer {
                 let batch = self.batch_size.unwrap_or(config.batch_size);
-                config.optim = match optimizer {
-                    OptimizerKind::Sgd => OptimConfig::sgd_preset(batch),
-                    OptimizerKind::Adam => OptimConfig::default(),
-                    OptimizerKind::Lars => OptimConfig::lars_preset(0.3, 1e-4),
+                use OptimizerKind::{Adam, Lars, Sgd};
+                config.optim = match (config.optim.optimizer, optimizer) {
+                    // SGD and LARS share learning-rate scales: keep the method's learning rate,
+                    // weight decay, warm-up, schedule and clipping, and change only the update.
+                    (Sgd | Lars, Sgd | Lars) => OptimConfig {
+                        optimizer,
+                        ..config.optim
+                    },
+                    (Adam, Sgd) => OptimConfig::sgd_preset(batch),
+                    (Adam, Lars) => OptimConfig::lars_preset(0.3, 1e-4),
+                    (_, Adam) => OptimConfig::default(),
                 };
             }
         }
@@ -351,11 +383,20 @@ impl TrainArgs {
         if self.strict_data {
             config.strict_data = true;
         }
+        if self.no_winograd {
+            config.winograd = false;
+        }
         if let Some(v) = self.epochs {
             config.epochs = v;
         }
         if let Some(v) = self.batch_size {
             config.batch_size = v;
+        }
+        if let Some(v) = self.keep_last {
+            config.keep_last = v;
+        }
+        if let Some(v) = self.keep_every {
+            config.keep_every = v;
         }
         if let Some(v) = self.steps_per_epoch {
             config.steps_per_epoch = v;
@@ -369,8 +410,64 @@ impl TrainArgs {
         if let Some(v) = &self.init_weights {
             config.init_weights = v.clone();
         }
+        if let Some(saved) = &saved {
+            self.continue_the_run(saved, &mut config)?;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// On --resume: flags that would make another run than the saved one are refused, and a new
+    /// --epochs keeps the schedules' horizon unless --extend-schedule.
+    fn continue_the_run(&self, saved: &TrainConfig, config: &mut TrainConfig) -> Result<()> {
+        let out = self.out.as_deref().unwrap_or(Path::new("")).display();
+        let same = |flag: &str, was: String, now: String| {
+            ensure!(
+                was == now,
+                "{out} was trained with {flag} {was}; {flag} {now} would change the run instead \
+                    of continuing it: drop {flag}, or start a new run with another --out"
+            );
+            Ok(())
+        };
+        same(
+            "--batch-size",
+            saved.batch_size.to_string(),
+            config.batch_size.to_string(),
+        )?;
+        same(
+            "--data",
+            format!("{:?}", saved.data),
+            format!("{:?}", config.data),
+        )?;
+        same(
+            "--image-size",
+            saved.image_size.to_string(),
+            config.image_size.to_string(),
+        )?;
+        if config.epochs != saved.epochs || self.extend_schedule {
+            let horizon = saved.horizon_epochs();
+            if self.extend_schedule {
+                config.schedule_epochs = config.epochs;
+                eprintln!(
+                    "--extend-schedule: the learning-rate and momentum schedules now span {} \
+                    epochs (were {horizon})",
+                    config.epochs
+                );
+            } else {
+                config.schedule_epochs = horizon;
+                eprintln!(
+                    "--epochs {}: the learning-rate and momentum schedules keep their horizon of \
+                    {horizon} epochs{} (--extend-schedule stretches them over the new total)",
+                    config.epochs,
+                    if config.epochs > horizon {
+                        "; the epochs after it run at the schedules' final values"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -433,7 +530,7 @@ fn train(args: TrainArgs) -> Result<i32> {
             };
             eprintln!(
                 "next: trainer eval --checkpoint {run}{data}\n      \
-                 trainer export --checkpoint {run} --viewer{data}   (then `trunk serve` in viewer/)",
+trainer export --checkpoint {run} --viewer{data}   (then `trunk serve` in viewer/)",
                 run = out.display()
             );
             0
@@ -475,7 +572,7 @@ fn bench(args: BenchArgs) -> Result<i32> {
     if let Some(script) = &torch_script {
         anyhow::ensure!(
             script.is_file(),
-            "PyTorch reference {} not found: run from the repository root, pass --torch-script, or --no-torch",
+"PyTorch reference {} not found: run from the repository root, pass --torch-script, or --no-torch",
             script.display()
         );
     }
@@ -519,7 +616,7 @@ fn export(args: ExportArgs) -> Result<i32> {
             ensure!(
                 parent.is_dir(),
                 "--viewer {}: {} does not exist (run from the repository root, or give \
-                 --viewer DIR with an existing parent folder)",
+--viewer DIR with an existing parent folder)",
                 dir.display(),
                 parent.display()
             );

@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// warning that names it.
     pub strict_data: bool,
     pub epochs: usize,
+    /// Epochs the learning-rate and momentum schedules span (0: `epochs`). A run resumed with
+    /// a new `--epochs` keeps its original horizon here, so the cosine does not jump, unless
+    /// `--extend-schedule` stretches it.
+    pub schedule_epochs: usize,
     pub batch_size: usize,
     /// Cap on optimizer steps per epoch (0 = a full pass over the data).
     pub steps_per_epoch: usize,
@@ -72,6 +76,16 @@ pub struct TrainConfig {
     /// batch, summed over all devices (as one device would compute them), instead of over each
     /// device's share. Every preset uses it; no effect on one device.
     pub sync_batchnorm: bool,
+    /// CPU convolutions use Winograd F(4x4, 3x3) where it is faster than im2col + GEMM (3x3
+    /// stride-1 layers with 16 channels and more). false: im2col + GEMM everywhere, at about
+    /// half the speed of those layers; its rounding is closer to PyTorch's (README, "Evidence").
+    pub winograd: bool,
+    /// End-of-epoch checkpoints to keep: the newest `keep_last` (0: every one). The one
+    /// `latest` names is always kept.
+    pub keep_last: usize,
+    /// Also keep every checkpoint whose epoch is a multiple of this (0: none), for later
+    /// evaluation of the run's history.
+    pub keep_every: usize,
     /// The self-supervised method and its settings.
     pub method: MethodConfig,
     pub model: ModelConfig,
@@ -88,6 +102,7 @@ impl Default for TrainConfig {
             eval_data: String::new(),
             strict_data: false,
             epochs: 100,
+            schedule_epochs: 0,
             batch_size: 256,
             steps_per_epoch: 0,
             seed: 42,
@@ -95,6 +110,9 @@ impl Default for TrainConfig {
             device: DeviceKind::Cpu,
             prefetch_batches: 4,
             sync_batchnorm: true,
+            winograd: true,
+            keep_last: 3,
+            keep_every: 0,
             method: MethodConfig::default(),
             model: ModelConfig::default(),
             augment: AugmentConfig::default(),
@@ -227,6 +245,14 @@ impl TrainConfig {
             let round = |v: [f32; 3]| v.map(|x| (x * 1e4).round() / 1e4);
             self.augment.mean = Some(round(mean));
             self.augment.std = Some(round(std));
+        }
+    }
+
+    /// Epochs the learning-rate and momentum schedules span.
+    pub fn horizon_epochs(&self) -> usize {
+        match self.schedule_epochs {
+            0 => self.epochs,
+            n => n,
         }
     }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{text, trainer};
+use common::{text, trainer, Metrics};
 use e2e::cifar10_bin;
 use std::process::Command;
 
@@ -62,18 +62,16 @@ fn short_real_run_then_resume_adds_an_epoch() {
         "{stdout}"
     );
     assert!(out.join("checkpoints/epoch-0003.ckpt").is_file());
-    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-    let rows: Vec<Vec<f64>> = csv
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
-        .collect();
-    assert_eq!(rows.len(), 3, "{csv}");
-    for (i, row) in rows.iter().enumerate() {
-        assert_eq!(row[0], (i + 1) as f64);
-        assert!(row[1] > 0.0 && row[1] < 10.0, "loss {}", row[1]);
-        assert!((0.0..=1.0).contains(&row[2]), "kNN {}", row[2]);
-        assert!(row[3] > 0.0, "pairs/s");
+    let metrics = Metrics::read(&out);
+    assert_eq!(metrics.column("epoch"), [1.0, 2.0, 3.0]);
+    for loss in metrics.column("loss") {
+        assert!(loss > 0.0 && loss < 10.0, "loss {loss}");
+    }
+    for knn in metrics.column("knn_top1") {
+        assert!((0.0..=1.0).contains(&knn), "kNN {knn}");
+    }
+    for rate in metrics.column("pairs_per_s") {
+        assert!(rate > 0.0, "pairs/s {rate}");
     }
 
     let eval = trainer(&[
@@ -107,6 +105,38 @@ fn short_real_run_then_resume_adds_an_epoch() {
     }
     // Ten classes: a trained or even random encoder beats the 10 % of guessing on kNN.
     assert!(report["knn_top1"].as_f64().unwrap() > 0.12, "{report}");
+    assert_eq!(report["linear_probe_protocol"], "fast");
+
+    // The published protocol (SGD on crop + flip views), labelled as such.
+    let eval = trainer(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "200",
+        "--protocol",
+        "standard",
+        "--probe-epochs",
+        "2",
+        "--k",
+        "20",
+    ]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let table = text(&eval.stdout);
+    assert!(
+        table.contains("linear probe top-1 (standard protocol, 2 epochs)"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("checkpoints/eval.json")).unwrap()).unwrap();
+    assert_eq!(report["linear_probe_protocol"], "standard");
+    assert_eq!(report["linear_probe_epochs"], 2);
+    let top1 = report["linear_probe_top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1), "{report}");
 
     let onnx = dir.path().join("encoder.onnx");
     let export = trainer(&[
@@ -278,6 +308,55 @@ fn print_config_shows_the_recipe_defaults() {
         "width = 64",
     ] {
         assert!(toml.contains(line), "{line} missing from\n{toml}");
+    }
+    // From LARS to SGD, BYOL keeps its own learning rate (1.0 per 256) and weight decay.
+    let out = trainer(&["--print-config", "--method", "byol", "--optimizer", "sgd"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config: toml::Value = toml::from_str(&text(&out.stdout)).unwrap();
+    let optim = &config["optim"];
+    assert_eq!(optim["optimizer"].as_str(), Some("sgd"));
+    assert_eq!(optim["lr"].as_float(), Some(1.0));
+    assert_eq!(optim["weight_decay"].as_float(), Some(1e-5));
+    assert_eq!(optim["scale_lr_by_batch"].as_bool(), Some(true));
+    // Winograd is on by default; --no-winograd turns it off in the config the run saves.
+    assert_eq!(config["winograd"].as_bool(), Some(true));
+    let out = trainer(&["--print-config", "--no-winograd"]);
+    let config: toml::Value = toml::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(config["winograd"].as_bool(), Some(false));
+}
+
+#[test]
+fn resume_keeps_the_schedule_horizon_and_refuses_flags_that_change_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let saved = trainer(&["--print-config", "--method", "byol", "--epochs", "2"]);
+    std::fs::write(out.join("config.toml"), &saved.stdout).unwrap();
+    let out = out.to_str().unwrap();
+    let resumed = |extra: &[&str]| {
+        let run = trainer(&[&["--resume", "--out", out, "--print-config"], extra].concat());
+        let config: Option<toml::Value> = toml::from_str(&text(&run.stdout)).ok();
+        (run, config)
+    };
+
+    // A new --epochs keeps the cosine and BYOL's momentum over the original 2 epochs.
+    let (run, config) = resumed(&["--epochs", "5"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let config = config.unwrap();
+    assert_eq!(config["epochs"].as_integer(), Some(5));
+    assert_eq!(config["schedule_epochs"].as_integer(), Some(2));
+    assert!(text(&run.stderr).contains("--extend-schedule"));
+    // ... unless asked to stretch them.
+    let (run, config) = resumed(&["--epochs", "5", "--extend-schedule"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert_eq!(config.unwrap()["schedule_epochs"].as_integer(), Some(5));
+
+    // Another batch size or dataset is another run.
+    for (flag, value) in [("--batch-size", "64"), ("--data", "/elsewhere")] {
+        let (run, _) = resumed(&[flag, value]);
+        assert_eq!(run.status.code(), Some(1), "{flag}");
+        let err = text(&run.stderr);
+        assert!(err.contains(flag) && err.contains("another --out"), "{err}");
     }
 }
 

@@ -126,6 +126,24 @@ fn ctrl_c_mid_epoch_saves_and_resume_finishes_the_same_epoch() {
 }
 
 #[test]
+fn old_checkpoints_are_pruned_after_each_save() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = config(1);
+    (run.keep_last, run.keep_every) = (1, 2);
+    // A Ctrl-C save, then the resumed run's three epochs.
+    train(run.clone(), dir.path(), false, true).unwrap();
+    run.epochs = 4;
+    train(run, dir.path(), true, false).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["epoch-0002.ckpt", "epoch-0004.ckpt", "latest"]);
+}
+
+#[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();

@@ -2,10 +2,12 @@
 //!
 //! The features are computed once (BatchNorm in inference mode, no augmentation); each metric
 //! then works on them alone, so they can be tested on synthetic embeddings whose answer is known.
-//! `features` computes them, `knn` is also the training loop's monitor.
+//! `features` computes them, `knn` is also the training loop's monitor. `standard_linear` is
+//! the published linear protocol, which needs the encoder itself (augmented images each epoch).
 
 pub mod features;
 pub mod knn;
+pub mod standard_linear;
 
 use anyhow::{ensure, Result};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -20,6 +22,35 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+/// How `trainer eval` trains its linear classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeProtocol {
+    /// A quick look: Adam on features computed once from un-augmented images (seconds).
+    Fast,
+    /// The published protocol (solo-learn's `main_linear`): SGD with momentum 0.9 and a
+    /// cosine learning rate, on features of random crop + flip views drawn every epoch (one
+    /// encoder pass over the training set per epoch).
+    Standard,
+}
+
+impl ProbeProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeProtocol::Fast => "fast",
+            ProbeProtocol::Standard => "standard",
+        }
+    }
+
+    /// Its default learning rate.
+    pub fn default_lr(self) -> f64 {
+        match self {
+            ProbeProtocol::Fast => ProbeConfig::default().lr,
+            ProbeProtocol::Standard => standard_linear::StandardLinearConfig::default().lr,
+        }
+    }
+}
 
 /// Linear-probe training settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +134,11 @@ pub struct EvalReport {
     pub knn_top1: f64,
     pub linear_probe_top1: f64,
     pub linear_probe_epochs: usize,
+    /// How `linear_probe_top1` was measured: "fast" (Adam on the fixed features of
+    /// un-augmented images, L2-normalised) or "standard" (solo-learn's offline protocol: SGD
+    /// with momentum and cosine on features of crop + flip views); see `ProbeProtocol`.
+    #[serde(default)]
+    pub linear_probe_protocol: String,
     pub kmeans_nmi: f64,
     pub kmeans_ari: f64,
 }

@@ -143,6 +143,10 @@ impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
                 &self.device,
             );
             model = next;
+            // A GPU queues the optimizer's update asynchronously: wait for it, so the time is
+            // the whole step (as PyTorch's timing ends with torch.cuda.synchronize()).
+            B::sync(&self.device)
+                .map_err(|e| anyhow::anyhow!("benchmark step {step}: the device failed: {e:?}"))?;
             let loss = stats.loss;
             anyhow::ensure!(
                 loss.is_finite(),
@@ -279,6 +283,13 @@ fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
         batch_size.to_string(),
         "--threads".into(),
         options.threads.to_string(),
+        // The statistic and warm-up of our own inference timing (InferenceTiming).
+        "--warmup".into(),
+        "2".into(),
+        "--min-passes".into(),
+        options.steps.max(3).to_string(),
+        "--seconds".into(),
+        options.inference_seconds.to_string(),
     ];
     let json = run_python_json(script, &args, "ONNX Runtime throughput");
     let _ = std::fs::remove_file(&path);

@@ -6,7 +6,10 @@ use crate::checkpoint::Checkpoint;
 use crate::cli::EvalArgs;
 use crate::eval::features::encode_dataset;
 use crate::eval::knn::KnnClassifier;
-use crate::eval::{ari, kmeans, knn_top1, linear_probe, nmi, EvalReport, Features, ProbeConfig};
+use crate::eval::standard_linear::{standard_linear_eval, StandardLinearConfig};
+use crate::eval::{
+    ari, kmeans, knn_top1, linear_probe, nmi, EvalReport, Features, ProbeConfig, ProbeProtocol,
+};
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use std::time::Instant;
@@ -74,20 +77,36 @@ impl BackendTask for EvalJob {
             classes,
             &device,
         );
-        let probe = ProbeConfig {
-            epochs: args.probe_epochs,
-            lr: args.probe_lr,
-            ..Default::default()
+        let lr = args.probe_lr.unwrap_or(args.protocol.default_lr());
+        let probe_acc = match args.protocol {
+            ProbeProtocol::Fast => linear_probe::<B>(
+                &train_features,
+                &train.labels,
+                &test_features,
+                &test.labels,
+                classes,
+                &ProbeConfig {
+                    epochs: args.probe_epochs,
+                    lr,
+                    ..Default::default()
+                },
+                &device,
+            )?,
+            ProbeProtocol::Standard => standard_linear_eval::<B>(
+                &encoder,
+                &train,
+                &test_features,
+                &test.labels,
+                classes,
+                augment,
+                &StandardLinearConfig {
+                    epochs: args.probe_epochs,
+                    lr,
+                    ..Default::default()
+                },
+                &device,
+            )?,
         };
-        let probe_acc = linear_probe::<B>(
-            &train_features,
-            &train.labels,
-            &test_features,
-            &test.labels,
-            classes,
-            &probe,
-            &device,
-        )?;
         let clusters = kmeans(&test_features.l2_normalized(), classes, 100, 0);
         let truth: Vec<usize> = test.labels.iter().map(|&l| l as usize).collect();
         let report = EvalReport {
@@ -99,6 +118,7 @@ impl BackendTask for EvalJob {
             knn_top1: knn_acc,
             linear_probe_top1: probe_acc,
             linear_probe_epochs: args.probe_epochs,
+            linear_probe_protocol: args.protocol.name().to_string(),
             kmeans_nmi: nmi(&clusters, &truth),
             kmeans_ari: ari(&clusters, &truth),
         };
@@ -110,7 +130,8 @@ impl BackendTask for EvalJob {
             100.0 * report.knn_top1
         );
         println!(
-            "| linear probe top-1 ({} epochs) | {:.2} % |",
+            "| linear probe top-1 ({} protocol, {} epochs) | {:.2} % |",
+            args.protocol.name(),
             args.probe_epochs,
             100.0 * report.linear_probe_top1
         );

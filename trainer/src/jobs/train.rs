@@ -109,6 +109,10 @@ impl BackendTask for TrainJob {
             self.config.batch_size
         );
         self.config.resolve_for(&splits);
+        crate::kernels::winograd::set_enabled(self.config.winograd);
+        if !self.config.winograd {
+            eprintln!("CPU convolutions: im2col + GEMM only (winograd = false)");
+        }
         let topology = &self.topology;
         topology.validate(self.config.batch_size)?;
         let spread = if topology.is_single() {
@@ -372,14 +376,20 @@ impl TrainJob {
                 .checkpoints_dir()
                 .join(checkpoint::checkpoint_name(state)));
         }
-        checkpoint::save(
+        let path = checkpoint::save(
             &self.checkpoints_dir(),
             model,
             optimizer.to_record(),
             &method.save_state()?,
             state,
             &self.config,
-        )
+        )?;
+        checkpoint::prune(
+            &self.checkpoints_dir(),
+            self.config.keep_last,
+            self.config.keep_every,
+        )?;
+        Ok(path)
     }
 
     fn train<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
@@ -495,7 +505,7 @@ impl TrainJob {
         let schedule = Schedule {
             batch_size: config.batch_size,
             steps_per_epoch,
-            total_steps: steps_per_epoch * config.epochs,
+            total_steps: steps_per_epoch * config.horizon_epochs(),
         };
         let mut all_metrics = Vec::new();
 

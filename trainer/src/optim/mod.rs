@@ -40,7 +40,8 @@ pub struct OptimConfig {
     /// Clip the global L2 norm of all gradients to this value (as PyTorch's
     /// `clip_grad_norm_`); 0 disables clipping.
     pub grad_clip: f64,
-    /// Cosine decay of the learning rate to 0 over the run (always on for SGD and LARS).
+    /// Cosine decay of the learning rate to 0 over the run (on in the SGD and LARS presets);
+    /// false: constant after the warm-up.
     pub cosine: bool,
     /// Linear warm-up of the learning rate over this many epochs (from lr / warm-up steps).
     pub warmup_epochs: f64,
@@ -116,8 +117,7 @@ impl OptimConfig {
         if step < warmup {
             return peak * (step + 1) as f64 / warmup as f64;
         }
-        let decays = self.cosine || self.optimizer != OptimizerKind::Adam;
-        if !decays || schedule.total_steps <= warmup {
+        if !self.cosine || schedule.total_steps <= warmup {
             return peak;
         }
         let progress = ((step - warmup) as f64 / (schedule.total_steps - warmup) as f64).min(1.0);
@@ -200,6 +200,25 @@ mod tests {
         assert!((sgd.lr_at(50, &schedule(100)) - 0.03).abs() < 1e-12);
         assert!(sgd.lr_at(100, &schedule(100)).abs() < 1e-12);
         assert_eq!(OptimConfig::default().lr_at(50, &schedule(100)), 3e-4);
+        // cosine = false is honoured by SGD and LARS too: constant after the warm-up.
+        for preset in [
+            OptimConfig::sgd_preset(256),
+            OptimConfig::lars_preset(0.3, 1e-4),
+        ] {
+            let constant = OptimConfig {
+                cosine: false,
+                warmup_epochs: 0.0,
+                ..preset
+            };
+            let peak = constant.peak_lr(256);
+            assert_eq!(constant.lr_at(0, &schedule(100)), peak);
+            assert_eq!(
+                constant.lr_at(99, &schedule(100)),
+                peak,
+                "{:?}",
+                constant.optimizer
+            );
+        }
     }
 
     #[test]
