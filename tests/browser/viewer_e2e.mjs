@@ -24,6 +24,17 @@ const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(join(here, '..', '..', 'viewer', 'package.json'));
 const { chromium } = require('playwright-core');
 
+// Drops the query image on `page` and waits until it is embedded (or the page shows an error).
+async function dropQuery(page) {
+  const bytes = [...await readFile(args.query)];
+  await page.evaluate(([bytes, name]) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
+    document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, [bytes, 'query.png']);
+  await page.waitForFunction(() => document.body.dataset.queries === '1' || document.body.dataset.status === 'error', null, { timeout: 45000 });
+}
+
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css', '.json': 'application/json' };
 
 const server = createServer(async (req, res) => {
@@ -89,13 +100,7 @@ try {
       result.clicked_neighbours = await page.locator('#selection figure.neighbour').count();
     }
     // 3. Drop an image on the page: it is embedded and gets neighbours.
-    const bytes = [...await readFile(args.query)];
-    await page.evaluate(([bytes, name]) => {
-      const dt = new DataTransfer();
-      dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
-      document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
-    }, [bytes, 'query.png']);
-    await page.waitForFunction(() => document.body.dataset.queries === '1' || document.body.dataset.status === 'error', null, { timeout: 45000 });
+    await dropQuery(page);
     result.query_neighbours = await page.locator('#queries .query figure.neighbour').count();
     result.query_status = await page.evaluate(() => document.body.dataset.status);
     await page.screenshot({ path: args.screenshot });
@@ -141,13 +146,7 @@ try {
       first8: window.selfsupViewer ? Array.from(window.selfsupViewer.embeddings.slice(0, 8 * window.selfsupViewer.dim)) : [],
     }));
     if (seen.status === 'ready') {
-      const bytes = [...await readFile(args.query)];
-      await page.evaluate(([bytes, name]) => {
-        const dt = new DataTransfer();
-        dt.items.add(new File([new Uint8Array(bytes)], name, { type: 'image/png' }));
-        document.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
-      }, [bytes, 'query.png']);
-      await page.waitForFunction(() => document.body.dataset.queries === '1' || document.body.dataset.status === 'error', null, { timeout: 45000 });
+      await dropQuery(page);
       seen.query_status = await page.evaluate(() => document.body.dataset.status);
       seen.query_message = await page.evaluate(() => document.getElementById('message').textContent);
       seen.query_neighbours = await page.locator('#queries .query figure.neighbour').count();
