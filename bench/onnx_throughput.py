@@ -5,7 +5,8 @@ usage: onnx_throughput.py MODEL.onnx [--batch-size 64] [--warmup 2] [--min-passe
                           [--seconds 3] [--threads 0]
 Timed as `trainer bench` times its own inference: `--warmup` untimed passes, then each pass
 timed, at least `--min-passes` and about `--seconds` of them; images/s from the median pass.
-Prints one JSON line: {"images_per_s": ..., "batch_size": ..., "onnxruntime": version}.
+Prints one JSON line: {"images_per_s": ..., "batch_size": ..., "statistic": "median", "warmup": ...,
+"passes": ..., "pass_seconds": [...], "onnxruntime": version}.
 """
 import argparse, json, statistics, sys, time
 
@@ -37,4 +38,5 @@ while len(times) < a.min_passes or time.perf_counter() - start < a.seconds:
     session.run(["embedding"], {"images": images})
     times.append(time.perf_counter() - t0)
 print(json.dumps({"images_per_s": a.batch_size / statistics.median(times), "batch_size": a.batch_size,
-                  "passes": len(times), "onnxruntime": ort.__version__}))
+                  "statistic": "median", "warmup": a.warmup, "passes": len(times),
+                  "pass_seconds": times, "onnxruntime": ort.__version__}))

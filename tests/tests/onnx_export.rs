@@ -278,3 +278,51 @@ fn at_96_px_the_imagenet_stem_exports_and_matches_burn_in_onnx_runtime() {
         "embeddings are not all zero"
     );
 }
+
+/// `trainer bench` compares its inference with ONNX Runtime's timed the same way: after 2
+/// untimed passes, the median of per-pass times (not a mean after one warm-up). The script
+/// reports its passes, and its rate must be the batch over their median.
+#[test]
+fn onnx_runtime_throughput_is_the_median_pass_after_the_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = export(dir.path(), false);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/onnx_throughput.py");
+    let out = e2e::python3()
+        .arg(&script)
+        .arg(&path)
+        .args([
+            "--batch-size",
+            "2",
+            "--warmup",
+            "2",
+            "--min-passes",
+            "5",
+            "--seconds",
+            "0",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["statistic"], "median", "{report}");
+    assert_eq!(report["warmup"], 2, "{report}");
+    assert_eq!(report["passes"], 5, "{report}");
+    let mut seconds: Vec<f64> = report["pass_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    assert_eq!(seconds.len(), 5);
+    seconds.sort_by(f64::total_cmp);
+    let expected = 2.0 / seconds[2];
+    let rate = report["images_per_s"].as_f64().unwrap();
+    assert!(
+        (rate - expected).abs() <= 1e-9 * expected,
+        "images/s {rate}, batch / median pass {expected}"
+    );
+}

@@ -209,14 +209,21 @@ pub fn linear_probe<B: AutodiffBackend>(
         }
     }
     let logits = burn::module::AutodiffModule::valid(&probe).forward(test);
-    let predicted: Vec<i64> = logits
+    Ok(logits_top1(logits, test_labels))
+}
+
+/// Top-1 accuracy of a classifier's `logits` (`[N, classes]`) against `labels`.
+pub fn logits_top1<B: Backend>(logits: Tensor<B, 2>, labels: &[u8]) -> f64 {
+    let predicted: Vec<u8> = logits
         .argmax(1)
         .into_data()
         .convert::<i64>()
-        .to_vec()
-        .expect("int data");
-    let predicted: Vec<u8> = predicted.into_iter().map(|p| p as u8).collect();
-    Ok(top1(&predicted, test_labels))
+        .to_vec::<i64>()
+        .expect("int data")
+        .into_iter()
+        .map(|p| p as u8)
+        .collect();
+    top1(&predicted, labels)
 }
 
 /// k-means (k-means++ seeding, Lloyd iterations) on the rows of `features`; returns each row's

@@ -6,7 +6,6 @@
 //! Each epoch runs the encoder over the whole training set, so it costs `epochs` passes of
 //! inference; the quick probe (`super::linear_probe`) trains on features computed once instead.
 
-use super::knn::top1;
 use super::Features;
 use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, PerView};
@@ -137,16 +136,7 @@ pub fn standard_linear_eval<B: TrainBackend>(
     let logits = probe
         .valid()
         .forward(test_features.to_tensor::<B::InnerBackend>(device));
-    let predicted: Vec<u8> = logits
-        .argmax(1)
-        .into_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
-        .expect("int data")
-        .into_iter()
-        .map(|p| p as u8)
-        .collect();
-    Ok(top1(&predicted, test_labels))
+    Ok(super::logits_top1(logits, test_labels))
 }
 
 #[cfg(test)]
