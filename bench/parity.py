@@ -18,7 +18,7 @@ Prints a table and writes --out (JSON: per seed and framework, loss per epoch an
 `--ours-only --keep DIR` runs only the trainer (from PyTorch's initialisation, whose kNN it
 reports) and keeps its run directory: how the README's long CPU run was made.
 `--trainer-arg=--no-winograd` passes a flag to the trainer: the same seeds with and without it
-compare the CPU's Winograd convolutions with im2col over a real budget (README, "Evidence").
+compare the CPU's Winograd convolutions with im2col over a real budget (docs/evidence.md).
 Needs torch, torchvision, safetensors, numpy.
 """
 import argparse

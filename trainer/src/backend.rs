@@ -1,7 +1,7 @@
 //! Backend choice, made once at the binary's edge: everything else is generic over `B: Backend`.
 //!
 //! The CPU default is Burn's `flex` backend (pure Rust, SIMD GEMM, multi-threaded): it ran the
-//! SimCLR step fastest of the CPU backends that build here (see README, "Why flex").
+//! SimCLR step fastest of the CPU backends that build here (see docs/cpu.md).
 
 use crate::model::NetworkOps;
 use anyhow::{bail, Result};
@@ -22,8 +22,12 @@ pub type WgpuBackend = burn::backend::Wgpu;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
-    /// The default CPU backend (flex).
+    /// The best this binary and machine have: CUDA when built with it and a GPU answers, else
+    /// wgpu when built with it and its adapter is a GPU (not a CPU rasteriser such as lavapipe),
+    /// else the CPU.
     #[default]
+    Auto,
+    /// The default CPU backend (flex).
     Cpu,
     /// An NVIDIA GPU through burn-cuda (binary built with `--features cuda`).
     Cuda,
@@ -55,6 +59,7 @@ pub trait BackendTask {
 pub fn run_on<T: BackendTask>(kind: DeviceKind, task: T) -> Result<T::Output> {
     use burn::backend::Autodiff;
     match kind {
+        DeviceKind::Auto => run_on(resolve(kind), task),
         DeviceKind::Cpu => task.run::<Autodiff<CpuBackend>>(Default::default(), "cpu (flex)"),
         DeviceKind::Ndarray => {
             #[cfg(feature = "ndarray")]
@@ -98,6 +103,72 @@ pub fn run_on<T: BackendTask>(kind: DeviceKind, task: T) -> Result<T::Output> {
             )
         }
     }
+}
+
+impl DeviceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Wgpu => "wgpu",
+            Self::Ndarray => "ndarray",
+            Self::Candle => "candle",
+        }
+    }
+
+    /// A CPU backend (the default one or a comparison backend).
+    pub fn is_cpu(self) -> bool {
+        matches!(self, Self::Cpu | Self::Ndarray | Self::Candle)
+    }
+}
+
+/// `--device auto` made concrete, once per process and said once on stderr with the reason;
+/// any other kind is returned as it is.
+pub fn resolve(kind: DeviceKind) -> DeviceKind {
+    if kind != DeviceKind::Auto {
+        return kind;
+    }
+    static CHOICE: std::sync::OnceLock<DeviceKind> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        let (choice, why) = auto_choice();
+        eprintln!("device: auto -> {} ({why})", choice.name());
+        choice
+    })
+}
+
+/// CUDA, else a real GPU through wgpu, else the CPU; with what was passed over and why.
+fn auto_choice() -> (DeviceKind, String) {
+    let mut passed_over: Vec<String> = Vec::new();
+    #[cfg(feature = "cuda")]
+    match check_cuda(&Default::default()) {
+        Ok(()) => return (DeviceKind::Cuda, "a CUDA GPU answered".into()),
+        Err(e) => passed_over.push(format!("no CUDA GPU answered: {e}")),
+    }
+    #[cfg(not(feature = "cuda"))]
+    passed_over.push("built without --features cuda".into());
+    #[cfg(feature = "wgpu")]
+    match wgpu_adapter() {
+        Ok(adapter) if !is_cpu_adapter(&adapter) => {
+            return (DeviceKind::Wgpu, format!("wgpu adapter: {adapter}"))
+        }
+        // A Vulkan driver that runs on the CPU is several times slower than the CPU backend.
+        Ok(adapter) => passed_over.push(format!("wgpu's adapter runs on the CPU: {adapter}")),
+        Err(_) => passed_over.push("wgpu found no GPU adapter".into()),
+    }
+    #[cfg(not(feature = "wgpu"))]
+    passed_over.push("built without --features wgpu".into());
+    (DeviceKind::Cpu, passed_over.join("; "))
+}
+
+/// Whether a wgpu adapter (as [`wgpu_adapter`] describes it: name, API, device type) is a
+/// rasteriser on the CPU rather than a GPU.
+pub fn is_cpu_adapter(description: &str) -> bool {
+    let d = description.to_lowercase();
+    d.ends_with(", cpu")
+        || ["llvmpipe", "lavapipe", "swiftshader", "softpipe"]
+            .iter()
+            .any(|name| d.contains(name))
 }
 
 /// The device of local rank `index` in a run on `devices` devices of `kind`: the GPU with that

@@ -95,8 +95,9 @@ pub struct EmbedArgs {
     /// An unreadable image file is an error instead of a skipped file with a warning.
     #[arg(long)]
     pub strict_data: bool,
-    /// Device (cpu, cuda, wgpu, ndarray, candle).
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    /// Device: auto (CUDA, else a real GPU through wgpu, else the CPU), cpu, cuda, wgpu,
+    /// ndarray, candle.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
     /// Images per forward pass.
     #[arg(long, default_value_t = 256)]
@@ -117,8 +118,9 @@ pub struct EvalArgs {
     /// Labelled dataset, as `train --data` (default: the run's --eval-data, else its --data).
     #[arg(long)]
     pub data: Option<String>,
-    /// Device (cpu, cuda, wgpu, ndarray, candle).
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    /// Device: auto (CUDA, else a real GPU through wgpu, else the CPU), cpu, cuda, wgpu,
+    /// ndarray, candle.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
     /// Neighbours that vote in kNN.
     #[arg(long, default_value_t = 200)]
@@ -159,8 +161,9 @@ pub struct BenchArgs {
     /// Untimed warm-up steps before them.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// Device to measure (cpu, cuda, wgpu, ndarray, candle).
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    /// Device to measure: auto (CUDA, else a real GPU through wgpu, else the CPU), cpu, cuda,
+    /// wgpu, ndarray, candle.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
     /// ResNet-18 width (64 is the standard network).
     #[arg(long, default_value_t = 64)]
@@ -232,6 +235,32 @@ pub struct TrainArgs {
     /// Cap on optimizer steps per epoch, for quick runs (0 = full epoch) [default: 0].
     #[arg(long)]
     pub steps_per_epoch: Option<usize>,
+    /// Peak learning rate (optim.lr; with optim.scale_lr_by_batch, for a batch of 256)
+    /// [default: the method's].
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// Weight decay (optim.weight_decay) [default: the method's].
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f64>,
+    /// Linear learning-rate warm-up, in epochs (optim.warmup_epochs) [default: the method's].
+    #[arg(long, value_name = "EPOCHS")]
+    pub warmup_epochs: Option<f64>,
+    /// Loss temperature of SimCLR and MoCo v2 (method.temperature) [default: 0.5 SimCLR, 0.2
+    /// MoCo v2].
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f64>,
+    /// ResNet-18 width: channels of the first stage (model.width; 64 is the standard network,
+    /// 16 trains about 10x faster) [default: 64].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Run the kNN monitor after every N-th epoch and the last one; 0 turns it off
+    /// (knn.every) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub knn_every: Option<usize>,
+    /// Optimizer steps between two rows of per-step TensorBoard scalars under OUT/tb (0:
+    /// none) [default: 10].
+    #[arg(long, value_name = "STEPS")]
+    pub log_every: Option<usize>,
     /// End-of-epoch checkpoints to keep, newest first; older ones are deleted after each save
     /// (0: keep every one) [default: 3].
     #[arg(long, value_name = "N")]
@@ -243,16 +272,17 @@ pub struct TrainArgs {
     /// Output directory for checkpoints, metrics.csv and config.toml [default: runs/<timestamp>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where to train: cpu, cuda (binary built with --features cuda), wgpu (any GPU through
-    /// Vulkan/Metal/DX12; --features wgpu), or another CPU backend for comparison (ndarray,
-    /// candle) [default: cpu].
+    /// Where to train: auto (CUDA if the binary has it and a GPU answers, else wgpu if it has
+    /// it and the adapter is a real GPU, else the CPU; the choice is printed), cpu, cuda (binary
+    /// built with --features cuda), wgpu (any GPU through Vulkan/Metal/DX12; --features wgpu),
+    /// or another CPU backend for comparison (ndarray, candle) [default: auto].
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
     /// Random seed for initialisation, shuffling and augmentation [default: 42].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Start from these weights instead of a random initialisation: a safetensors file with
-    /// every tensor under its module path (see the README, "Evidence that it learns").
+    /// every tensor under its module path (see docs/evidence.md).
     #[arg(long, value_name = "FILE")]
     pub init_weights: Option<String>,
     /// Optimizer, replacing the method's. Between sgd and lars the method's learning rate,
@@ -276,8 +306,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub print_config: bool,
     /// Devices of this machine to spread each batch over: one rank (thread) per device, each
-    /// with batch-size / (devices x nodes) images, gradients averaged (README, "Several
-    /// devices"). With --device cpu the ranks share the cores.
+    /// with batch-size / (devices x nodes) images, gradients averaged (docs/distributed.md). With --device cpu the ranks share the cores.
     #[arg(
         long,
         default_value_t = 1,
@@ -410,6 +439,27 @@ impl TrainArgs {
         if let Some(v) = &self.init_weights {
             config.init_weights = v.clone();
         }
+        if let Some(v) = self.lr {
+            config.optim.lr = v;
+        }
+        if let Some(v) = self.weight_decay {
+            config.optim.weight_decay = v;
+        }
+        if let Some(v) = self.warmup_epochs {
+            config.optim.warmup_epochs = v;
+        }
+        if let Some(v) = self.temperature {
+            config.method.set_temperature(v)?;
+        }
+        if let Some(v) = self.width {
+            config.model.width = v;
+        }
+        if let Some(v) = self.knn_every {
+            config.knn.every = v;
+        }
+        if let Some(v) = self.log_every {
+            config.log_every = v;
+        }
         if let Some(saved) = &saved {
             self.continue_the_run(saved, &mut config)?;
         }
@@ -479,7 +529,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Export(args)) => export(args),
         Some(Command::Embed(args)) => {
-            let device = args.device;
+            let device = crate::backend::resolve(args.device);
             run_on(device, EmbedJob { args })?;
             Ok(0)
         }
@@ -488,11 +538,13 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 fn train(args: TrainArgs) -> Result<i32> {
-    let config = args.to_config()?;
+    let mut config = args.to_config()?;
     if args.print_config {
         print!("{}", config.to_toml());
         return Ok(0);
     }
+    // The run's config.toml records the device it ran on, not "auto".
+    config.device = crate::backend::resolve(config.device);
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
     });
@@ -580,7 +632,7 @@ fn bench(args: BenchArgs) -> Result<i32> {
         batch_sizes: args.batch_size.clone(),
         steps: args.steps,
         warmup: args.warmup,
-        device: args.device,
+        device: crate::backend::resolve(args.device),
         model: crate::model::ModelConfig {
             width: args.width,
             stem: crate::model::Stem::Auto.for_size(args.image_size),
@@ -603,7 +655,10 @@ fn bench(args: BenchArgs) -> Result<i32> {
 }
 
 fn eval(args: EvalArgs) -> Result<i32> {
-    run_on(args.device, crate::jobs::eval::EvalJob { args })?;
+    run_on(
+        crate::backend::resolve(args.device),
+        crate::jobs::eval::EvalJob { args },
+    )?;
     Ok(0)
 }
 

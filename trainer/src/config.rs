@@ -25,6 +25,9 @@ pub struct KnnConfig {
     pub query_size: usize,
     pub k: usize,
     pub temperature: f64,
+    /// Run the monitor after every `every`-th epoch and after the last one (0: never; the
+    /// epochs without it have NaN in metrics.csv).
+    pub every: usize,
 }
 
 impl Default for KnnConfig {
@@ -34,6 +37,7 @@ impl Default for KnnConfig {
             query_size: 2_000,
             k: 200,
             temperature: 0.1,
+            every: 1,
         }
     }
 }
@@ -78,7 +82,7 @@ pub struct TrainConfig {
     pub sync_batchnorm: bool,
     /// CPU convolutions use Winograd F(4x4, 3x3) where it is faster than im2col + GEMM (3x3
     /// stride-1 layers with 16 channels and more). false: im2col + GEMM everywhere, at about
-    /// half the speed of those layers; its rounding is closer to PyTorch's (README, "Evidence").
+    /// half the speed of those layers; its rounding is closer to PyTorch's (docs/evidence.md).
     pub winograd: bool,
     /// End-of-epoch checkpoints to keep: the newest `keep_last` (0: every one). The one
     /// `latest` names is always kept.
@@ -86,6 +90,9 @@ pub struct TrainConfig {
     /// Also keep every checkpoint whose epoch is a multiple of this (0: none), for later
     /// evaluation of the run's history.
     pub keep_every: usize,
+    /// Optimizer steps between two rows of per-step scalars (loss, learning rate, z_std,
+    /// gradient norm, throughput) in the TensorBoard events under `OUT/tb/` (0: none).
+    pub log_every: usize,
     /// The self-supervised method and its settings.
     pub method: MethodConfig,
     pub model: ModelConfig,
@@ -107,18 +114,26 @@ impl Default for TrainConfig {
             steps_per_epoch: 0,
             seed: 42,
             init_weights: String::new(),
-            device: DeviceKind::Cpu,
+            device: DeviceKind::Auto,
             prefetch_batches: 4,
             sync_batchnorm: true,
             winograd: true,
             keep_last: 3,
             keep_every: 0,
+            log_every: 10,
             method: MethodConfig::default(),
             model: ModelConfig::default(),
             augment: AugmentConfig::default(),
             optim: OptimConfig::default(),
             knn: KnnConfig::default(),
         }
+    }
+}
+
+impl KnnConfig {
+    /// Whether the monitor runs after `epoch` of a run of `epochs`.
+    pub fn runs_after(&self, epoch: usize, epochs: usize) -> bool {
+        self.every > 0 && (epoch % self.every == 0 || epoch == epochs)
     }
 }
 
@@ -269,6 +284,10 @@ impl TrainConfig {
         );
         anyhow::ensure!(self.optim.lr > 0.0, "optim.lr must be positive");
         anyhow::ensure!(
+            self.optim.weight_decay >= 0.0,
+            "optim.weight_decay must be >= 0"
+        );
+        anyhow::ensure!(
             self.optim.warmup_epochs >= 0.0,
             "optim.warmup_epochs must be >= 0"
         );
@@ -317,6 +336,22 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn knn_monitor_runs_every_n_epochs_and_after_the_last() {
+        let knn = |every| KnnConfig {
+            every,
+            ..KnnConfig::default()
+        };
+        let epochs_run = |every| {
+            (1..=10)
+                .filter(|&e| knn(every).runs_after(e, 10))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(epochs_run(1), (1..=10).collect::<Vec<_>>());
+        assert_eq!(epochs_run(4), [4, 8, 10]);
+        assert!(epochs_run(0).is_empty());
+    }
 
     #[test]
     fn toml_round_trip_keeps_every_value() {

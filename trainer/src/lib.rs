@@ -11,7 +11,8 @@
 //! - `jobs`: what the commands run (train, eval, export, bench);
 //!
 //! and shared plumbing: `config` (the recipe and presets), `checkpoint`, `backend` (device
-//! choice), `named_params`, `progress`, `panics`, `cli`.
+//! choice), `named_params`, `progress`, `panics`, `cli`, and the run's logs: `tensorboard` (event
+//! files) and `plot` (`metrics.svg`).
 
 pub mod backend;
 pub mod checkpoint;
@@ -27,4 +28,6 @@ pub mod model;
 pub mod named_params;
 pub mod optim;
 pub mod panics;
+pub mod plot;
 pub mod progress;
+pub mod tensorboard;

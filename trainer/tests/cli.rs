@@ -28,6 +28,8 @@ fn short_real_run_then_resume_adds_an_epoch() {
         config.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--log-every",
+        "3",
     ];
     let first = trainer(&[&common[..], &["--epochs", "2"]].concat());
     assert!(first.status.success(), "{}", text(&first.stderr));
@@ -37,6 +39,24 @@ fn short_real_run_then_resume_adds_an_epoch() {
         "{stdout}"
     );
     assert!(text(&first.stderr).contains("50000 train, 10000 test images"));
+    // --device auto (the default) says what it chose and why; lavapipe, a Vulkan driver on the
+    // CPU, is passed over for the CPU backend.
+    let err = text(&first.stderr);
+    let choice = err
+        .lines()
+        .find(|l| l.starts_with("device: auto -> "))
+        .unwrap_or_else(|| panic!("no device choice in\n{err}"));
+    if choice.starts_with("device: auto -> cpu") {
+        let expected = if cfg!(feature = "wgpu") {
+            [
+                "wgpu's adapter runs on the CPU",
+                "wgpu found no GPU adapter",
+            ]
+        } else {
+            ["built without --features wgpu"; 2]
+        };
+        assert!(expected.iter().any(|e| choice.contains(e)), "{choice}");
+    }
     // The end of a run says how to evaluate it and how to look at it in the viewer.
     let hint = format!("export --checkpoint {} --viewer --data", out.display());
     assert!(
@@ -53,6 +73,16 @@ fn short_real_run_then_resume_adds_an_epoch() {
     }
     let config_toml = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(config_toml.contains("width = 8") && config_toml.contains("epochs = 2"));
+    // The run records the device it ran on, not "auto".
+    let chosen = choice
+        .trim_start_matches("device: auto -> ")
+        .split(' ')
+        .next()
+        .unwrap();
+    assert!(
+        config_toml.contains(&format!("device = \"{chosen}\"")),
+        "{config_toml}"
+    );
 
     let resumed = trainer(&["--resume", "--epochs", "3", "--out", out.to_str().unwrap()]);
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
@@ -73,30 +103,46 @@ fn short_real_run_then_resume_adds_an_epoch() {
     for rate in metrics.column("pairs_per_s") {
         assert!(rate > 0.0, "pairs/s {rate}");
     }
+    tensorboard_events_hold_the_metrics(&out, &metrics);
+    let svg = std::fs::read_to_string(out.join("metrics.svg")).unwrap();
+    assert!(
+        svg.starts_with(r#"<svg xmlns="http://www.w3.org/2000/svg" width="900" height="360""#),
+        "{svg}"
+    );
+    // Both panels (loss, kNN) hold one point per epoch, the resumed run's earlier ones too.
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert_eq!(svg.matches("<circle").count(), 2 * 3, "{svg}");
 
-    let eval = trainer(&[
-        "eval",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--limit-train",
-        "500",
-        "--limit-test",
-        "200",
-        "--probe-epochs",
-        "5",
-        "--k",
-        "20",
-    ]);
-    assert!(eval.status.success(), "{}", text(&eval.stderr));
-    let table = text(&eval.stdout);
+    let evaluate = |train_images: &str, probe: &[&str]| {
+        let args = [
+            &[
+                "eval",
+                "--checkpoint",
+                out.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--limit-train",
+                train_images,
+                "--limit-test",
+                "200",
+                "--k",
+                "20",
+            ][..],
+            probe,
+        ]
+        .concat();
+        let eval = trainer(&args);
+        assert!(eval.status.success(), "{}", text(&eval.stderr));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("checkpoints/eval.json")).unwrap())
+                .unwrap();
+        (text(&eval.stdout), report)
+    };
+    let (table, report) = evaluate("500", &["--probe-epochs", "5"]);
     assert!(
         table.contains("kNN top-1 (k=20") && table.contains("k-means NMI"),
         "{table}"
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("checkpoints/eval.json")).unwrap()).unwrap();
     assert_eq!(report["train_images"], 500);
     assert_eq!(report["test_images"], 200);
     for key in ["knn_top1", "linear_probe_top1", "kmeans_nmi", "kmeans_ari"] {
@@ -108,31 +154,11 @@ fn short_real_run_then_resume_adds_an_epoch() {
     assert_eq!(report["linear_probe_protocol"], "fast");
 
     // The published protocol (SGD on crop + flip views), labelled as such.
-    let eval = trainer(&[
-        "eval",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--limit-train",
-        "256",
-        "--limit-test",
-        "200",
-        "--protocol",
-        "standard",
-        "--probe-epochs",
-        "2",
-        "--k",
-        "20",
-    ]);
-    assert!(eval.status.success(), "{}", text(&eval.stderr));
-    let table = text(&eval.stdout);
+    let (table, report) = evaluate("256", &["--protocol", "standard", "--probe-epochs", "2"]);
     assert!(
         table.contains("linear probe top-1 (standard protocol, 2 epochs)"),
         "{table}"
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("checkpoints/eval.json")).unwrap()).unwrap();
     assert_eq!(report["linear_probe_protocol"], "standard");
     assert_eq!(report["linear_probe_epochs"], 2);
     let top1 = report["linear_probe_top1"].as_f64().unwrap();
@@ -245,6 +271,15 @@ fn help_explains_every_flag() {
         "--resume",
         "--optimizer",
         "--init-weights",
+        "--lr",
+        "--weight-decay",
+        "--warmup-epochs",
+        "--temperature",
+        "--width",
+        "--image-size",
+        "--knn-every",
+        "--keep-last",
+        "--log-every",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -306,6 +341,8 @@ fn print_config_shows_the_recipe_defaults() {
         "lr = 0.12",
         "temperature = 0.5",
         "width = 64",
+        "device = \"auto\"",
+        "log_every = 10",
     ] {
         assert!(toml.contains(line), "{line} missing from\n{toml}");
     }
@@ -323,6 +360,44 @@ fn print_config_shows_the_recipe_defaults() {
     let out = trainer(&["--print-config", "--no-winograd"]);
     let config: toml::Value = toml::from_str(&text(&out.stdout)).unwrap();
     assert_eq!(config["winograd"].as_bool(), Some(false));
+
+    // The flags people change most override the preset, and show in the config.
+    let out = trainer(&[
+        "--print-config",
+        "--method",
+        "mocov2",
+        "--lr",
+        "0.05",
+        "--weight-decay",
+        "0.001",
+        "--warmup-epochs",
+        "2",
+        "--temperature",
+        "0.3",
+        "--width",
+        "16",
+        "--knn-every",
+        "5",
+        "--log-every",
+        "7",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config: toml::Value = toml::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(config["optim"]["lr"].as_float(), Some(0.05));
+    assert_eq!(config["optim"]["weight_decay"].as_float(), Some(0.001));
+    assert_eq!(config["optim"]["warmup_epochs"].as_float(), Some(2.0));
+    assert_eq!(config["method"]["temperature"].as_float(), Some(0.3));
+    assert_eq!(config["model"]["width"].as_integer(), Some(16));
+    assert_eq!(config["knn"]["every"].as_integer(), Some(5));
+    assert_eq!(config["log_every"].as_integer(), Some(7));
+    // A method without a temperature says so instead of ignoring the flag.
+    let out = trainer(&["--print-config", "--method", "byol", "--temperature", "0.3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("byol has no temperature"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -521,4 +596,99 @@ fn init_weights_load_by_name_and_misfits_are_named() {
         err.contains("truncated.safetensors is not a readable safetensors file"),
         "{err}"
     );
+}
+
+/// Reads every event file under `run/tb` with TensorBoard's own reader (Python's `tensorboard`
+/// package, as `tensorboard --logdir` does) and checks it against `metrics.csv`: the epoch
+/// scalars equal the CSV's values, and the per-step scalars come every `--log-every 3` steps.
+fn tensorboard_events_hold_the_metrics(run: &std::path::Path, metrics: &Metrics) {
+    let script = r#"
+import glob, sys
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+files = sorted(glob.glob(sys.argv[1] + "/tb/*tfevents*"))
+print("files", len(files))
+for f in files:
+    for event in EventFileLoader(f).Load():
+        if event.HasField("file_version"):
+            print("version", event.file_version)
+        for value in event.summary.value:
+            # The loader hands scalars over as TensorBoard's scalar plugin stores them.
+            number = value.tensor.float_val[0] if value.HasField("tensor") else value.simple_value
+            print("scalar", value.tag, event.step, repr(number))
+"#;
+    let out = Command::new("python3")
+        .args(["-I", "-c", script, run.to_str().unwrap()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "TensorBoard's reader failed (pip install tensorboard): {}",
+        text(&out.stderr)
+    );
+    let listing = text(&out.stdout);
+    // The first run and the resumed one each wrote their own file.
+    assert!(listing.starts_with("files 2\n"), "{listing}");
+    assert_eq!(
+        listing.matches("version brain.Event:2").count(),
+        2,
+        "{listing}"
+    );
+    let scalars: Vec<(String, u64, f64)> = listing
+        .lines()
+        .filter_map(|line| line.strip_prefix("scalar "))
+        .map(|line| {
+            let [tag, step, value] = line.split(' ').collect::<Vec<_>>()[..] else {
+                panic!("{line}")
+            };
+            (
+                tag.to_string(),
+                step.parse().unwrap(),
+                value.parse().unwrap(),
+            )
+        })
+        .collect();
+    let series = |tag: &str| -> Vec<(u64, f64)> {
+        scalars
+            .iter()
+            .filter(|(t, _, _)| t == tag)
+            .map(|&(_, step, value)| (step, value))
+            .collect()
+    };
+    for (tag, column) in [
+        ("epoch/loss", "loss"),
+        ("epoch/z_std", "z_std"),
+        ("epoch/knn_top1", "knn_top1"),
+    ] {
+        let logged = series(tag);
+        let csv = metrics.column(column);
+        assert_eq!(logged.len(), csv.len(), "{tag}: {logged:?} vs {csv:?}");
+        for (i, ((step, value), expected)) in logged.iter().zip(&csv).enumerate() {
+            assert_eq!(*step, i as u64 + 1, "{tag}");
+            // f32 in the event file, 4 to 6 decimals in the CSV.
+            assert!(
+                (value - expected).abs() <= 1e-4 * expected.abs().max(1.0),
+                "{tag} epoch {step}: {value} in TensorBoard, {expected} in metrics.csv"
+            );
+        }
+    }
+    // 4 steps per epoch, 3 epochs: steps 3, 6, 9 and 12.
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/z_std",
+        "train/grad_norm",
+        "train/pairs_per_s",
+    ] {
+        let steps: Vec<u64> = series(tag).iter().map(|&(step, _)| step).collect();
+        assert_eq!(steps, [3, 6, 9, 12], "{tag}");
+    }
+    for (_, loss) in series("train/loss") {
+        assert!(loss > 0.0 && loss < 10.0, "step loss {loss}");
+    }
+    for (_, lr) in series("train/lr") {
+        assert!(
+            (lr - 3e-4).abs() < 1e-9,
+            "SimCLR's constant Adam learning rate, got {lr}"
+        );
+    }
 }

@@ -2,8 +2,7 @@
 //! the same network's at initialisation, and lower the loss. It runs the default recipe
 //! (augmentations, NT-Xent T = 0.5, Adam 3e-4, clipping) on a narrow network, so a change that
 //! silently breaks learning (a kernel, a backend, the loss, the augmentations, the optimizer)
-//! fails here. The margin comes from measured runs over several seeds (README, "Evidence that
-//! it learns"); `cargo test --release -p trainer --test convergence -- --ignored` repeats them.
+//! fails here. The margin comes from measured runs over several seeds (docs/evidence.md); `cargo test --release -p trainer --test convergence -- --ignored` repeats them.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -133,7 +133,7 @@ fn worst(ours: &[(String, Vec<f32>)], reference: &[(String, Vec<f32>)]) -> (f64,
 fn start(config: &TrainConfig) -> (Vec<u8>, Vec<u8>) {
     let device = Default::default();
     // A fixed draw: with some random weights this small network's step is ill-conditioned in
-    // f32 (see the README, "Several devices and machines").
+    // f32 (see docs/distributed.md).
     <B as burn::tensor::backend::Backend>::seed(&device, 3);
     let model = config.model.init::<B>(&device);
     model.visit(&mut Initialise);

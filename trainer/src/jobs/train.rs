@@ -19,7 +19,9 @@ use crate::model::SslModel;
 use crate::named_params::{load_named_tensors, read_safetensors};
 use crate::optim::clip::clip_grad_norm;
 use crate::optim::{with_optimizer, OptimizerTask, Schedule};
+use crate::plot;
 use crate::progress::steps_bar;
+use crate::tensorboard::EventWriter;
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -53,6 +55,22 @@ impl EpochMetrics {
             "{},{:.6},{:.5},{:.4},{:.2},{:.1}",
             self.epoch, self.loss, self.z_std, self.knn_top1, self.pairs_per_s, self.seconds
         )
+    }
+
+    /// The metrics of a row [`Self::csv_row`] wrote (`None` for anything else).
+    pub fn from_csv_row(row: &str) -> Option<Self> {
+        let fields: Vec<&str> = row.trim().split(',').collect();
+        let [epoch, loss, z_std, knn_top1, pairs_per_s, seconds] = fields[..] else {
+            return None;
+        };
+        Some(Self {
+            epoch: epoch.parse().ok()?,
+            loss: loss.parse().ok()?,
+            z_std: z_std.parse().ok()?,
+            knn_top1: knn_top1.parse().ok()?,
+            pairs_per_s: pairs_per_s.parse().ok()?,
+            seconds: seconds.parse().ok()?,
+        })
     }
 }
 
@@ -141,6 +159,8 @@ impl BackendTask for TrainJob {
                 "kNN monitor: off (the data has no labels; --eval-data DATA names a labelled \
                  dataset to monitor on)"
             );
+        } else if self.config.knn.every == 0 {
+            eprintln!("kNN monitor: off (--knn-every 0)");
         }
         if topology.is_single() {
             return self.train_on::<B>(splits, device);
@@ -274,6 +294,9 @@ pub struct StepStats {
     pub loss: f64,
     /// The collapse monitor of the step's projections ([`projection_std`]).
     pub z_std: f64,
+    /// Global L2 norm of the gradients before clipping (NaN with clipping off, or before the
+    /// update).
+    pub grad_norm: f64,
 }
 
 /// The loss of a step and the gradient of every parameter.
@@ -304,9 +327,9 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     match grads {
         Some(grads) => {
             let grads = average_gradients(&model, grads);
-            let model = apply_update(model, optimizer, grads, lr, grad_clip).0;
+            let (model, grad_norm) = apply_update(model, optimizer, grads, lr, grad_clip);
             method.after_update(&model, step, schedule);
-            (model, stats)
+            (model, StepStats { grad_norm, ..stats })
         }
         None => (model, stats), // never step on a NaN gradient
     }
@@ -324,6 +347,7 @@ pub fn loss_and_gradients<B: TrainBackend>(
     let stats = StepStats {
         loss: out.loss.clone().into_scalar().elem::<f64>(),
         z_std: projection_std(out.projections),
+        grad_norm: f64::NAN,
     };
     if !stats.loss.is_finite() {
         return StepGradients { stats, grads: None };
@@ -494,6 +518,17 @@ impl TrainJob {
         } else {
             None
         };
+        let mut events = if main {
+            let writer = EventWriter::create(&self.out.join("tb"))?;
+            eprintln!(
+                "TensorBoard: tensorboard --logdir {} (events in {})",
+                self.out.display(),
+                writer.path().display()
+            );
+            Some(writer)
+        } else {
+            None
+        };
         let shard = peer.map_or(Shard::WHOLE, |p| Shard {
             rank: p.rank,
             world: p.world,
@@ -508,6 +543,8 @@ impl TrainJob {
             total_steps: steps_per_epoch * config.horizon_epochs(),
         };
         let mut all_metrics = Vec::new();
+        let mut estimate = (main && crate::backend::resolve(config.device).is_cpu())
+            .then(crate::progress::DurationEstimate::new);
 
         while state.epochs_done < config.epochs {
             let epoch = state.epochs_done + 1;
@@ -537,6 +574,7 @@ impl TrainJob {
             bar.set_position(state.step_in_epoch as u64);
             let started = Instant::now();
             let mut pairs = 0usize;
+            let mut logged = (Instant::now(), 0usize);
             for batch in loader {
                 let lr = config.optim.lr_at(state.global_step, &schedule);
                 let size = batch.size * shard.world;
@@ -567,6 +605,23 @@ impl TrainJob {
                 state.loss_sum_in_epoch += loss_value;
                 state.z_std_sum_in_epoch += stats.z_std;
                 pairs += size;
+                if let Some(events) = events.as_mut() {
+                    if config.log_every > 0 && state.global_step % config.log_every == 0 {
+                        let rate = (pairs - logged.1) as f64 / logged.0.elapsed().as_secs_f64();
+                        logged = (Instant::now(), pairs);
+                        let mut values = vec![
+                            ("train/loss", loss_value),
+                            ("train/lr", lr),
+                            ("train/z_std", stats.z_std),
+                            ("train/pairs_per_s", rate),
+                        ];
+                        if stats.grad_norm.is_finite() {
+                            values.push(("train/grad_norm", stats.grad_norm));
+                        }
+                        events.scalars(state.global_step as u64, &values)?;
+                        events.flush()?;
+                    }
+                }
                 let rate = pairs as f64 / started.elapsed().as_secs_f64();
                 bar.set_message(format!(
                     "loss {:.4} | z_std {:.4} | lr {lr:.3e} | {rate:.1} pairs/s",
@@ -574,6 +629,25 @@ impl TrainJob {
                     state.z_std_sum_in_epoch / state.step_in_epoch as f64
                 ));
                 bar.inc(1);
+                let total_steps = steps_per_epoch * config.epochs;
+                if let Some(seconds) = estimate
+                    .as_mut()
+                    .and_then(|e| e.after_step(state.global_step, total_steps))
+                {
+                    if seconds > 3600.0 {
+                        bar.suspend(|| {
+                            eprintln!(
+                                "this run will take about {} on the CPU ({} epochs of {} steps). \
+                                 A GPU makes it hours: build with `--features cuda` (NVIDIA) or \
+                                 `--features wgpu` (Vulkan, Metal, DirectX 12); for a quick look \
+                                 on the CPU try --width 16 --epochs 10",
+                                crate::progress::human_duration(seconds),
+                                config.epochs,
+                                steps_per_epoch
+                            )
+                        });
+                    }
+                }
                 let stop = sync::any::<B::InnerBackend>(self.stop.load(Ordering::SeqCst), &device);
                 if stop && state.step_in_epoch < plan.steps {
                     bar.abandon();
@@ -626,11 +700,12 @@ impl TrainJob {
                 );
             }
             // The monitor and the files are rank 0's; the others wait at their next step.
-            let knn_top1 = if main && splits.has_labels() {
-                knn_monitor(&model, &splits.train, &splits.test, &config, &device)
-            } else {
-                f64::NAN
-            };
+            let knn_top1 =
+                if main && splits.has_labels() && config.knn.runs_after(epoch, config.epochs) {
+                    knn_monitor(&model, &splits.train, &splits.test, &config, &device)
+                } else {
+                    f64::NAN
+                };
             state.epochs_done = epoch;
             state.step_in_epoch = 0;
             let path = self.save(&model, &optimizer, method.as_ref(), &state)?;
@@ -644,6 +719,19 @@ impl TrainJob {
             };
             if let Some(rows) = metrics_rows.as_mut() {
                 rows.append(&metrics)?;
+                plot::write_metrics_svg(&self.out.join("metrics.svg"), &rows.rows)?;
+            }
+            if let Some(events) = events.as_mut() {
+                let mut values = vec![
+                    ("epoch/loss", metrics.loss),
+                    ("epoch/z_std", metrics.z_std),
+                    ("epoch/pairs_per_s", metrics.pairs_per_s),
+                ];
+                if metrics.knn_top1.is_finite() {
+                    values.push(("epoch/knn_top1", metrics.knn_top1));
+                }
+                events.scalars(epoch as u64, &values)?;
+                events.flush()?;
             }
             let stop = sync::any::<B::InnerBackend>(self.stop.load(Ordering::SeqCst), &device);
             if !main {
@@ -714,6 +802,8 @@ pub fn knn_monitor<B: TrainBackend>(
 /// by a run that died before its next checkpoint) are dropped.
 struct MetricsFile {
     path: PathBuf,
+    /// Every row of the file, the resumed run's earlier epochs first (for `metrics.svg`).
+    rows: Vec<EpochMetrics>,
 }
 
 impl MetricsFile {
@@ -737,6 +827,10 @@ impl MetricsFile {
         checkpoint::write_atomically(path, (rows.join("\n") + "\n").as_bytes())?;
         Ok(Self {
             path: path.to_path_buf(),
+            rows: rows[1..]
+                .iter()
+                .filter_map(|row| EpochMetrics::from_csv_row(row))
+                .collect(),
         })
     }
 
@@ -746,6 +840,8 @@ impl MetricsFile {
             .open(&self.path)
             .with_context(|| format!("cannot open {}", self.path.display()))?;
         writeln!(file, "{}", metrics.csv_row())
-            .with_context(|| format!("cannot write {} (disk full?)", self.path.display()))
+            .with_context(|| format!("cannot write {} (disk full?)", self.path.display()))?;
+        self.rows.push(metrics.clone());
+        Ok(())
     }
 }

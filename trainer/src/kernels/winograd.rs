@@ -49,7 +49,7 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 /// GEMM (the `winograd` config key, `--no-winograd`). Winograd's float error is larger than
 /// im2col's: its transforms scale values by up to 8 and back, so the rounding error follows the
 /// inputs' magnitude, not the outputs'. `tests/tests/golden_step.rs` holds both against
-/// PyTorch's float64 step (the measured errors are in the README, "Evidence that it learns").
+/// PyTorch's float64 step (the measured errors are in docs/evidence.md).
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }

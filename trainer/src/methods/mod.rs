@@ -146,6 +146,20 @@ impl MethodConfig {
         }
     }
 
+    /// Sets the loss temperature (`--temperature`); an error for methods without one.
+    pub fn set_temperature(&mut self, temperature: f64) -> Result<()> {
+        match self {
+            Self::Simclr(c) => c.temperature = temperature,
+            Self::Mocov2(c) => c.temperature = temperature,
+            other => anyhow::bail!(
+                "--temperature: {} has no temperature (SimCLR and MoCo v2 do); see its settings \
+                 with --print-config",
+                other.kind()
+            ),
+        }
+        Ok(())
+    }
+
     /// Rejects settings that would only fail later, deep in training.
     pub fn validate(&self, config: &TrainConfig) -> Result<()> {
         match self {
