@@ -7,7 +7,7 @@ use e2e::{cifar10_bin, max_abs_diff, onnxruntime_run};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use trainer::backend::{run_on, CpuBackend, DeviceKind};
+use trainer::backend::{CpuBackend, DeviceKind};
 use trainer::checkpoint::Checkpoint;
 use trainer::config::TrainConfig;
 use trainer::data::{self, ImageDataset, Splits};
@@ -63,7 +63,7 @@ fn train_fixture(side: usize) -> Fixture {
         }),
         topology: Default::default(),
     };
-    run_on(DeviceKind::Cpu, job).unwrap();
+    job.run_on(DeviceKind::Cpu).unwrap();
     let checkpoint = Checkpoint::read(&dir.path().join("checkpoints")).unwrap();
     Fixture {
         _dir: dir,

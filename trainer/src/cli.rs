@@ -571,7 +571,7 @@ fn train(args: TrainArgs) -> Result<i32> {
         data: None,
         topology,
     };
-    let (outcome, _) = run_on(config.device, job)?;
+    let (outcome, _) = job.run_on(config.device)?;
     Ok(match outcome {
         Outcome::Finished if node_rank != 0 => 0,
         Outcome::Finished => {

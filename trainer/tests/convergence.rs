@@ -4,9 +4,10 @@
 //! silently breaks learning (a kernel, a backend, the loss, the augmentations, the optimizer)
 //! fails here. The margin comes from measured runs over several seeds (docs/evidence.md); `cargo test --release -p trainer --test convergence -- --ignored` repeats them.
 
+use burn::backend::Autodiff;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use trainer::backend::{run_on, BackendTask, DeviceKind, TrainBackend};
+use trainer::backend::{BackendTask, CpuBackend, DeviceKind, TrainBackend};
 use trainer::config::TrainConfig;
 use trainer::data::{self, Splits};
 use trainer::jobs::train::{knn_monitor, EpochMetrics, TrainJob};
@@ -65,13 +66,12 @@ impl BackendTask for KnnAtInit {
 fn run(seed: u64) -> (f64, Vec<EpochMetrics>) {
     let config = config(seed);
     let splits = subset();
-    let before = run_on(
-        DeviceKind::Cpu,
-        KnnAtInit {
-            config: config.clone(),
-            splits: splits.clone(),
-        },
-    )
+    // On the CPU backend only: `run_on` would compile this task for every backend here.
+    let before = KnnAtInit {
+        config: config.clone(),
+        splits: splits.clone(),
+    }
+    .run::<Autodiff<CpuBackend>>(Default::default(), "cpu")
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let job = TrainJob {
@@ -82,7 +82,7 @@ fn run(seed: u64) -> (f64, Vec<EpochMetrics>) {
         data: Some(splits),
         topology: Default::default(),
     };
-    let (_, metrics) = run_on(DeviceKind::Cpu, job).unwrap();
+    let (_, metrics) = job.run_on(DeviceKind::Cpu).unwrap();
     (before, metrics)
 }
 

@@ -111,6 +111,15 @@ impl TrainJob {
     }
 }
 
+impl TrainJob {
+    /// Runs the job on `kind`'s backend (`auto`: the best one there is). Not generic, so that
+    /// every caller (the CLI, tests, a library user) links the one compiled training loop of
+    /// each backend instead of compiling all of them again in its own crate.
+    pub fn run_on(self, kind: crate::backend::DeviceKind) -> Result<(Outcome, Vec<EpochMetrics>)> {
+        crate::backend::run_on(kind, self)
+    }
+}
+
 impl BackendTask for TrainJob {
     type Output = (Outcome, Vec<EpochMetrics>);
 

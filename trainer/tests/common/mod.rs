@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use trainer::backend::{run_on, DeviceKind};
+use trainer::backend::DeviceKind;
 use trainer::config::TrainConfig;
 use trainer::data::{ImageDataset, Splits, IMAGE_BYTES};
 use trainer::jobs::train::{EpochMetrics, Outcome, TrainJob};
@@ -44,7 +44,7 @@ pub fn train(
         data: Some(data),
         topology: Default::default(),
     };
-    run_on(DeviceKind::Cpu, job)
+    job.run_on(DeviceKind::Cpu)
 }
 
 pub fn assert_close(a: f64, b: f64, what: &str) {
