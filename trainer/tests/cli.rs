@@ -254,6 +254,26 @@ fn export_of_a_bad_checkpoint_fails_cleanly() {
     );
 }
 
+/// What the trainer says it is matches what it does: all five methods, not "SimCLR
+/// pretraining" (its description once said only that).
+#[test]
+fn descriptions_name_every_method() {
+    let out = trainer(&["--help"]);
+    let help = text(&out.stdout);
+    for method in ["SimCLR", "BYOL", "MoCo v2", "VICReg", "Barlow Twins"] {
+        assert!(
+            env!("CARGO_PKG_DESCRIPTION").contains(method),
+            "trainer/Cargo.toml's description lacks {method}"
+        );
+        assert!(help.contains(method), "--help lacks {method}");
+    }
+    // The docs once said synchronised BatchNorm was not used, beside the section that uses it.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/training.md"))
+        .unwrap();
+    assert!(!docs.contains("BatchNorm over GPUs are not used"));
+    assert!(docs.contains("BatchNorm is synchronised"));
+}
+
 #[test]
 fn help_explains_every_flag() {
     let out = trainer(&["train", "--help"]);
