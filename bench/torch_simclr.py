@@ -75,6 +75,10 @@ def main():
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, or auto (cuda when a GPU is visible, else cpu: the wgpu case)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                   help="automatic mixed precision (torch.autocast) for the forward pass")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory format for the network and the images (faster with cuDNN)")
     a = p.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -88,16 +92,26 @@ def main():
     model = SimCLR(a.width, stem=a.stem).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-4)
     views = torch.randn(2 * a.batch_size, 3, a.image_size, a.image_size, device=device)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        views = views.contiguous(memory_format=torch.channels_last)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
+    # fp16 needs loss scaling, as GradScaler does; bf16 has float32's range and does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=a.amp == "fp16")
     times = []
     for step in range(a.warmup + a.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = nt_xent(model(views), 0.5)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            z = model(views)
+        loss = nt_xent(z.float(), 0.5)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         loss.item()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -106,7 +120,8 @@ def main():
     step = statistics.median(times)
     result = {"pairs_per_s": a.batch_size / step, "step_ms_median": step * 1e3, "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "image_size": a.image_size, "stem": a.stem}
+              "image_size": a.image_size, "stem": a.stem, "amp": a.amp,
+              "channels_last": a.channels_last}
     if device.type == "cuda":
         result["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(result))
