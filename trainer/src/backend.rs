@@ -161,7 +161,7 @@ fn auto_choice() -> (DeviceKind, String) {
     (DeviceKind::Cpu, passed_over.join("; "))
 }
 
-/// Whether a wgpu adapter (as [`wgpu_adapter`] describes it: name, API, device type) is a
+/// Whether a wgpu adapter (as `wgpu_adapter` describes it: name, API, device type) is a
 /// rasteriser on the CPU rather than a GPU.
 pub fn is_cpu_adapter(description: &str) -> bool {
     let d = description.to_lowercase();

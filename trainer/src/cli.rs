@@ -200,7 +200,7 @@ pub struct BenchArgs {
 pub struct TrainArgs {
     /// Dataset: a cifar-10-batches-bin directory, cifar-10-binary.tar.gz, stl10:DIR (the
     /// official stl10_binary; `stl10:` alone downloads it), folder:PATH (your images, any size:
-    /// labelled when PATH/<class>/*.jpg or PATH/train + PATH/val, else unlabeled) or
+    /// labelled when `PATH/<class>/*.jpg` or PATH/train + PATH/val, else unlabeled) or
     /// images:PATH (never labelled). Default: download the official CIFAR-10 archive once into
     /// ~/.cache/selfsup (or $SELFSUP_CACHE), MD5-checked.
     #[arg(long)]
@@ -269,7 +269,8 @@ pub struct TrainArgs {
     /// none].
     #[arg(long, value_name = "N")]
     pub keep_every: Option<usize>,
-    /// Output directory for checkpoints, metrics.csv and config.toml [default: runs/<timestamp>].
+    /// Output directory for checkpoints, metrics.csv, metrics.svg, TensorBoard events (tb/) and
+    /// config.toml [default: runs/TIMESTAMP, the start time].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Where to train: auto (CUDA if the binary has it and a GPU answers, else wgpu if it has

@@ -7,7 +7,7 @@
 //! - small batches ([`SMALL_BATCH`] images or fewer, on CPUs with AVX-512F): one image at a
 //!   time through [`packed_gemm`], the weights read once per image from their packed panels
 //!   (Winograd's 36 products, or im2col's one, 16-64 columns wide);
-//! - larger batches: the training kernels ([`winograd::conv2d_transformed`] with the weights
+//! - larger batches: the training kernels (`winograd::conv2d_transformed` with the weights
 //!   transformed once, or [`conv_kernels::conv2d`]), whose chunks of several images keep the
 //!   products wide.
 
