@@ -6,7 +6,6 @@
 use crate::model::NetworkOps;
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "flex")]
@@ -19,7 +18,8 @@ pub type CpuBackend = burn::backend::NdArray;
 pub type WgpuBackend = burn::backend::Wgpu;
 
 /// Where training and inference run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     /// The best this binary and machine have: CUDA when built with it and a GPU answers, else
@@ -182,7 +182,7 @@ pub fn peer_device<D: burn::tensor::backend::DeviceOps>(
     use burn::tensor::backend::DeviceId;
     match kind {
         DeviceKind::Cuda => D::from_id(DeviceId::new(base.to_id().type_id, index as u16)),
-        DeviceKind::Wgpu if devices > 1 => D::from_id(DeviceId::new(0, index as u16)),
+        DeviceKind::Wgpu if devices > 1 || index > 0 => D::from_id(DeviceId::new(0, index as u16)),
         _ => base.clone(),
     }
 }

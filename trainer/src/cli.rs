@@ -306,37 +306,17 @@ pub struct TrainArgs {
     /// Print the full config this command would use, as TOML, and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Devices of this machine to spread each batch over: one rank (thread) per device, each
-    /// with batch-size / (devices x nodes) images, gradients averaged (docs/distributed.md). With --device cpu the ranks share the cores.
+    /// Devices of this process to spread each batch over: one rank (thread) per device, each
+    /// with batch-size / (devices x processes) images, gradients averaged. Several processes
+    /// (one per device, on one machine or many) are started by MPI's launcher instead: `mpirun
+    /// -np 4 trainer ...` or `srun trainer ...` (docs/distributed.md). With --device cpu the
+    /// ranks share the cores.
     #[arg(
         long,
         default_value_t = 1,
         help_heading = "Several devices or machines"
     )]
     pub devices: usize,
-    /// Machines in the run; start the trainer on each with the same flags and its own
-    /// --node-rank.
-    #[arg(
-        long,
-        default_value_t = 1,
-        help_heading = "Several devices or machines"
-    )]
-    pub nodes: usize,
-    /// This machine's index, 0..nodes. Node 0 runs the coordinator and writes the checkpoints.
-    #[arg(
-        long,
-        default_value_t = 0,
-        help_heading = "Several devices or machines"
-    )]
-    pub node_rank: usize,
-    /// HOST:PORT of node 0, where rank 0 listens for the other ranks (needed with --nodes > 1;
-    /// every node passes the same).
-    #[arg(
-        long,
-        value_name = "HOST:PORT",
-        help_heading = "Several devices or machines"
-    )]
-    pub coordinator: Option<String>,
     /// Seconds a rank waits for the others in one exchange before stopping with an error (a
     /// rank died or hangs). Must exceed rank 0's kNN monitor at the end of an epoch.
     #[arg(
@@ -349,15 +329,12 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// How this run is spread over devices and machines.
-    pub fn topology(&self) -> Topology {
-        Topology {
-            devices: self.devices,
-            nodes: self.nodes,
-            node_rank: self.node_rank,
-            coordinator: self.coordinator.clone(),
-            timeout: std::time::Duration::from_secs(self.peer_timeout),
-        }
+    /// How this run is spread over devices and processes. Under an MPI launcher (`mpirun`,
+    /// `srun`) this starts MPI: the launcher's processes are the ranks.
+    pub fn topology(&self) -> Result<Topology> {
+        let launch = crate::distributed::launch::detect()?;
+        let timeout = std::time::Duration::from_secs(self.peer_timeout);
+        Ok(Topology::new(self.devices, &launch, timeout))
     }
 
     /// The method's preset < config file (or the run's own config.toml on --resume) < flags.
@@ -549,9 +526,9 @@ fn train(args: TrainArgs) -> Result<i32> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
     });
-    let topology = args.topology();
+    let topology = args.topology()?;
     topology.validate(config.batch_size)?;
-    let node_rank = topology.node_rank;
+    let process_rank = topology.process_rank;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -574,7 +551,7 @@ fn train(args: TrainArgs) -> Result<i32> {
     };
     let (outcome, _) = job.run_on(config.device)?;
     Ok(match outcome {
-        Outcome::Finished if node_rank != 0 => 0,
+        Outcome::Finished if process_rank != 0 => 0,
         Outcome::Finished => {
             let data = if config.data.is_empty() {
                 String::new()

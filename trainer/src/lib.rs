@@ -1,4 +1,35 @@
-//! Self-supervised pretraining of a CIFAR ResNet-18, in rooms that follow the data path:
+//! Self-supervised pretraining for images with [Burn](https://burn.dev): the `trainer` command
+//! (SimCLR, BYOL, MoCo v2, VICReg and Barlow Twins on a ResNet-18), and the parts it is built
+//! from, for your own Burn models.
+//!
+//! # As a library
+//!
+//! The losses, augmentations, optimizer and helpers work with any Burn module and backend; the
+//! crate root re-exports them:
+//!
+//! | part | what it does |
+//! | --- | --- |
+//! | [`augment_pairs`], [`AugmentConfig`] | two random views of each image (crop, flip, colour jitter, grayscale, blur, solarize, normalise: torchvision's definitions) |
+//! | [`NtXentLoss`] | SimCLR's loss over the batch's other views |
+//! | [`byol_loss`] | BYOL's prediction of a momentum target, no negatives |
+//! | [`info_nce`] | MoCo's loss against a queue of negative keys |
+//! | [`VicRegLoss`] | VICReg's invariance, variance and covariance terms |
+//! | [`BarlowTwinsLoss`] | Barlow Twins' cross-correlation pushed to the identity |
+//! | [`momentum_copy`], [`update_momentum`], [`tau_at`] | an EMA (momentum) copy of a module, its update and BYOL's cosine schedule for `tau` |
+//! | [`LarsConfig`] | the LARS optimizer of solo-learn's presets, as a Burn optimizer |
+//! | [`clip_grad_norm`] | clipping by the global gradient norm, as `torch.nn.utils.clip_grad_norm_` |
+//!
+//! `examples/pretrain_own_model.rs` pretrains a small CNN of its own with these parts in about
+//! 150 lines. A library user can leave out the command line and the dataset download (clap,
+//! ctrlc, mimalloc, ureq):
+//!
+//! ```toml
+//! trainer = { version = "0.1", default-features = false, features = ["flex"] }
+//! ```
+//!
+//! # The command's rooms
+//!
+//! The modules follow the data path:
 //!
 //! - `data`: datasets, augmentations, the prefetching loader (images -> pairs of views);
 //! - `model`: the encoder and the MLP heads (views -> embeddings -> projections);
@@ -16,6 +47,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -31,3 +63,14 @@ pub mod panics;
 pub mod plot;
 pub mod progress;
 pub mod tensorboard;
+
+pub use data::augment::AugmentConfig;
+pub use data::loader::{augment_pairs, PairBatch};
+pub use methods::barlow::BarlowTwinsLoss;
+pub use methods::byol::byol_loss;
+pub use methods::mocov2::info_nce;
+pub use methods::momentum::{momentum_copy, tau_at, update_momentum};
+pub use methods::simclr::NtXentLoss;
+pub use methods::vicreg::VicRegLoss;
+pub use optim::clip::clip_grad_norm;
+pub use optim::lars::LarsConfig;

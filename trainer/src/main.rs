@@ -29,10 +29,19 @@ fn main() {
     let _ = rayon::ThreadPoolBuilder::new()
         .use_current_thread()
         .build_global();
+    use trainer::distributed::mpi;
     match trainer::cli::run(cli) {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => {
+            // Every rank of an MPI job gets here after the same last exchange.
+            mpi::finish();
+            std::process::exit(code)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
+            if mpi::is_running() {
+                // The other ranks may be waiting in an exchange: end the whole job now.
+                mpi::abort(1);
+            }
             std::process::exit(1);
         }
     }

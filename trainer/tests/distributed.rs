@@ -1,8 +1,11 @@
 //! Data-parallel training against one device: two ranks (threads of this process on the CPU
 //! backend) over two halves of a batch make the step one device makes over the whole batch,
-//! for every method; two trainer processes talking over 127.0.0.1 (2 nodes of 1 device) train
-//! as one process does; a killed rank stops the other with an error in bounded time; and
-//! `trainer --devices 2` trains and resumes, also on another number of devices.
+//! for every method; `trainer --devices 2` trains and resumes, also on another number of
+//! devices; and with the `mpi` feature, two trainer processes under `mpirun` train as one
+//! process does, resume across 2 -> 1 -> 2 processes, and a killed rank ends the job.
+
+// The helpers of the MPI tests are unused without the `mpi` feature.
+#![cfg_attr(not(feature = "mpi"), allow(unused_imports, dead_code))]
 
 mod common;
 
@@ -13,7 +16,7 @@ use common::{small, synthetic, text, trainer, Metrics};
 use e2e::{cifar10_bin, relative_l2};
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trainer::backend::CpuBackend;
@@ -206,15 +209,6 @@ fn without_synchronised_batchnorm_each_rank_normalises_its_own_share() {
     );
 }
 
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A tiny SGD run on real CIFAR-10 (width 8, batch 16, one step per epoch, small kNN monitor)
 /// as TOML. One step: after a step the gradient of this small network is ill-conditioned in f32
 /// (moving every parameter by 1e-7 of itself changes it by 2e-3 on one device), so a second
@@ -268,37 +262,6 @@ fn initial_weights(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// Node `rank` of a 2-node run (1 device each) of `config` into `out`, rank 0 on `port`.
-fn node(rank: usize, port: u16, config: &Path, out: &Path, extra: &[&str]) -> Child {
-    let mut command = e2e::trainer_command(env!("CARGO_BIN_EXE_trainer"));
-    command
-        .args(["train", "--config"])
-        .arg(config)
-        .arg("--out")
-        .arg(out);
-    command.args([
-        "--nodes",
-        "2",
-        "--node-rank",
-        &rank.to_string(),
-        "--coordinator",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    command.args(extra);
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the trainer starts")
-}
-
-fn finish(child: Child, what: &str) -> String {
-    let out = child.wait_with_output().unwrap();
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{what} failed:\n{all}");
-    all
-}
-
 /// Trainable parameters of a checkpoint's model, by name.
 fn parameters(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
     let ckpt = Checkpoint::read(checkpoint).unwrap();
@@ -312,117 +275,6 @@ fn parameters(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
 
 fn first_loss(run: &Path) -> f64 {
     Metrics::read(run).column("loss")[0]
-}
-
-#[test]
-fn two_processes_over_loopback_train_as_one_process() {
-    let data = cifar10_bin();
-    let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path(), &data);
-    let one = dir.path().join("one");
-    let status = trainer(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        one.to_str().unwrap(),
-    ]);
-    assert!(status.status.success(), "{}", text(&status.stderr));
-
-    let two = dir.path().join("two");
-    let port = free_port();
-    let node0 = node(0, port, &config, &two, &[]);
-    let node1 = node(1, port, &config, &two, &[]);
-    let log1 = finish(node1, "node 1");
-    let log0 = finish(node0, "node 0");
-    assert!(log0.contains("x 2 (node 0 of 2"), "{log0}");
-    assert!(log1.contains("x 2 (node 1 of 2"), "{log1}");
-    assert!(log0.contains("gradient all-reduce:"), "{log0}");
-    assert!(
-        !log1.contains("next: trainer eval"),
-        "only node 0 gives the next steps:\n{log1}"
-    );
-
-    let ckpt = |run: &Path| run.join("checkpoints").join("epoch-0001.ckpt");
-    let (loss_one, loss_two) = (first_loss(&one), first_loss(&two));
-    // Parameters after the SGD step, compared by their change from the shared start.
-    let (initial, _) =
-        trainer::named_params::read_safetensors(&dir.path().join("initial.safetensors")).unwrap();
-    let initial: Vec<(String, Vec<f32>)> = parameters(&ckpt(&one))
-        .into_iter()
-        .map(|(name, _)| (name.clone(), initial[&name].1.clone()))
-        .collect();
-    let update = |after: Vec<(String, Vec<f32>)>| -> Vec<(String, Vec<f32>)> {
-        after
-            .into_iter()
-            .zip(&initial)
-            .map(|((name, a), (_, p))| (name, a.iter().zip(p).map(|(a, p)| a - p).collect()))
-            .collect()
-    };
-    let (update_one, update_two) = (
-        update(parameters(&ckpt(&one))),
-        update(parameters(&ckpt(&two))),
-    );
-    let (error, name) = worst(&update_two, &update_one);
-    println!("2 processes: loss {loss_two:.6} vs one {loss_one:.6}; updates worst rel. L2 {error:.1e} ({name})");
-    assert!(
-        (loss_two - loss_one).abs() < 1e-4 * loss_one.abs(),
-        "{loss_two} vs {loss_one}"
-    );
-    assert!(error < 2e-3, "update of {name} differs by {error}");
-    assert!(!two.join("checkpoints").join("epoch-0001.tmp").exists());
-}
-
-#[test]
-fn a_killed_rank_stops_the_other_with_an_error_in_bounded_time() {
-    let data = cifar10_bin();
-    let dir = tempfile::tempdir().unwrap();
-    let config = tiny_config(dir.path(), &data);
-    let out = dir.path().join("run");
-    let port = free_port();
-    let timeout = 10;
-    let long = [
-        "--steps-per-epoch",
-        "100000",
-        "--epochs",
-        "1",
-        "--peer-timeout",
-        "10",
-    ];
-    let mut node0 = node(0, port, &config, &out, &long);
-    let mut node1 = node(1, port, &config, &out, &long);
-    // Node 0 prints where it writes once both ranks registered and training begins.
-    let mut stderr0 = node0.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !text(&seen).contains("output:") {
-        let n = stderr0.read(&mut buffer).unwrap();
-        assert!(n > 0, "node 0 ended before training:\n{}", text(&seen));
-        seen.extend_from_slice(&buffer[..n]);
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    node1.kill().unwrap();
-    let killed = Instant::now();
-    let _ = node1.wait();
-    let mut rest = String::new();
-    stderr0.read_to_string(&mut rest).unwrap();
-    let status = node0.wait().unwrap();
-    let waited = killed.elapsed();
-    let log = format!("{}{rest}", text(&seen));
-    println!(
-        "node 0 stopped {:.1} s after node 1 was killed: {}",
-        waited.as_secs_f64(),
-        log.lines().last().unwrap_or("")
-    );
-    assert!(!status.success(), "node 0 should fail:\n{log}");
-    assert!(
-        log.contains("distributed training stopped") && log.contains("rank 0 of 2"),
-        "{log}"
-    );
-    assert!(
-        waited < Duration::from_secs(timeout + 30),
-        "took {waited:?}"
-    );
 }
 
 #[test]
@@ -447,7 +299,7 @@ fn devices_2_trains_and_resumes_on_another_number_of_devices() {
     };
     let first = run(&["--devices", "2"]);
     assert!(
-        first.contains("x 2 (node 0 of 1, 2 per node; 8 images per device)"),
+        first.contains("x 2 (devices of this process; 8 images per device)"),
         "{first}"
     );
     assert!(first.contains("gradient all-reduce:"), "{first}");
@@ -479,4 +331,197 @@ fn devices_2_trains_and_resumes_on_another_number_of_devices() {
         "{}",
         text(&output.stderr)
     );
+}
+
+/// `mpirun -np <processes>` of the trainer with `args` (Open MPI, as root on CI, more ranks than
+/// cores allowed, no core binding: the ranks share this machine's cores).
+#[cfg(feature = "mpi")]
+fn mpirun(processes: usize, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new("mpirun");
+    command
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env(
+            "SELFSUP_CACHE",
+            std::env::temp_dir().join("selfsup-test-cache-empty"),
+        )
+        .args(["-np", &processes.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(args);
+    command
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_train(processes: usize, config: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--config", config.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let output = mpirun(processes, &args).output().expect("mpirun starts");
+    let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "mpirun -np {processes} {args:?}:\n{all}");
+    all
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn two_mpi_processes_train_as_one_process() {
+    let data = cifar10_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &data);
+    let one = dir.path().join("one");
+    let status = trainer(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        one.to_str().unwrap(),
+    ]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+
+    let two = dir.path().join("two");
+    let log = mpi_train(2, &config, &two, &[]);
+    assert!(log.contains("x 2 (MPI process 0 of 2"), "{log}");
+    assert!(log.contains("x 2 (MPI process 1 of 2"), "{log}");
+    assert!(log.contains("gradient all-reduce:"), "{log}");
+    assert_eq!(
+        log.matches("next: trainer eval").count(),
+        1,
+        "only rank 0 gives the next steps:\n{log}"
+    );
+
+    let ckpt = |run: &Path| run.join("checkpoints").join("epoch-0001.ckpt");
+    let (loss_one, loss_two) = (first_loss(&one), first_loss(&two));
+    let (initial, _) =
+        trainer::named_params::read_safetensors(&dir.path().join("initial.safetensors")).unwrap();
+    let update = |after: Vec<(String, Vec<f32>)>| -> Vec<(String, Vec<f32>)> {
+        after
+            .into_iter()
+            .map(|(name, a)| {
+                let p = &initial[&name].1;
+                let change = a.iter().zip(p).map(|(a, p)| a - p).collect();
+                (name, change)
+            })
+            .collect()
+    };
+    let (update_one, update_two) = (
+        update(parameters(&ckpt(&one))),
+        update(parameters(&ckpt(&two))),
+    );
+    let (error, name) = worst(&update_two, &update_one);
+    println!("2 MPI processes: loss {loss_two:.6} vs one {loss_one:.6}; updates worst rel. L2 {error:.1e} ({name})");
+    assert!(
+        (loss_two - loss_one).abs() < 1e-4 * loss_one.abs(),
+        "{loss_two} vs {loss_one}"
+    );
+    assert!(error < 2e-3, "update of {name} differs by {error}");
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_runs_resume_across_2_1_2_processes() {
+    let data = cifar10_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &data);
+    let out = dir.path().join("run");
+    mpi_train(2, &config, &out, &[]);
+    let output = trainer(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+        "--epochs",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let third = mpi_train(2, &config, &out, &["--resume", "--epochs", "3"]);
+    assert!(third.contains("epoch 3/3"), "{third}");
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    for epoch in 1..=3 {
+        let ckpt = out
+            .join("checkpoints")
+            .join(format!("epoch-{epoch:04}.ckpt"));
+        assert_eq!(Checkpoint::read(&ckpt).unwrap().state.epochs_done, epoch);
+    }
+}
+
+/// The process whose parent is `parent` and whose environment holds `variable`.
+#[cfg(feature = "mpi")]
+fn child_with_env(parent: u32, variable: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // Field 4 of /proc/PID/stat, after the parenthesised command name.
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        let has = environ
+            .split(|&b| b == 0)
+            .any(|v| v == variable.as_bytes());
+        (ppid == parent && has).then_some(pid)
+    })
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn a_killed_mpi_rank_stops_the_job_with_an_error() {
+    let data = cifar10_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &data);
+    let out = dir.path().join("run");
+    let mut args = vec!["train", "--config", config.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(["--steps-per-epoch", "100000", "--epochs", "1", "--peer-timeout", "10"]);
+    let mut job = mpirun(2, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    // Rank 0 prints where it writes once both ranks started and training begins.
+    let mut stderr = job.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !text(&seen).contains("output:") {
+        let n = stderr.read(&mut buffer).unwrap();
+        assert!(n > 0, "the job ended before training:\n{}", text(&seen));
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let rank1 = child_with_env(job.id(), "OMPI_COMM_WORLD_RANK=1").expect("rank 1's process");
+    let rank0 = child_with_env(job.id(), "OMPI_COMM_WORLD_RANK=0").expect("rank 0's process");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &rank1.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let killed = Instant::now();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = job.wait().unwrap();
+    let waited = killed.elapsed();
+    let log = format!("{}{rest}", text(&seen));
+    println!(
+        "the MPI job ended {:.1} s after rank 1 was killed: {}",
+        waited.as_secs_f64(),
+        log.lines().find(|l| l.contains("signal 9")).unwrap_or("")
+    );
+    assert!(!status.success(), "the job should fail:\n{log}");
+    assert!(
+        log.contains("rank 1") && log.contains("signal 9"),
+        "mpirun names the dead rank:\n{log}"
+    );
+    assert!(waited < Duration::from_secs(10 + 30), "took {waited:?}");
+    // mpirun stopped rank 0 too (a zombie until reaped counts as stopped).
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()))
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    };
+    let stopping = Instant::now();
+    while running(rank0) && stopping.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!running(rank0), "rank 0 still runs after the job ended:\n{log}");
 }

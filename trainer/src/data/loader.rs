@@ -4,8 +4,10 @@
 //! Each image's views depend only on (epoch seed, position in the epoch), never on thread timing,
 //! so a run is reproducible and a resumed epoch can skip straight to its next batch.
 
-use crate::data::augment::AugmentConfig;
+use crate::data::augment::{side_of, AugmentConfig};
 use crate::data::ImageDataset;
+use burn::prelude::*;
+use burn::tensor::TensorData;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -93,24 +95,79 @@ pub fn make_shard(
     let size = plan.batch_size / shard.world;
     let first_row = shard.rank * size;
     let indices = &plan.batch_indices(step)[first_row..first_row + size];
-    let image_bytes = dataset.image_bytes();
-    let mut views = vec![0.0f32; 2 * size * image_bytes];
-    let (first, second) = views.split_at_mut(size * image_bytes);
+    let first_stream = (step * plan.batch_size + first_row) as u64;
+    pairs_of(
+        |i| dataset.image(indices[i]),
+        size,
+        dataset.side,
+        augment,
+        plan.seed,
+        first_stream,
+    )
+}
+
+/// Two augmented views of each of `images` (planar RGB bytes, `3 x side x side`, all the same
+/// side): the batch a two-view method trains on, for any Burn model. Image `i` draws its views
+/// from random stream `i` of `seed`, so the result does not depend on the number of threads.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use trainer::{augment_pairs, AugmentConfig};
+///
+/// let images = vec![vec![128u8; 3 * 32 * 32]; 4];
+/// let images: Vec<&[u8]> = images.iter().map(|i| i.as_slice()).collect();
+/// let batch = augment_pairs(&images, &AugmentConfig::default(), 7);
+/// let views = batch.into_tensor::<Flex>(&Default::default());
+/// assert_eq!(views.dims(), [8, 3, 32, 32]); // first views of the 4 images, then second views
+/// ```
+pub fn augment_pairs(images: &[&[u8]], augment: &AugmentConfig, seed: u64) -> PairBatch {
+    let side = images.first().map_or(0, |image| side_of(image.len()));
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(
+            image.len(),
+            3 * side * side,
+            "augment_pairs: image {i} is not {side}x{side} like image 0"
+        );
+    }
+    pairs_of(|i| images[i], images.len(), side, augment, seed, 0)
+}
+
+/// Both views of `count` images of `side` pixels (`image_at(i)`, i < count), each image `i`
+/// from random stream `first_stream + i` of `seed`.
+fn pairs_of<'a>(
+    image_at: impl Fn(usize) -> &'a [u8] + Sync,
+    count: usize,
+    side: usize,
+    augment: &AugmentConfig,
+    seed: u64,
+    first_stream: u64,
+) -> PairBatch {
+    let image_bytes = 3 * side * side;
+    let mut views = vec![0.0f32; 2 * count * image_bytes];
+    let (first, second) = views.split_at_mut(count * image_bytes);
     first
-        .par_chunks_mut(image_bytes)
-        .zip(second.par_chunks_mut(image_bytes))
+        .par_chunks_mut(image_bytes.max(1))
+        .zip(second.par_chunks_mut(image_bytes.max(1)))
         .enumerate()
         .for_each(|(i, (view1, view2))| {
-            let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
-            rng.set_stream((step * plan.batch_size + first_row + i) as u64);
-            let image = dataset.image(indices[i]);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(first_stream + i as u64);
+            let image = image_at(i);
             augment.view(image, 0, &mut rng, view1);
             augment.view(image, 1, &mut rng, view2);
         });
     PairBatch {
-        size,
-        side: dataset.side,
+        size: count,
+        side,
         views,
+    }
+}
+
+impl PairBatch {
+    /// The views as one input tensor, `[2 * size, 3, side, side]`.
+    pub fn into_tensor<B: Backend>(self, device: &B::Device) -> Tensor<B, 4> {
+        let shape = [2 * self.size, 3, self.side, self.side];
+        Tensor::from_data(TensorData::new(self.views, shape), device)
     }
 }
 

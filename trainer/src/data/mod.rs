@@ -365,6 +365,7 @@ pub fn channel_stats(dataset: &ImageDataset) -> ([f32; 3], [f32; 3]) {
 
 /// Downloads `url` into `target` once (through a `.part` file), checks its MD5, and returns
 /// `target`. `what` names the data in messages, `hint` says what to do when offline.
+#[cfg(feature = "download")]
 pub(crate) fn download(
     url: &str,
     md5: &str,
@@ -448,4 +449,23 @@ mod tests {
         assert!(big.image(0).iter().all(|&v| v == 10));
         assert_eq!(data.head(0), data);
     }
+}
+
+/// Without the `download` feature: the file must already be there.
+#[cfg(not(feature = "download"))]
+pub(crate) fn download(
+    url: &str,
+    _md5: &str,
+    target: &Path,
+    what: &str,
+    hint: &str,
+) -> Result<PathBuf> {
+    if target.is_file() {
+        return Ok(target.to_path_buf());
+    }
+    bail!(
+        "{what} is not at {} and this build cannot download it (built without the `download` \
+         feature): fetch {url} into that file yourself, or {hint}",
+        target.display()
+    )
 }

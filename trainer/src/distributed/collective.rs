@@ -50,20 +50,21 @@ pub fn with_deadline<T: Send + 'static>(
     }
 }
 
-/// `op` over the float tensors of all peers, on a backend without autodiff: burn-collective's
-/// local all-reduce on one machine, [`tcp`](super::tcp) between machines.
+/// `op` over the float tensors of all peers, on a backend without autodiff: MPI between
+/// processes ([`mpi`](super::mpi)), burn-collective's local all-reduce between the devices of
+/// one process.
 pub fn all_reduce_inner<B: Backend>(
     tensor: FloatTensor<B>,
     op: ReduceOperation,
     peer: &Peer,
     what: &str,
 ) -> FloatTensor<B> {
-    let Some(link) = super::tcp::link(peer.rank) else {
+    if !super::mpi::is_running() {
         let id = peer.id();
         return with_deadline(peer, what, move || {
             burn_collective::all_reduce::<B>(id, tensor, op).map_err(|e| format!("{e:?}"))
         });
-    };
+    }
     let shape = tensor.shape();
     let device = B::float_device(&tensor);
     let numel = shape.num_elements();
@@ -73,9 +74,8 @@ pub fn all_reduce_inner<B: Backend>(
         .convert::<f32>()
         .to_vec::<f32>()
         .expect("float values");
-    let mut summed = with_deadline(peer, what, move || {
-        link.lock().unwrap().all_reduce_sum(values)
-    });
+    // On the host: MPI sends from and receives into host memory (no GPU-aware MPI assumed).
+    let mut summed = with_deadline(peer, what, move || Ok(super::mpi::all_reduce_sum(&values)));
     if op == ReduceOperation::Mean {
         let world = peer.world as f32;
         summed.iter_mut().for_each(|v| *v /= world);

@@ -1,19 +1,23 @@
-//! Data-parallel training on several devices and several machines, on burn-collective.
+//! Data-parallel training on several devices and several processes.
 //!
-//! Every device is a *peer* (a rank), run by its own thread. Each rank takes its rows of the
-//! global batch, and the step is made the same on every rank by three collective pieces
-//! ([`sync`]): the projections of all ranks are gathered (differentiably) before the loss, so a
-//! contrastive loss sees the whole global batch as on one device; BatchNorm statistics are
-//! summed over all ranks (synchronised BatchNorm, `sync_batchnorm = true`); and the gradients are
-//! averaged before the optimizer step. Parameters then stay identical on every rank, which
-//! training checks at every epoch. On one machine the ranks all-reduce through burn-collective
-//! (one thread per device); across machines every rank connects to rank 0 over TCP ([`tcp`]).
+//! Every device is a *peer* (a rank). Each rank takes its rows of the global batch, and the step
+//! is made the same on every rank by three collective pieces ([`sync`]): the projections of all
+//! ranks are gathered (differentiably) before the loss, so a contrastive loss sees the whole
+//! global batch as on one device; BatchNorm statistics are summed over all ranks (synchronised
+//! BatchNorm, `sync_batchnorm = true`); and the gradients are averaged before the optimizer step.
+//! Parameters then stay identical on every rank, which training checks at every epoch.
+//!
+//! Two engines carry the exchanges: between processes (one per device, on one machine or many,
+//! started by `mpirun` or `srun`), MPI ([`mpi`]); between the devices of one process
+//! (`--devices N`, one thread each), burn-collective's local all-reduce. The trainer opens no
+//! port of its own.
 
 pub mod collective;
+pub mod launch;
+pub mod mpi;
 pub mod sync;
-pub mod tcp;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 use burn_collective::{CollectiveConfig, PeerId};
 use std::cell::Cell;
 use std::time::Duration;
@@ -21,9 +25,9 @@ use std::time::Duration;
 /// Who this thread is in a data-parallel run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// Global rank, `0..world`: node rank x devices per node + local device index.
+    /// Global rank, `0..world`: process rank x devices per process + local device index.
     pub rank: usize,
-    /// Number of ranks over all nodes.
+    /// Number of ranks over all processes.
     pub world: usize,
     /// Sum BatchNorm's statistics over all ranks (what one device over the global batch does).
     pub sync_batchnorm: bool,
@@ -61,18 +65,19 @@ pub fn is_main() -> bool {
     current().is_none_or(|p| p.is_main())
 }
 
-/// How a run is spread: devices on this machine, and machines. Not part of the run's config:
-/// a run can resume on another number of devices.
+/// How a run is spread: processes (from the MPI launcher) and devices in each. Not part of the
+/// run's config: a run can resume on another number of devices or processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    /// Devices (ranks) on this machine.
+    /// Devices (ranks, one thread each) in this process.
     pub devices: usize,
-    /// Machines (nodes) in the run.
-    pub nodes: usize,
-    /// This machine's index, `0..nodes`; node 0 holds rank 0, which the other ranks connect to.
-    pub node_rank: usize,
-    /// `HOST:PORT` where rank 0 (on node 0) listens; needed with several nodes.
-    pub coordinator: Option<String>,
+    /// Processes in the run (MPI's world size; 1 without a launcher).
+    pub processes: usize,
+    /// This process's rank, `0..processes`; process 0 holds rank 0, which writes the run's files.
+    pub process_rank: usize,
+    /// This process's index among those on its machine: the device it takes (GPU `local_rank`).
+    pub local_rank: usize,
+    /// Longest wait for the other ranks in one exchange.
     pub timeout: Duration,
 }
 
@@ -80,17 +85,28 @@ impl Default for Topology {
     fn default() -> Self {
         Self {
             devices: 1,
-            nodes: 1,
-            node_rank: 0,
-            coordinator: None,
+            processes: 1,
+            process_rank: 0,
+            local_rank: 0,
             timeout: Duration::from_secs(600),
         }
     }
 }
 
 impl Topology {
+    /// The topology of `devices` devices in this process, within `launch`'s processes.
+    pub fn new(devices: usize, launch: &launch::Launch, timeout: Duration) -> Self {
+        Self {
+            devices,
+            processes: launch.processes,
+            process_rank: launch.rank,
+            local_rank: launch.local_rank,
+            timeout,
+        }
+    }
+
     pub fn world(&self) -> usize {
-        self.devices * self.nodes
+        self.devices * self.processes
     }
 
     pub fn is_single(&self) -> bool {
@@ -100,7 +116,7 @@ impl Topology {
     /// The peer of local device `index`.
     pub fn peer(&self, index: usize, sync_batchnorm: bool) -> Peer {
         Peer {
-            rank: self.node_rank * self.devices + index,
+            rank: self.process_rank * self.devices + index,
             world: self.world(),
             sync_batchnorm,
             timeout: self.timeout,
@@ -110,17 +126,12 @@ impl Topology {
     /// Checks the topology against a global batch of `batch_size` images.
     pub fn validate(&self, batch_size: usize) -> Result<()> {
         ensure!(self.devices >= 1, "--devices must be at least 1");
-        ensure!(self.nodes >= 1, "--nodes must be at least 1");
         ensure!(
-            self.node_rank < self.nodes,
-            "--node-rank {} is not below --nodes {}",
-            self.node_rank,
-            self.nodes
-        );
-        ensure!(
-            self.nodes == 1 || self.coordinator.is_some(),
-            "--nodes {} needs --coordinator HOST:PORT (node 0's address; node 0 runs it)",
-            self.nodes
+            self.devices == 1 || self.processes == 1,
+            "--devices {} in each of {} MPI processes: start one process per device instead \
+             (mpirun -np <devices x machines>); each process takes the device of its local rank",
+            self.devices,
+            self.processes
         );
         let world = self.world();
         ensure!(
@@ -131,34 +142,10 @@ impl Topology {
         Ok(())
     }
 
-    /// How the ranks of this machine reach each other: burn-collective's configuration on one
-    /// machine; between machines, every rank connects to rank 0 ([`tcp::connect`]).
+    /// burn-collective's configuration for the devices of this process.
     pub fn collective_config(&self) -> CollectiveConfig {
         CollectiveConfig::default().with_num_devices(self.devices)
     }
-
-    /// `HOST:PORT` of rank 0, checked; `None` on one machine.
-    pub fn coordinator(&self) -> Result<Option<String>> {
-        if self.nodes == 1 {
-            return Ok(None);
-        }
-        let address = self.coordinator.as_deref().context("no --coordinator")?;
-        let (host, port) =
-            host_port(address).with_context(|| format!("--coordinator {address}"))?;
-        Ok(Some(format!("{host}:{port}")))
-    }
-}
-
-fn host_port(address: &str) -> Result<(String, u16)> {
-    let address = address.trim_start_matches("ws://");
-    let Some((host, port)) = address.rsplit_once(':') else {
-        bail!("expected HOST:PORT, e.g. 10.0.0.1:29500");
-    };
-    let port = port
-        .parse::<u16>()
-        .with_context(|| format!("{port:?} is not a port number"))?;
-    ensure!(!host.is_empty(), "expected HOST:PORT, the host is empty");
-    Ok((host.to_string(), port))
 }
 
 #[cfg(test)]
@@ -166,30 +153,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranks_are_numbered_node_major_and_batches_must_split() {
-        let topology = Topology {
-            devices: 2,
-            nodes: 3,
-            node_rank: 1,
-            coordinator: Some("127.0.0.1:29500".into()),
-            ..Default::default()
+    fn ranks_are_numbered_process_major_and_batches_must_split() {
+        let launch = launch::Launch {
+            rank: 2,
+            processes: 3,
+            local_rank: 0,
+            launcher: "Open MPI",
         };
-        assert_eq!(topology.world(), 6);
-        assert_eq!(topology.peer(1, true).rank, 3);
+        let topology = Topology::new(1, &launch, Duration::from_secs(5));
+        assert_eq!(topology.world(), 3);
+        assert_eq!(topology.peer(0, true).rank, 2);
         assert!(topology.validate(12).is_ok());
         let err = topology.validate(8).unwrap_err().to_string();
-        assert!(err.contains("multiple of 6"), "{err}");
-        let missing = Topology {
-            coordinator: None,
-            ..topology.clone()
-        };
-        let err = missing.validate(12).unwrap_err().to_string();
-        assert!(err.contains("--coordinator"), "{err}");
-        assert_eq!(
-            topology.coordinator().unwrap().as_deref(),
-            Some("127.0.0.1:29500")
-        );
-        let err = host_port("localhost").unwrap_err().to_string();
-        assert!(err.contains("HOST:PORT"), "{err}");
+        assert!(err.contains("multiple of 3"), "{err}");
+        let threads = Topology::new(2, &launch::Launch::SINGLE, Duration::from_secs(5));
+        assert_eq!((threads.world(), threads.peer(1, true).rank), (2, 1));
+        let both = Topology::new(2, &launch, Duration::from_secs(5));
+        let err = both.validate(12).unwrap_err().to_string();
+        assert!(err.contains("one process per device"), "{err}");
     }
 }

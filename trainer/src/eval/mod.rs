@@ -24,7 +24,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// How `trainer eval` trains its linear classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeProtocol {
     /// A quick look: Adam on features computed once from un-augmented images (seconds).

@@ -2,6 +2,7 @@
 //! benchmark. Each job only wires rooms together; the work is in data, model, methods, eval.
 
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod eval;
 pub mod export;
 pub mod train;

@@ -26,7 +26,6 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::io::Write;
@@ -145,14 +144,20 @@ impl BackendTask for TrainJob {
         let spread = if topology.is_single() {
             String::new()
         } else {
-            format!(
-                " x {} (node {} of {}, {} per node; {} images per device)",
-                topology.world(),
-                topology.node_rank,
-                topology.nodes,
-                topology.devices,
-                self.config.batch_size / topology.world()
-            )
+            let per_device = self.config.batch_size / topology.world();
+            if topology.processes > 1 {
+                format!(
+                    " x {} (MPI process {} of {}; {per_device} images per process)",
+                    topology.world(),
+                    topology.process_rank,
+                    topology.processes,
+                )
+            } else {
+                format!(
+                    " x {} (devices of this process; {per_device} images per device)",
+                    topology.devices
+                )
+            }
         };
         let stem = match self.config.model.stem {
             crate::model::Stem::Imagenet => "ImageNet stem",
@@ -209,7 +214,6 @@ impl TrainJob {
     ) -> Result<(Outcome, Vec<EpochMetrics>)> {
         let topology = self.topology.clone();
         let collective = topology.collective_config();
-        let coordinator = topology.coordinator()?;
         // Forget peers of an earlier run in this process (tests run several).
         burn_collective::reset_collective::<B::InnerBackend>();
         let (sender, receiver) = mpsc::channel();
@@ -224,38 +228,34 @@ impl TrainJob {
                 topology: topology.clone(),
             };
             let (splits, collective, sender) = (splits.clone(), collective.clone(), sender.clone());
-            let coordinator = coordinator.clone();
             let device =
-                crate::backend::peer_device(self.config.device, &device, index, topology.devices);
+                crate::backend::peer_device(
+                    self.config.device,
+                    &device,
+                    topology.local_rank + index,
+                    topology.devices,
+                );
             std::thread::Builder::new()
                 .name(format!("rank-{}", peer.rank))
                 .spawn(move || {
                     distributed::set_current(Some(peer));
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let id = peer.id();
-                        match &coordinator {
-                            Some(address) => crate::distributed::tcp::connect(peer, address)?,
-                            None => {
-                                let inner = device.clone();
-                                with_deadline(
-                                    &peer,
-                                    "registering with the other ranks",
-                                    move || {
-                                        burn_collective::register::<B::InnerBackend>(
-                                            id, inner, collective,
-                                        )
-                                        .map_err(|e| format!("{e:?}"))
-                                    },
-                                );
-                            }
+                        // Between processes MPI is already running; the devices of this
+                        // process meet in burn-collective.
+                        let local = topology.devices > 1;
+                        if local {
+                            let inner = device.clone();
+                            with_deadline(&peer, "registering with the other ranks", move || {
+                                burn_collective::register::<B::InnerBackend>(
+                                    id, inner, collective,
+                                )
+                                .map_err(|e| format!("{e:?}"))
+                            });
                         }
                         let result = job.train_on::<B>(splits, device);
-                        match &coordinator {
-                            Some(_) => crate::distributed::tcp::disconnect(peer.rank),
-                            None if result.is_ok() => {
-                                let _ = burn_collective::finish_collective::<B::InnerBackend>(id);
-                            }
-                            None => {}
+                        if local && result.is_ok() {
+                            let _ = burn_collective::finish_collective::<B::InnerBackend>(id);
                         }
                         result
                     }));
@@ -275,7 +275,7 @@ impl TrainJob {
         let mut first = None;
         for (peer, result) in receiver.iter() {
             let result = result.with_context(|| format!("rank {} of {}", peer.rank, peer.world))?;
-            if peer.rank == topology.node_rank * topology.devices {
+            if peer.rank == topology.process_rank * topology.devices {
                 first = Some(result);
             }
         }
@@ -331,7 +331,7 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     (step, schedule): (usize, &Schedule),
     device: &B::Device,
 ) -> (SslModel<B>, StepStats) {
-    let images = batch_tensor::<B>(batch.views, batch.size, device);
+    let images = batch.into_tensor::<B>(device);
     let StepGradients { stats, grads } = loss_and_gradients(&model, method, images);
     match grads {
         Some(grads) => {
@@ -388,7 +388,7 @@ pub fn apply_update<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
 /// Input tensor `[2B, 3, side, side]` of a prefetched batch of `size` pairs.
 pub fn batch_tensor<B: Backend>(views: Vec<f32>, size: usize, device: &B::Device) -> Tensor<B, 4> {
     let side = side_of(views.len() / (2 * size));
-    Tensor::from_data(TensorData::new(views, [2 * size, 3, side, side]), device)
+    PairBatch { size, side, views }.into_tensor(device)
 }
 
 impl TrainJob {

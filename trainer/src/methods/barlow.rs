@@ -99,7 +99,24 @@ impl BarlowTwinsLoss {
         (on_diagonal, off_diagonal)
     }
 
-    /// The weighted loss, `[1]`.
+    /// The weighted loss of the two views' embeddings `z_a`, `z_b` (`[N, D]` each), `[1]`.
+    ///
+    /// ```
+    /// use burn::backend::Flex;
+    /// use burn::prelude::*;
+    /// use trainer::BarlowTwinsLoss;
+    ///
+    /// let device = Default::default();
+    /// let z = Tensor::<Flex, 2>::from_floats(
+    ///     [[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]],
+    ///     &device,
+    /// );
+    /// let loss = BarlowTwinsLoss::default();
+    /// // Identical, decorrelated views: the cross-correlation is the identity.
+    /// assert!(loss.forward(z.clone(), z.clone()).into_scalar() < 1e-6);
+    /// // Opposite views: C = -I, each diagonal entry costs (1 - (-1))^2 = 4.
+    /// assert!((loss.forward(z.clone(), z.neg()).into_scalar() - 8.0).abs() < 1e-3);
+    /// ```
     pub fn forward<B: Backend>(&self, z_a: Tensor<B, 2>, z_b: Tensor<B, 2>) -> Tensor<B, 1> {
         let (on, off) = Self::terms(z_a, z_b);
         (on + off * self.lambda) * self.scale

@@ -78,6 +78,21 @@ pub fn regression_loss<B: Backend>(p: Tensor<B, 2>, t: Tensor<B, 2>) -> Tensor<B
 
 /// The symmetric BYOL loss of predictions `p` and target projections `t`, both `[2N, d]`
 /// (first views, then second views): each view's prediction against the other view's target.
+/// `t` comes from the momentum target network ([`crate::update_momentum`]), without gradient.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::prelude::*;
+/// use trainer::byol_loss;
+///
+/// let device = Default::default();
+/// // One image: predictions of its two views, and the target's projections of them.
+/// let p = Tensor::<Flex, 2>::from_floats([[1.0, 0.0], [2.0, 0.0]], &device);
+/// let same = Tensor::<Flex, 2>::from_floats([[3.0, 0.0], [1.0, 0.0]], &device);
+/// let orthogonal = Tensor::<Flex, 2>::from_floats([[0.0, 1.0], [0.0, 5.0]], &device);
+/// assert!(byol_loss(p.clone(), same).into_scalar().abs() < 1e-6); // 2 - 2 cos 0, twice
+/// assert!((byol_loss(p, orthogonal).into_scalar() - 4.0).abs() < 1e-6); // 2 - 2 cos 90°, twice
+/// ```
 pub fn byol_loss<B: Backend>(p: Tensor<B, 2>, t: Tensor<B, 2>) -> Tensor<B, 1> {
     let (p_a, p_b) = split_views(p);
     let (t_a, t_b) = split_views(t);

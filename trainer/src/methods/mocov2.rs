@@ -92,6 +92,20 @@ pub fn preset(config: &mut TrainConfig) {
 
 /// InfoNCE of queries `q` (`[n, d]`) whose positives are `k` (`[n, d]`) and whose negatives
 /// are the rows of `queue` (`[K, d]`); all L2-normalised. Mean over the rows, `[1]`.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::prelude::*;
+/// use trainer::info_nce;
+///
+/// let device = Default::default();
+/// let q = Tensor::<Flex, 2>::from_floats([[1.0, 0.0]], &device);
+/// let k = q.clone(); // the key of the query's other view
+/// let queue = Tensor::<Flex, 2>::from_floats([[0.0, 1.0], [0.0, -1.0]], &device);
+/// // logits [1, 0, 0] / T at T = 0.2: -ln(e^5 / (e^5 + 2))
+/// let loss = info_nce(q, k, queue, 0.2).into_scalar();
+/// assert!((loss - -(5f32.exp() / (5f32.exp() + 2.0)).ln()).abs() < 1e-5);
+/// ```
 pub fn info_nce<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,

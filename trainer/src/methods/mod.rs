@@ -79,7 +79,8 @@ impl Default for MethodConfig {
 }
 
 /// The methods by name (`--method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum MethodKind {
     /// SimCLR (Chen et al. 2020): NT-Xent over the batch's other images as negatives.
     Simclr,

@@ -6,7 +6,7 @@
 
 use crate::backend::TrainBackend;
 use crate::model::{MlpHead, ModelConfig, ResNet18, SslModel};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -31,8 +31,8 @@ impl<B: TrainBackend> MomentumNetwork<B> {
     /// A separate copy of `online`'s encoder and projector (its own tensors and BatchNorm
     /// state: a plain clone would share the running statistics with the online network).
     pub fn copy_of(online: &SslModel<B>, config: &ModelConfig, device: &B::Device) -> Self {
-        // Burn initialises parameters lazily, and each clone of a parameter not yet initialised
-        // draws its own values: initialise the online network's first, so the copy is of it.
+        // Both online parts are initialised before the fresh network is built, so the draws
+        // from the random generator come in the order they always did.
         online.encoder.visit(&mut Initialise);
         online.head.visit(&mut Initialise);
         let fresh = ModelConfig {
@@ -41,12 +41,9 @@ impl<B: TrainBackend> MomentumNetwork<B> {
         }
         .init::<B>(device);
         Self {
-            encoder: fresh
-                .encoder
-                .load_record(online.encoder.clone().into_record()),
-            head: fresh.head.load_record(online.head.clone().into_record()),
+            encoder: momentum_copy(&online.encoder, fresh.encoder),
+            head: momentum_copy(&online.head, fresh.head),
         }
-        .no_grad()
     }
 
     /// Projections of `images` (training-mode BatchNorm), detached.
@@ -56,18 +53,66 @@ impl<B: TrainBackend> MomentumNetwork<B> {
 
     /// One EMA step towards `online` with momentum `tau`.
     pub fn follow(self, online: &SslModel<B>, tau: f64) -> Self {
-        let mut collect = Collect::<B> { values: Vec::new() };
-        online.encoder.visit(&mut collect);
-        online.head.visit(&mut collect);
-        let mut ema = Ema::<B> {
-            online: collect.values.into_iter(),
-            tau,
-        };
-        let encoder = self.encoder.map(&mut ema);
-        let head = self.head.map(&mut ema);
-        debug_assert!(ema.online.next().is_none());
-        Self { encoder, head }
+        Self {
+            encoder: update_momentum(self.encoder, &online.encoder, tau),
+            head: update_momentum(self.head, &online.head, tau),
+        }
     }
+}
+
+/// The momentum (EMA) copy of any module `online`, for a BYOL target or a MoCo key encoder:
+/// `fresh`, a newly built module of the same architecture, takes `online`'s values and is left
+/// out of autodiff. Burn's clones share BatchNorm's running statistics, so the copy starts from
+/// its own instance, which keeps its own statistics from then on.
+///
+/// ```
+/// use burn::backend::{Autodiff, Flex};
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::prelude::*;
+/// use trainer::{momentum_copy, update_momentum};
+///
+/// type B = Autodiff<Flex>;
+/// let device = Default::default();
+/// let online: Linear<B> = LinearConfig::new(4, 2).init(&device);
+/// let target = momentum_copy(&online, LinearConfig::new(4, 2).init(&device));
+/// assert!(target.weight.val().equal(online.weight.val()).all().into_scalar());
+///
+/// // The online network moves (as an optimizer step leaves it: a new trainable leaf tensor);
+/// // the target follows a tenth of the way.
+/// let step = |w: Tensor<B, 2>| (w + 1.0).detach().require_grad();
+/// let online = Linear { weight: online.weight.map(step), ..online };
+/// let target = update_momentum(target, &online, 0.9);
+/// let gap = (online.weight.val() - target.weight.val()).mean().into_scalar();
+/// assert!((gap - 0.9).abs() < 1e-5);
+/// ```
+pub fn momentum_copy<B: Backend, M: Module<B>>(online: &M, fresh: M) -> M {
+    // Burn initialises parameters lazily, and each clone of a parameter not yet initialised
+    // draws its own values: initialise the online network's first, so the copy is of it.
+    online.visit(&mut Initialise);
+    fresh.load_record(online.clone().into_record()).no_grad()
+}
+
+/// One EMA step of `target` towards `online`: `target = tau * target + (1 - tau) * online` for
+/// every trainable tensor (lightly's `update_momentum`); BatchNorm running statistics are not
+/// parameters and stay the target's own. `target` must mirror `online`'s structure (made by
+/// [`momentum_copy`]). `tau` usually rises over training: see [`tau_at`].
+pub fn update_momentum<B: AutodiffBackend, M: AutodiffModule<B>>(
+    target: M,
+    online: &M,
+    tau: f64,
+) -> M {
+    let mut collect = Collect::<B> { values: Vec::new() };
+    online.visit(&mut collect);
+    let mut ema = Ema::<B> {
+        online: collect.values.into_iter(),
+        tau,
+    };
+    let target = target.map(&mut ema);
+    assert!(
+        ema.online.next().is_none(),
+        "update_momentum: the target has fewer tensors than the online module"
+    );
+    target
 }
 
 /// Reads every parameter once, which initialises it in place.

@@ -68,6 +68,22 @@ impl NtXentLoss {
     }
 
     /// `z`: `[2N, d]` projections, first views then second views. Returns the mean loss, `[1]`.
+    ///
+    /// ```
+    /// use burn::backend::Flex;
+    /// use burn::prelude::*;
+    /// use trainer::NtXentLoss;
+    ///
+    /// // Two images whose two views agree, orthogonal to each other: each row's positive has
+    /// // similarity 1 and its two negatives 0, so the loss is -ln(e^2 / (e^2 + 2)) at T = 0.5.
+    /// let z = Tensor::<Flex, 2>::from_floats(
+    ///     [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]],
+    ///     &Default::default(),
+    /// );
+    /// let loss = NtXentLoss::new(0.5).forward(z).into_scalar();
+    /// let want = -(2f32.exp() / (2f32.exp() + 2.0)).ln();
+    /// assert!((loss - want).abs() < 1e-5);
+    /// ```
     pub fn forward<B: Backend>(&self, z: Tensor<B, 2>) -> Tensor<B, 1> {
         let [rows, _] = z.dims();
         assert!(

@@ -96,7 +96,26 @@ impl VicRegLoss {
         }
     }
 
-    /// The weighted loss, `[1]`.
+    /// The weighted loss of the two views' embeddings `z_a`, `z_b` (`[N, D]` each), `[1]`.
+    ///
+    /// ```
+    /// use burn::backend::Flex;
+    /// use burn::prelude::*;
+    /// use trainer::VicRegLoss;
+    ///
+    /// let device = Default::default();
+    /// let loss = VicRegLoss::default(); // weights 25 / 25 / 1
+    /// // Views that agree, with spread (std above 1) and uncorrelated dimensions: nothing to pay.
+    /// let spread = Tensor::<Flex, 2>::from_floats(
+    ///     [[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]],
+    ///     &device,
+    /// );
+    /// assert!(loss.forward(spread.clone(), spread).into_scalar().abs() < 1e-6);
+    /// // Collapse (every image the same point): the variance hinge costs 25 * (1 - sqrt(1e-4)).
+    /// let collapsed = Tensor::<Flex, 2>::ones([4, 2], &device);
+    /// let cost = loss.forward(collapsed.clone(), collapsed).into_scalar();
+    /// assert!((cost - 24.75).abs() < 1e-4);
+    /// ```
     pub fn forward<B: Backend>(&self, z_a: Tensor<B, 2>, z_b: Tensor<B, 2>) -> Tensor<B, 1> {
         let t = self.terms(z_a, z_b);
         t.invariance * self.invariance_weight

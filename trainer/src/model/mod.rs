@@ -33,7 +33,8 @@ pub trait NetworkOps: ConvBackend + NormBackend + CollectiveBackend {}
 impl<B: ConvBackend + NormBackend + CollectiveBackend> NetworkOps for B {}
 
 /// The encoder's first layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Stem {
     /// Chosen from the image size when a run starts: `cifar` up to 64 px, `imagenet` above.

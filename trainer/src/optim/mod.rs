@@ -14,7 +14,8 @@ use burn::optim::{AdamConfig, Optimizer, SgdConfig};
 use lars::LarsConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// Adam with L2 weight decay (this project's seed recipe).
