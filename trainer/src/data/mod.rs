@@ -20,11 +20,8 @@ pub use cifar10::{
 pub use folder::load_image_folder;
 pub use pixels::Pixels;
 
-use anyhow::{bail, Context, Result};
-use md5::{Digest, Md5};
+use anyhow::{bail, Result};
 use rayon::prelude::*;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::data::augment::PIXELS;
@@ -373,6 +370,10 @@ pub(crate) fn download(
     what: &str,
     hint: &str,
 ) -> Result<PathBuf> {
+    use anyhow::Context;
+    use md5::{Digest, Md5};
+    use std::fs::File;
+    use std::io::{Read, Write};
     if target.is_file() {
         return Ok(target.to_path_buf());
     }
