@@ -345,7 +345,13 @@ fn mpirun(processes: usize, args: &[&str]) -> std::process::Command {
             "SELFSUP_CACHE",
             std::env::temp_dir().join("selfsup-test-cache-empty"),
         )
-        .args(["-np", &processes.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .args([
+            "-np",
+            &processes.to_string(),
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+        ])
         .arg(env!("CARGO_BIN_EXE_trainer"))
         .args(args);
     command
@@ -358,7 +364,10 @@ fn mpi_train(processes: usize, config: &Path, out: &Path, extra: &[&str]) -> Str
     args.extend_from_slice(extra);
     let output = mpirun(processes, &args).output().expect("mpirun starts");
     let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success(), "mpirun -np {processes} {args:?}:\n{all}");
+    assert!(
+        output.status.success(),
+        "mpirun -np {processes} {args:?}:\n{all}"
+    );
     all
 }
 
@@ -450,17 +459,24 @@ fn mpi_runs_resume_across_2_1_2_processes() {
 /// The process whose parent is `parent` and whose environment holds `variable`.
 #[cfg(feature = "mpi")]
 fn child_with_env(parent: u32, variable: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        // Field 4 of /proc/PID/stat, after the parenthesised command name.
-        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        let environ = std::fs::read(entry.path().join("environ")).ok()?;
-        let has = environ
-            .split(|&b| b == 0)
-            .any(|v| v == variable.as_bytes());
-        (ppid == parent && has).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Field 4 of /proc/PID/stat, after the parenthesised command name.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let has = environ.split(|&b| b == 0).any(|v| v == variable.as_bytes());
+            (ppid == parent && has).then_some(pid)
+        })
 }
 
 #[cfg(feature = "mpi")]
@@ -472,7 +488,14 @@ fn a_killed_mpi_rank_stops_the_job_with_an_error() {
     let out = dir.path().join("run");
     let mut args = vec!["train", "--config", config.to_str().unwrap()];
     args.extend(["--out", out.to_str().unwrap()]);
-    args.extend(["--steps-per-epoch", "100000", "--epochs", "1", "--peer-timeout", "10"]);
+    args.extend([
+        "--steps-per-epoch",
+        "100000",
+        "--epochs",
+        "1",
+        "--peer-timeout",
+        "10",
+    ]);
     let mut job = mpirun(2, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -516,12 +539,18 @@ fn a_killed_mpi_rank_stops_the_job_with_an_error() {
     let running = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()))
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim().to_string())
+            })
             .is_some_and(|rest| !rest.starts_with('Z'))
     };
     let stopping = Instant::now();
     while running(rank0) && stopping.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!running(rank0), "rank 0 still runs after the job ended:\n{log}");
+    assert!(
+        !running(rank0),
+        "rank 0 still runs after the job ended:\n{log}"
+    );
 }

@@ -31,7 +31,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// memory pool on the GPU and never frees them (burn issue 4792, fixed after 0.21): with a
 /// thread per exchange, GPU memory would grow with every step.
 fn collective_thread(rank: usize) -> mpsc::Sender<Job> {
-    let mut threads = collective_threads().lock().unwrap_or_else(|e| e.into_inner());
+    let mut threads = collective_threads()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     threads
         .entry(rank)
         .or_insert_with(|| {
@@ -252,6 +254,9 @@ mod tests {
             })
         });
         let message = *failed.unwrap_err().downcast::<String>().unwrap();
-        assert!(message.contains("a failing call failed: refused"), "{message}");
+        assert!(
+            message.contains("a failing call failed: refused"),
+            "{message}"
+        );
     }
 }

@@ -127,8 +127,12 @@ mod tests {
             (3, 4, 1)
         );
         assert_eq!(open_mpi.launcher, "Open MPI");
-        let slurm = launch(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "1")])
-            .unwrap();
+        let slurm = launch(&[
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "1"),
+        ])
+        .unwrap();
         assert_eq!((slurm.rank, slurm.processes, slurm.local_rank), (5, 8, 1));
         let torchrun = launch(&[("RANK", "1"), ("WORLD_SIZE", "2")]).unwrap();
         assert_eq!((torchrun.launcher, torchrun.local_rank), ("torchrun", 0));

@@ -30,9 +30,11 @@ mod engine {
 
     pub fn start(launch: Launch) -> Result<Launch> {
         let mut universe = UNIVERSE.lock().unwrap();
-        ensure!(universe.is_none(), "MPI was already started in this process");
-        let Some((started, threading)) = mpi::initialize_with_threading(Threading::Multiple)
-        else {
+        ensure!(
+            universe.is_none(),
+            "MPI was already started in this process"
+        );
+        let Some((started, threading)) = mpi::initialize_with_threading(Threading::Multiple) else {
             bail!("MPI_Init_thread failed (MPI was initialised before?)");
         };
         let world = started.world();

@@ -228,13 +228,12 @@ impl TrainJob {
                 topology: topology.clone(),
             };
             let (splits, collective, sender) = (splits.clone(), collective.clone(), sender.clone());
-            let device =
-                crate::backend::peer_device(
-                    self.config.device,
-                    &device,
-                    topology.local_rank + index,
-                    topology.devices,
-                );
+            let device = crate::backend::peer_device(
+                self.config.device,
+                &device,
+                topology.local_rank + index,
+                topology.devices,
+            );
             std::thread::Builder::new()
                 .name(format!("rank-{}", peer.rank))
                 .spawn(move || {
@@ -247,10 +246,8 @@ impl TrainJob {
                         if local {
                             let inner = device.clone();
                             with_deadline(&peer, "registering with the other ranks", move || {
-                                burn_collective::register::<B::InnerBackend>(
-                                    id, inner, collective,
-                                )
-                                .map_err(|e| format!("{e:?}"))
+                                burn_collective::register::<B::InnerBackend>(id, inner, collective)
+                                    .map_err(|e| format!("{e:?}"))
                             });
                         }
                         let result = job.train_on::<B>(splits, device);
