@@ -277,6 +277,18 @@ fn first_loss(run: &Path) -> f64 {
     Metrics::read(run).column("loss")[0]
 }
 
+/// `out` holds one run of 3 epochs: a metrics row and a checkpoint for each.
+fn assert_one_run_of_three_epochs(out: &Path) {
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    for epoch in 1..=3 {
+        let ckpt = out
+            .join("checkpoints")
+            .join(format!("epoch-{epoch:04}.ckpt"));
+        assert_eq!(Checkpoint::read(&ckpt).unwrap().state.epochs_done, epoch);
+    }
+}
+
 #[test]
 fn devices_2_trains_and_resumes_on_another_number_of_devices() {
     let data = cifar10_bin();
@@ -307,14 +319,7 @@ fn devices_2_trains_and_resumes_on_another_number_of_devices() {
     run(&["--resume", "--epochs", "2", "--devices", "1"]);
     let third = run(&["--resume", "--epochs", "3", "--devices", "2"]);
     assert!(third.contains("epoch 3/3"), "{third}");
-    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-    assert_eq!(metrics.lines().count(), 4, "{metrics}");
-    for epoch in 1..=3 {
-        let ckpt = out
-            .join("checkpoints")
-            .join(format!("epoch-{epoch:04}.ckpt"));
-        assert_eq!(Checkpoint::read(&ckpt).unwrap().state.epochs_done, epoch);
-    }
+    assert_one_run_of_three_epochs(&out);
     // The batch must split over the devices.
     let output = trainer(&[
         "train",
@@ -446,14 +451,7 @@ fn mpi_runs_resume_across_2_1_2_processes() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let third = mpi_train(2, &config, &out, &["--resume", "--epochs", "3"]);
     assert!(third.contains("epoch 3/3"), "{third}");
-    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-    assert_eq!(metrics.lines().count(), 4, "{metrics}");
-    for epoch in 1..=3 {
-        let ckpt = out
-            .join("checkpoints")
-            .join(format!("epoch-{epoch:04}.ckpt"));
-        assert_eq!(Checkpoint::read(&ckpt).unwrap().state.epochs_done, epoch);
-    }
+    assert_one_run_of_three_epochs(&out);
 }
 
 /// The process whose parent is `parent` and whose environment holds `variable`.
