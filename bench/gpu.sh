@@ -2,7 +2,8 @@
 # One call on a lent GPU machine (it may be lent for 15 minutes, with no network): in under 8
 # minutes it prints the card, then for each backend (cuda, wgpu on the same card):
 #   - the training step against PyTorch on the same machine (fp32 with cudnn.benchmark, AMP bf16,
-#     channels_last; skipped with the reason when torch is not installed there),
+#     channels_last; skipped with the reason when torch is not installed there), ours in f32 and
+#     with --precision bf16 / f16 (CUDA) or f16 (wgpu),
 #   - peak GPU memory (nvidia-smi, sampled),
 #   - a 2-epoch real run with the kNN monitor, its export, and ONNX Runtime's embeddings of 64
 #     test images against the trainer's on the GPU (when onnxruntime is installed),
@@ -68,6 +69,16 @@ for DEVICE in $DEVICES; do
     echo "peak GPU memory (MiB, whole card): $(sort -n "$OUT/memory-$DEVICE.log" | tail -1)" \
       | tee "$OUT/memory-$DEVICE.txt"
   fi
+
+  # Mixed precision (--precision): bf16 and f16 on CUDA, f16 on wgpu (no bf16 in wgpu).
+  case "$DEVICE" in cuda) LOW="bf16 f16" ;; *) LOW="f16" ;; esac
+  for PREC in $LOW; do
+    say "$DEVICE: training step in $PREC (mixed precision), ours"
+    limited 120 "$TRAINER" bench --device "$DEVICE" --precision "$PREC" --width "$WIDTH" \
+      --batch-size "$BATCHES" --steps "$STEPS" --warmup 3 --no-torch --no-onnx \
+      --out "$OUT/bench-$DEVICE-$PREC.json" 2>&1 | tee "$OUT/bench-$DEVICE-$PREC.txt"
+    echo "exit ${PIPESTATUS[0]}" >> "$OUT/bench-$DEVICE-$PREC.txt"
+  done
 
   say "$DEVICE: short real run (2 epochs, kNN monitor), export, ONNX Runtime check"
   rm -rf "$OUT/run-$DEVICE"

@@ -29,6 +29,7 @@ fn main() {
         z_std_sum_in_epoch: 0.0,
         epoch_seed: 0,
         rng: rand_chacha::ChaCha8Rng::seed_from_u64(0),
+        loss_scaler: Default::default(),
     };
     let dir = out.join("roundtrip");
     let _ = std::fs::remove_dir_all(&dir);

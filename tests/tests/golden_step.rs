@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use trainer::backend::{CpuBackend, TrainBackend};
 use trainer::config::TrainConfig;
-use trainer::jobs::train::{apply_update, loss_and_gradients};
+use trainer::jobs::train::{apply_update, loss_and_gradients, scaled_loss_and_gradients};
 use trainer::methods::simclr::SimClr;
 use trainer::methods::MethodConfig;
 use trainer::model::{ModelConfig, SslModel};
@@ -37,6 +37,7 @@ use trainer::named_params::{
     gradient_values, load_named_tensors, named_tensors, read_safetensors, NamedTensor, TensorMap,
 };
 use trainer::optim::{with_optimizer, OptimizerTask};
+use trainer::Precision;
 
 /// The fixture's tensors by name, and its metadata.
 fn golden() -> (TensorMap, BTreeMap<String, String>) {
@@ -109,6 +110,17 @@ fn trainer_step<B: TrainBackend>(
     device: &B::Device,
     burn_default_adam: bool,
 ) -> StepResult {
+    trainer_step_in::<B>(Precision::F32, golden, metadata, device, burn_default_adam)
+}
+
+/// [`trainer_step`] with the forward pass under `autocast(precision)`.
+fn trainer_step_in<B: TrainBackend>(
+    precision: Precision,
+    golden: &TensorMap,
+    metadata: &BTreeMap<String, String>,
+    device: &B::Device,
+    burn_default_adam: bool,
+) -> StepResult {
     let config = TrainConfig::default();
     let MethodConfig::Simclr(nt_xent) = config.method else {
         panic!("the default method is SimCLR")
@@ -130,8 +142,17 @@ fn trainer_step<B: TrainBackend>(
     let (shape, views) = golden["views"].clone();
     let views = Tensor::<B, 4>::from_data(TensorData::new(views, shape), device);
 
-    let step = loss_and_gradients(&model, &mut SimClr(nt_xent), views);
-    let (loss, grads) = (step.stats.loss, step.grads.expect("finite loss"));
+    // As a training step: the loss scaled for f16 (PyTorch's 2^16), the gradients unscaled.
+    let scaler = trainer::GradScaler::new(precision);
+    let step = {
+        let _autocast = trainer::autocast(precision);
+        scaled_loss_and_gradients(&model, &mut SimClr(nt_xent), views, scaler.loss_factor())
+    };
+    let (loss, mut grads) = (step.stats.loss, step.grads.expect("finite loss"));
+    assert!(
+        scaler.unscale(&model, &mut grads),
+        "the gradients overflowed"
+    );
     let named = named_tensors::<B, _>(&model);
     let grad_values = named
         .iter()
@@ -311,6 +332,165 @@ fn simclr_step_on_wgpu_matches_pytorch_and_the_cpu() {
     for line in check_against_golden(&gpu, &cpu_as_reference) {
         eprintln!("wgpu vs cpu: {line}");
     }
+}
+
+/// The SimCLR step with `--precision f16` on wgpu (lavapipe in CI: shaderFloat16) against
+/// PyTorch's float64 step, loss scaled by 2^16 as in training. Every convolution and linear
+/// rounds its input and weights to f16 (unit roundoff u = 2^-11 = 4.9e-4). Asserted: the loss
+/// within 1e-3 relative (measured 1.3e-4: the forward pass is a few u per layer), the global
+/// gradient norm within 1e-1 (measured 5.4e-2), every value finite, and the f16 step really
+/// different from the f32 one. Not asserted, and open (issue 28): single gradient tensors of
+/// this width-4 network differ from PyTorch's by up to 55 % relative L2 (printed below; the
+/// early blocks' convolutions and BatchNorm parameters), far beyond f16 rounding of the inputs;
+/// computing the convolution's weight gradient in f32 did not change it, so the cause is in the
+/// input-gradient path and not yet found.
+#[cfg(feature = "wgpu")]
+#[test]
+fn f16_step_on_wgpu_matches_pytorch_loss_and_gradient_norm() {
+    use trainer::backend::WgpuBackend;
+    let _kernels = cpu_kernels(true);
+    let (golden, metadata) = golden();
+    let device = Default::default();
+    let f16 = trainer_step_in::<Autodiff<WgpuBackend>>(
+        Precision::F16,
+        &golden,
+        &metadata,
+        &device,
+        false,
+    );
+    let f32 = trainer_step::<Autodiff<WgpuBackend>>(&golden, &metadata, &device, false);
+    let loss = golden["loss"].1[0] as f64;
+    let loss_error = (f16.loss - loss).abs() / loss;
+    let reference_grads = with_prefix(&golden, "grad");
+    let worst = |step: &StepResult| {
+        reference_grads
+            .iter()
+            .map(|(name, (_, reference))| (name.clone(), relative_l2(&step.grads[name], reference)))
+            .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a })
+    };
+    let (worst_name, grad_error) = worst(&f16);
+    let mut errors: Vec<(f64, &String)> = reference_grads
+        .iter()
+        .map(|(name, (_, reference))| (relative_l2(&f16.grads[name], reference), name))
+        .collect();
+    errors.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("f16 gradients, largest errors: {:?}", &errors[..5]);
+    let norm = golden["grad_norm"].1[0] as f64;
+    let norm_error = (f16.grad_norm - norm).abs() / norm;
+    let from_f32 = f32
+        .grads
+        .iter()
+        .map(|(name, grad)| relative_l2(grad, &f16.grads[name]))
+        .fold(0.0, f64::max);
+    eprintln!(
+        "f16 vs PyTorch: loss {:.6} vs {loss:.6} (relative {loss_error:.2e}); gradients: worst \
+         relative L2 {grad_error:.2e} ({worst_name}); norm relative {norm_error:.2e}; f16 vs f32 \
+         step on wgpu: worst gradient {from_f32:.2e} (f32 step vs PyTorch: {:.2e})",
+        f16.loss,
+        worst(&f32).1
+    );
+    assert!(
+        loss_error < 1e-3,
+        "f16 loss relative error {loss_error:.2e}"
+    );
+    assert!(
+        norm_error < 1e-1,
+        "f16 gradient norm relative error {norm_error:.2e}"
+    );
+    assert!(f16.grads.values().flatten().all(|v| v.is_finite()));
+    assert!(
+        from_f32 > 1e-5,
+        "the f16 step's gradients equal the f32 step's ({from_f32:.2e}): nothing ran in f16"
+    );
+    assert!(f16
+        .after
+        .iter()
+        .all(|t| t.values.iter().all(|v| v.is_finite())));
+}
+
+/// f16 loss scaling on wgpu: with the scale at 2^40 the gradients overflow f16 (largest value
+/// 65504) in the backward pass of the projector; the step must be skipped (every weight as it
+/// was), the scale halved and the skip counted; at PyTorch's initial 2^16 the next step updates.
+#[cfg(feature = "wgpu")]
+#[test]
+fn f16_overflow_skips_the_step_and_halves_the_loss_scale() {
+    use trainer::backend::WgpuBackend;
+    use trainer::jobs::train::train_step;
+    use trainer::optim::Schedule;
+    use trainer::{GradScaler, PairBatch};
+    type B = Autodiff<WgpuBackend>;
+    struct Steps(SslModel<B>, Vec<f32>);
+    impl OptimizerTask<B> for Steps {
+        type Output = Vec<(GradScaler, bool, Vec<NamedTensor>)>;
+        fn run<O: Optimizer<SslModel<B>, B>>(
+            self,
+            mut optimizer: O,
+        ) -> anyhow::Result<Self::Output> {
+            let Steps(mut model, views) = self;
+            let schedule = Schedule {
+                batch_size: 8,
+                steps_per_epoch: 1,
+                total_steps: 2,
+            };
+            let MethodConfig::Simclr(nt_xent) = TrainConfig::default().method else {
+                panic!()
+            };
+            let mut method = SimClr(nt_xent);
+            let mut out = Vec::new();
+            for (step, scale) in [2f64.powi(40), 65536.0].into_iter().enumerate() {
+                let mut scaler = GradScaler::with_scale(Precision::F16, scale);
+                let batch = PairBatch {
+                    size: 8,
+                    side: 32,
+                    views: views.clone(),
+                };
+                let (next, stats) = train_step(
+                    model,
+                    &mut method,
+                    &mut optimizer,
+                    &mut scaler,
+                    batch,
+                    3e-4,
+                    1.0,
+                    (step, &schedule),
+                    &Default::default(),
+                );
+                model = next;
+                out.push((scaler, stats.skipped, named_tensors::<B, _>(&model)));
+            }
+            Ok(out)
+        }
+    }
+    let (golden, metadata) = golden();
+    let number = |key: &str| metadata[key].parse::<usize>().unwrap();
+    let device = Default::default();
+    let model = ModelConfig::small(number("width"), number("head_hidden"), number("head_out"))
+        .init::<B>(&device);
+    let model = load_named_tensors(model, &with_prefix(&golden, "init"), &device).unwrap();
+    let views = golden["views"].1.clone();
+    let steps = with_optimizer::<B, _>(&TrainConfig::default().optim, Steps(model, views)).unwrap();
+    let init = with_prefix(&golden, "init");
+    let moved = |after: &[NamedTensor]| {
+        after
+            .iter()
+            .filter(|t| !t.name.contains("running_"))
+            .filter(|t| t.values != init[&t.name].1)
+            .count()
+    };
+    let (overflowed, skipped, after) = &steps[0];
+    assert!(skipped, "the step at loss scale 2^40 was not skipped");
+    assert_eq!(
+        (overflowed.scale, overflowed.skipped_steps),
+        (2f64.powi(39), 1)
+    );
+    assert_eq!(moved(after), 0, "a skipped step changed weights");
+    let (normal, skipped, after) = &steps[1];
+    assert!(!skipped, "the step at loss scale 2^16 was skipped");
+    assert_eq!((normal.scale, normal.good_steps), (65536.0, 1));
+    assert!(
+        moved(after) > 10,
+        "the step at 2^16 did not update the weights"
+    );
 }
 
 /// Bound on each gradient's relative L2 error of the methods' steps on the shipped kernels

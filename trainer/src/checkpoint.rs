@@ -14,6 +14,7 @@
 use crate::config::TrainConfig;
 use crate::methods::MethodKind;
 use crate::model::{ModelConfig, SslModel};
+use crate::precision::GradScaler;
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::Module;
 use burn::prelude::Backend;
@@ -47,6 +48,9 @@ pub struct TrainState {
     pub epoch_seed: u64,
     /// The run's RNG, which draws each new epoch's seed.
     pub rng: ChaCha8Rng,
+    /// The f16 loss scale and its counters (disabled for f32 and bf16 runs).
+    #[serde(default)]
+    pub loss_scaler: GradScaler,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -400,6 +404,7 @@ mod tests {
             z_std_sum_in_epoch: 0.0,
             epoch_seed: 0,
             rng: ChaCha8Rng::seed_from_u64(1),
+            loss_scaler: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@ use crate::eval::ProbeProtocol;
 use crate::jobs::train::{Outcome, TrainJob};
 use crate::methods::MethodKind;
 use crate::optim::{OptimConfig, OptimizerKind};
+use crate::precision::Precision;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -165,6 +166,10 @@ pub struct BenchArgs {
     /// wgpu, ndarray, candle.
     #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
+    /// Precision of the training step (as train's --precision); PyTorch's reference runs under
+    /// torch.autocast with the same dtype.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// ResNet-18 width (64 is the standard network).
     #[arg(long, default_value_t = 64)]
     pub width: usize,
@@ -279,6 +284,11 @@ pub struct TrainArgs {
     /// or another CPU backend for comparison (ndarray, candle) [default: auto].
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
+    /// Mixed precision on a GPU: convolutions and linear layers in f16 (with dynamic loss
+    /// scaling) or bf16 (CUDA, sm80+), weights, optimizer, BatchNorm and loss in f32, as
+    /// torch.autocast [default: f32].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Random seed for initialisation, shuffling and augmentation [default: 42].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -410,6 +420,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.device {
             config.device = v;
+        }
+        if let Some(v) = self.precision {
+            config.precision = v;
         }
         if let Some(v) = self.seed {
             config.seed = v;
@@ -611,6 +624,7 @@ fn bench(args: BenchArgs) -> Result<i32> {
         steps: args.steps,
         warmup: args.warmup,
         device: crate::backend::resolve(args.device),
+        precision: args.precision,
         model: crate::model::ModelConfig {
             width: args.width,
             stem: crate::model::Stem::Auto.for_size(args.image_size),

@@ -11,6 +11,7 @@ use crate::data::{LoadOptions, Splits};
 use crate::methods::{MethodConfig, MethodKind};
 use crate::model::ModelConfig;
 use crate::optim::OptimConfig;
+use crate::precision::Precision;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -74,6 +75,10 @@ pub struct TrainConfig {
     /// initialisation from the seed.
     pub init_weights: String,
     pub device: DeviceKind,
+    /// Convolutions and linear layers of the training step in `f16` (dynamic loss scaling) or
+    /// `bf16` on a GPU; weights, optimizer state, BatchNorm, the loss and reductions stay f32
+    /// (`precision`). Evaluation and export compute in f32.
+    pub precision: Precision,
     /// Batches prepared ahead of the training step by the augmentation threads.
     pub prefetch_batches: usize,
     /// With several devices (`--devices`, `--nodes`): BatchNorm statistics over the global
@@ -115,6 +120,7 @@ impl Default for TrainConfig {
             seed: 42,
             init_weights: String::new(),
             device: DeviceKind::Auto,
+            precision: Precision::F32,
             prefetch_batches: 4,
             sync_batchnorm: true,
             winograd: true,

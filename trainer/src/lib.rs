@@ -18,6 +18,7 @@
 //! | [`momentum_copy`], [`update_momentum`], [`tau_at`] | an EMA (momentum) copy of a module, its update and BYOL's cosine schedule for `tau` |
 //! | [`LarsConfig`] | the LARS optimizer of solo-learn's presets, as a Burn optimizer |
 //! | [`clip_grad_norm`] | clipping by the global gradient norm, as `torch.nn.utils.clip_grad_norm_` |
+//! | [`autocast`], [`Precision`], [`GradScaler`] | mixed precision (f16/bf16 convolutions and linears, f32 weights), as `torch.autocast` and its `GradScaler` |
 //!
 //! `examples/pretrain_own_model.rs` pretrains a small CNN of its own with these parts in about
 //! 150 lines. A library user can leave out the command line and the dataset download (clap,
@@ -41,7 +42,7 @@
 //! - `distributed`: data-parallel training over devices and machines (burn-collective);
 //! - `jobs`: what the commands run (train, eval, export, bench);
 //!
-//! and shared plumbing: `config` (the recipe and presets), `checkpoint`, `backend` (device
+//! and shared plumbing: `precision` (mixed precision), `config` (the recipe and presets), `checkpoint`, `backend` (device
 //! choice), `named_params`, `progress`, `panics`, `cli`, and the run's logs: `tensorboard` (event
 //! files) and `plot` (`metrics.svg`).
 
@@ -61,6 +62,7 @@ pub mod named_params;
 pub mod optim;
 pub mod panics;
 pub mod plot;
+pub mod precision;
 pub mod progress;
 pub mod tensorboard;
 
@@ -74,3 +76,4 @@ pub use methods::simclr::NtXentLoss;
 pub use methods::vicreg::VicRegLoss;
 pub use optim::clip::clip_grad_norm;
 pub use optim::lars::LarsConfig;
+pub use precision::{autocast, GradScaler, Precision};

@@ -15,6 +15,7 @@ use crate::jobs::train::train_step;
 use crate::methods::simclr::{NtXentLoss, SimClr};
 use crate::model::{ModelConfig, SslModel};
 use crate::optim::{with_optimizer, OptimConfig, OptimizerTask, Schedule};
+use crate::precision::{GradScaler, Precision};
 use anyhow::{Context, Result};
 use burn::optim::Optimizer;
 use rand::{Rng, SeedableRng};
@@ -28,6 +29,9 @@ pub struct BenchOptions {
     pub steps: usize,
     pub warmup: usize,
     pub device: DeviceKind,
+    /// The training step's precision (mixed precision on GPUs); PyTorch's reference then runs
+    /// under `torch.autocast` with the same dtype.
+    pub precision: Precision,
     /// The network; its `stem` is the one for `image_size` (ImageNet's above 64 px).
     pub model: ModelConfig,
     /// Side of the square images (32: CIFAR-10; 96: STL-10).
@@ -68,6 +72,7 @@ pub struct InferenceResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub device: String,
+    pub precision: Precision,
     pub threads: usize,
     pub width: usize,
     pub image_size: usize,
@@ -113,6 +118,7 @@ struct StepBench<B: TrainBackend> {
     batch_size: usize,
     steps: usize,
     warmup: usize,
+    precision: Precision,
 }
 
 impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
@@ -128,6 +134,7 @@ impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
             total_steps: self.warmup + self.steps,
         };
         let mut model = self.model;
+        let mut scaler = GradScaler::new(self.precision);
         let mut seconds = Vec::new();
         for step in 0..self.warmup + self.steps {
             let batch = make_batch(&self.dataset, &augment, &plan, step % plan.steps);
@@ -136,6 +143,7 @@ impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
                 model,
                 &mut method,
                 &mut optimizer,
+                &mut scaler,
                 batch,
                 3e-4,
                 OptimConfig::default().grad_clip,
@@ -172,6 +180,7 @@ impl BackendTask for TrainStepTiming<'_> {
 
     fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
         B::seed(&device, 0);
+        crate::precision::check_supported::<B>(self.options.precision, &device)?;
         let task = StepBench::<B> {
             model: self.options.model.init::<B>(&device),
             device,
@@ -179,6 +188,7 @@ impl BackendTask for TrainStepTiming<'_> {
             batch_size: self.batch_size,
             steps: self.options.steps,
             warmup: self.options.warmup,
+            precision: self.options.precision,
         };
         Ok((
             name.to_string(),
@@ -312,6 +322,11 @@ fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
         DeviceKind::Wgpu => "auto",
         _ => "cpu",
     };
+    let amp = match options.precision {
+        Precision::F32 => "off",
+        Precision::Bf16 => "bf16",
+        Precision::F16 => "fp16",
+    };
     let args: Vec<String> = [
         ("--batch-size", batch_size.to_string()),
         ("--steps", options.steps.to_string()),
@@ -321,6 +336,7 @@ fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
         ("--stem", stem_name(options).to_string()),
         ("--device", device.to_string()),
         ("--threads", options.threads.to_string()),
+        ("--amp", amp.to_string()),
     ]
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v])
@@ -395,6 +411,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
     }
     Ok(BenchReport {
         device: device_name,
+        precision: options.precision,
         threads: options.threads,
         width: options.model.width,
         image_size: options.image_size,
@@ -412,8 +429,11 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 /// The table printed to the terminal (and pasted in the README).
 pub fn table(report: &BenchReport) -> String {
     let mut out = format!(
-        "device: {} | threads: {} | ResNet-18 width {} ({} stem) at {} px | median of {} steps\n\n",
-        report.device, report.threads, report.width, report.stem, report.image_size, report.steps
+        "device: {} | precision: {} | threads: {} | ResNet-18 width {} ({} stem) at {} px | median \
+         of {} steps\n\n",
+        report.device,
+        report.precision.name(),
+        report.threads, report.width, report.stem, report.image_size, report.steps
     );
     out += "training step (SimCLR, Adam)\n\n";
     out += "| batch | ours pairs/s | step ms | PyTorch pairs/s | ours / PyTorch | data pairs/s |\n";
@@ -469,6 +489,7 @@ mod tests {
             steps: 2,
             warmup: 1,
             device: DeviceKind::Cpu,
+            precision: Precision::F32,
             model: ModelConfig::small(2, 8, 4),
             image_size: 32,
             data: None,
@@ -523,6 +544,7 @@ mod tests {
             steps: 1,
             warmup: 0,
             device: DeviceKind::Cpu,
+            precision: Precision::F32,
             model,
             image_size: 72,
             data: Some(synthetic_images(4, 32)), // upsampled to 72 px as `--data` is

@@ -20,6 +20,7 @@ use crate::named_params::{load_named_tensors, read_safetensors};
 use crate::optim::clip::clip_grad_norm;
 use crate::optim::{with_optimizer, OptimizerTask, Schedule};
 use crate::plot;
+use crate::precision::{self, GradScaler, Precision};
 use crate::progress::steps_bar;
 use crate::tensorboard::EventWriter;
 use anyhow::{bail, ensure, Context, Result};
@@ -303,6 +304,8 @@ pub struct StepStats {
     /// Global L2 norm of the gradients before clipping (NaN with clipping off, or before the
     /// update).
     pub grad_norm: f64,
+    /// The update was skipped: f16 gradients overflowed (the loss scale was halved).
+    pub skipped: bool,
 }
 
 /// The loss of a step and the gradient of every parameter.
@@ -312,16 +315,18 @@ pub struct StepGradients {
     pub grads: Option<GradientsParams>,
 }
 
-/// One training step: both views through the method's loss, backward, the average of the
-/// gradients over all ranks (data-parallel runs), clipping of the global
-/// gradient norm to `grad_clip` (0 = off), the optimizer's update, then the method's own update
-/// (momentum network, queue) for 0-based step `step`. Returns the updated model and what the
-/// step measured; a non-finite loss leaves the model as it was (the caller stops).
+/// One training step: both views through the method's loss (convolutions and linears in the
+/// scaler's precision), backward of the scaled loss, the average of the gradients over all
+/// ranks (data-parallel runs), unscaling (an f16 overflow skips the update), clipping of the
+/// global gradient norm to `grad_clip` (0 = off), the optimizer's update, then the method's own
+/// update (momentum network, queue) for 0-based step `step`. Returns the updated model and what
+/// the step measured; a non-finite loss leaves the model as it was (the caller stops).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     model: SslModel<B>,
     method: &mut dyn Method<B>,
     optimizer: &mut O,
+    scaler: &mut GradScaler,
     batch: PairBatch,
     lr: f64,
     grad_clip: f64,
@@ -329,16 +334,28 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     device: &B::Device,
 ) -> (SslModel<B>, StepStats) {
     let images = batch.into_tensor::<B>(device);
-    let StepGradients { stats, grads } = loss_and_gradients(&model, method, images);
-    match grads {
-        Some(grads) => {
-            let grads = average_gradients(&model, grads);
-            let (model, grad_norm) = apply_update(model, optimizer, grads, lr, grad_clip);
-            method.after_update(&model, step, schedule);
-            (model, StepStats { grad_norm, ..stats })
-        }
-        None => (model, stats), // never step on a NaN gradient
+    let StepGradients { stats, grads } = {
+        let _autocast = precision::autocast(scaler.precision);
+        scaled_loss_and_gradients(&model, method, images, scaler.loss_factor())
+    };
+    let Some(grads) = grads else {
+        return (model, stats); // never step on a NaN gradient
+    };
+    let mut grads = average_gradients(&model, grads);
+    let finite = scaler.unscale(&model, &mut grads);
+    scaler.update(finite);
+    if !finite {
+        return (
+            model,
+            StepStats {
+                skipped: true,
+                ..stats
+            },
+        );
     }
+    let (model, grad_norm) = apply_update(model, optimizer, grads, lr, grad_clip);
+    method.after_update(&model, step, schedule);
+    (model, StepStats { grad_norm, ..stats })
 }
 
 /// The method's loss of `images` (`[2N, 3, H, W]`, first views then second views; BatchNorm
@@ -349,16 +366,33 @@ pub fn loss_and_gradients<B: TrainBackend>(
     method: &mut dyn Method<B>,
     images: Tensor<B, 4>,
 ) -> StepGradients {
+    scaled_loss_and_gradients(model, method, images, 1.0)
+}
+
+/// [`loss_and_gradients`] with the gradients of `loss_factor` times the loss (loss scaling);
+/// the loss reported is the unscaled one.
+pub fn scaled_loss_and_gradients<B: TrainBackend>(
+    model: &SslModel<B>,
+    method: &mut dyn Method<B>,
+    images: Tensor<B, 4>,
+    loss_factor: f64,
+) -> StepGradients {
     let out = method.step(model, images);
     let stats = StepStats {
         loss: out.loss.clone().into_scalar().elem::<f64>(),
         z_std: projection_std(out.projections),
         grad_norm: f64::NAN,
+        skipped: false,
     };
     if !stats.loss.is_finite() {
         return StepGradients { stats, grads: None };
     }
-    let grads = GradientsParams::from_grads(out.loss.backward(), model);
+    let loss = if loss_factor == 1.0 {
+        out.loss
+    } else {
+        out.loss.mul_scalar(loss_factor)
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), model);
     StepGradients {
         stats,
         grads: Some(grads),
@@ -437,6 +471,15 @@ impl TrainJob {
             eprintln!("output: {}", self.out.display());
         }
 
+        if config.precision != Precision::F32 {
+            ensure!(
+                !crate::backend::resolve(config.device).is_cpu(),
+                "--precision {}: mixed precision is for GPUs (--device cuda or wgpu); the CPU \
+                 backends compute in f32",
+                config.precision.name()
+            );
+            precision::check_supported::<B>(config.precision, &device)?;
+        }
         let (mut model, mut method, mut state) = if self.resume {
             let ckpt = checkpoint::latest_in(&self.checkpoints_dir())?.with_context(|| {
                 format!(
@@ -483,6 +526,7 @@ impl TrainJob {
                 z_std_sum_in_epoch: 0.0,
                 epoch_seed: 0,
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
+                loss_scaler: GradScaler::new(config.precision),
             };
             let model = config.model.init::<B>(&device);
             let model = if config.init_weights.is_empty() {
@@ -512,6 +556,10 @@ impl TrainJob {
             method.share_rank0_state();
             (model, method, state)
         };
+        if state.loss_scaler.precision != config.precision {
+            // Resumed with another --precision (or from a checkpoint without a loss scale).
+            state.loss_scaler = GradScaler::new(config.precision);
+        }
         let mut metrics_rows = if main {
             checkpoint::write_atomically(
                 &self.out.join("config.toml"),
@@ -579,6 +627,7 @@ impl TrainJob {
             }
             bar.set_position(state.step_in_epoch as u64);
             let started = Instant::now();
+            let skipped_before = state.loss_scaler.skipped_steps;
             let mut pairs = 0usize;
             let mut logged = (Instant::now(), 0usize);
             for batch in loader {
@@ -588,6 +637,7 @@ impl TrainJob {
                     model,
                     method.as_mut(),
                     &mut optimizer,
+                    &mut state.loss_scaler,
                     batch,
                     lr,
                     config.optim.grad_clip,
@@ -623,6 +673,9 @@ impl TrainJob {
                         ];
                         if stats.grad_norm.is_finite() {
                             values.push(("train/grad_norm", stats.grad_norm));
+                        }
+                        if state.loss_scaler.enabled() {
+                            values.push(("train/loss_scale", state.loss_scaler.scale));
                         }
                         events.scalars(state.global_step as u64, &values)?;
                         events.flush()?;
@@ -680,6 +733,14 @@ impl TrainJob {
                     traffic.bytes as f64 / traffic.calls as f64 / 1e6,
                     per_step,
                     100.0 * traffic.time.as_secs_f64() / train_seconds
+                );
+            }
+            let skipped = state.loss_scaler.skipped_steps - skipped_before;
+            if main && skipped > 0 {
+                eprintln!(
+                    "f16: {skipped} step(s) of epoch {epoch} skipped because the gradients \
+                     overflowed; the loss scale is now {}",
+                    state.loss_scaler.scale
                 );
             }
             let mean_loss = state.loss_sum_in_epoch / plan.steps.max(1) as f64;

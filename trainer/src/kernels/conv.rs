@@ -8,6 +8,7 @@
 
 use crate::kernels::conv_kernels::{self, ConvShape};
 use crate::kernels::winograd;
+use crate::precision;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -18,6 +19,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
+use burn::tensor::FloatDType;
 use burn::tensor::TensorPrimitive;
 
 /// Stride and padding of a bias-free convolution with a square kernel (all the network uses).
@@ -59,6 +61,24 @@ pub trait ConvBackend: Backend {
     ) -> FloatTensor<Self> {
         Self::conv2d_weight_backward(x, weight, grad, g.options())
     }
+    /// Mixed precision: the convolution of f32 `x` and `weight` rounded to `dtype`, computed in
+    /// `dtype`, returned in f32. Under autodiff the input gradient is computed in `dtype` too,
+    /// the weight gradient in f32 from the rounded input (it sums over the whole batch and
+    /// plane, N x H x W terms, which a half-precision accumulator cannot hold).
+    fn conv_mixed(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        g: ConvGeometry,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        let y = Self::conv2d(
+            Self::float_cast(x, dtype),
+            Self::float_cast(weight, dtype),
+            None,
+            g.options(),
+        );
+        Self::float_cast(y, FloatDType::F32)
+    }
 }
 
 /// Applies `conv` through the backend's [`ConvBackend`] passes when it is one they cover (no
@@ -68,6 +88,12 @@ pub fn conv2d<B: ConvBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4>
     let Some(g) = geometry(conv) else {
         return conv.forward(x);
     };
+    if let Some(dtype) = precision::current().compute_dtype() {
+        // Mixed precision: Burn's convolution in the low dtype (the kernels here are f32).
+        let weight = conv.weight.val().into_primitive().tensor();
+        let y = B::conv_mixed(x.into_primitive().tensor(), weight, g, dtype);
+        return Tensor::from_primitive(TensorPrimitive::Float(y));
+    }
     let weight = conv.weight.val().into_primitive().tensor();
     Tensor::from_primitive(TensorPrimitive::Float(B::conv(
         x.into_primitive().tensor(),
@@ -239,6 +265,67 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
                 )
             }
             OpsKind::UnTracked(prep) => prep.finish(B::conv(x.primitive, weight.primitive, g)),
+        }
+    }
+
+    fn conv_mixed(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        g: ConvGeometry,
+        dtype: FloatDType,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct MixedConvBackward;
+
+        impl<B: ConvBackend> Backward<B, 2> for MixedConvBackward {
+            type State = (NodeId, NodeId, ConvGeometry, FloatDType);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_weight] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, weight_state, g, dtype) = ops.state;
+                let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
+                let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(weight_state);
+                let low = |t| B::float_cast(t, dtype);
+                let x = low(x);
+                if let Some(node) = node_x {
+                    let dx = B::conv2d_x_backward(
+                        x.clone(),
+                        low(weight.clone()),
+                        low(grad.clone()),
+                        g.options(),
+                    );
+                    grads.register::<B>(node.id, B::float_cast(dx, FloatDType::F32));
+                }
+                if let Some(node) = node_weight {
+                    let x = B::float_cast(x, FloatDType::F32);
+                    let dw = B::conv2d_weight_backward(x, weight, grad, g.options());
+                    grads.register::<B>(node.id, dw);
+                }
+            }
+        }
+
+        match MixedConvBackward
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                prep.finish(
+                    (x_state, weight_state, g, dtype),
+                    B::conv_mixed(x.primitive, weight.primitive, g, dtype),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv_mixed(x.primitive, weight.primitive, g, dtype))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::distributed::{self, collective::CollectiveBackend};
 use crate::kernels::norm::batch_norm_2d;
+use crate::precision::linear;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -74,9 +75,9 @@ impl<B: CollectiveBackend> MlpHead<B> {
             };
             self.relu.forward(x)
         };
-        let x = self.fc2.forward(hidden(self.fc1.forward(x), &self.bn1));
+        let x = linear(&self.fc2, hidden(linear(&self.fc1, x), &self.bn1));
         match &self.fc3 {
-            Some(fc3) => fc3.forward(hidden(x, &self.bn2)),
+            Some(fc3) => linear(fc3, hidden(x, &self.bn2)),
             None => x,
         }
     }

@@ -36,6 +36,29 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
     }
 }
 
+/// The global L2 norm of `model`'s gradients in `grads` (0 when there are none; not finite
+/// when one of them is not).
+pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    let mut visitor = SquaredNorm::<B> { grads, total: None };
+    model.visit(&mut visitor);
+    match visitor.total {
+        Some(total) => total.sqrt().into_scalar().elem::<f64>(),
+        None => 0.0,
+    }
+}
+
+/// Multiplies every one of `model`'s gradients in `grads` by `factor`.
+pub fn scale_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    factor: f64,
+) {
+    model.visit(&mut Scale { grads, factor });
+}
+
 /// Scales all of `model`'s gradients by `min(1, max_norm / (norm + 1e-6))`, where `norm` is
 /// their global L2 norm, and returns that norm (before clipping).
 pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -43,15 +66,10 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &mut GradientsParams,
     max_norm: f64,
 ) -> f64 {
-    let mut visitor = SquaredNorm::<B> { grads, total: None };
-    model.visit(&mut visitor);
-    let norm = match visitor.total {
-        Some(total) => total.sqrt().into_scalar().elem::<f64>(),
-        None => return 0.0,
-    };
+    let norm = global_norm(model, grads);
     let factor = max_norm / (norm + 1e-6);
     if factor < 1.0 {
-        model.visit(&mut Scale { grads, factor });
+        scale_gradients(model, grads, factor);
     }
     norm
 }
