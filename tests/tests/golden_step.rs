@@ -347,6 +347,9 @@ fn simclr_step_on_wgpu_matches_pytorch_and_the_cpu() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn f16_step_on_wgpu_matches_pytorch_loss_and_gradient_norm() {
+    // wgpu's device is set up once per process: through the same path as the other tests here.
+    trainer::backend::wgpu_adapter()
+        .expect("a wgpu adapter (.ci/run installs mesa-vulkan-drivers)");
     use trainer::backend::WgpuBackend;
     let _kernels = cpu_kernels(true);
     let (golden, metadata) = golden();
@@ -414,6 +417,9 @@ fn f16_step_on_wgpu_matches_pytorch_loss_and_gradient_norm() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn f16_overflow_skips_the_step_and_halves_the_loss_scale() {
+    // wgpu's device is set up once per process: through the same path as the other tests here.
+    trainer::backend::wgpu_adapter()
+        .expect("a wgpu adapter (.ci/run installs mesa-vulkan-drivers)");
     use trainer::backend::WgpuBackend;
     use trainer::jobs::train::train_step;
     use trainer::optim::Schedule;
