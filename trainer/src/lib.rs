@@ -54,6 +54,7 @@ pub mod config;
 pub mod data;
 pub mod distributed;
 pub mod eval;
+pub mod gpu_memory;
 pub mod jobs;
 pub mod kernels;
 pub mod methods;

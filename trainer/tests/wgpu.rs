@@ -486,3 +486,141 @@ fn f16_trains_on_wgpu_and_is_refused_on_the_cpu() {
         "{stderr}"
     );
 }
+
+/// The GPU memory figures a run prints after each epoch ("epoch N: GPU memory: X MiB in use,
+/// Y MiB reserved in P pool(s)"): (epoch, reserved MiB, pools).
+fn gpu_memory_lines(stderr: &str) -> Vec<(usize, f64, usize)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let (epoch, rest) = line.strip_prefix("epoch ")?.split_once(": GPU memory: ")?;
+            let (_, reserved) = rest.split_once(" MiB in use, ")?;
+            let (reserved, pools) = reserved.split_once(" MiB reserved in ")?;
+            let pools = pools.strip_suffix(" pool(s)")?;
+            Some((
+                epoch.parse().ok()?,
+                reserved.parse().ok()?,
+                pools.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// 200 steps on wgpu with `--devices 1` (5 epochs of 40, kNN monitor and checkpoint included):
+/// the memory CubeCL's pools hold, over all streams, is the same after every epoch from the
+/// second on (the first sets up the pools), and so is the number of pools.
+#[test]
+fn gpu_memory_stays_flat_over_200_training_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, SMALL).unwrap();
+    let data = cifar10_bin();
+    let out = dir.path().join("run");
+    let mut args = train_args(
+        data.to_str().unwrap(),
+        config.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "wgpu",
+    );
+    args[5] = "8"; // batch size: lavapipe is slow, the memory pattern is the same
+    args[7] = "40"; // steps per epoch
+    args.extend(["--epochs", "5", "--devices", "1"]);
+    let stderr = succeeded(&trainer(&args));
+    let memory = gpu_memory_lines(&stderr);
+    eprintln!("after each epoch (epoch, reserved MiB, pools): {memory:?}");
+    assert_eq!(
+        memory.iter().map(|m| m.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5],
+        "{stderr}"
+    );
+    assert!(memory[0].1 > 0.0 && memory[0].2 > 0, "{memory:?}");
+    for &(epoch, reserved, pools) in &memory[2..] {
+        assert_eq!(
+            (reserved, pools),
+            (memory[1].1, memory[1].2),
+            "GPU memory grew between epoch 2 and epoch {epoch}: {memory:?}"
+        );
+    }
+}
+
+/// Collective calls run their blocking part (MPI's exchange; burn-collective's on its own
+/// threads) on one long-lived thread per rank (`with_deadline`). 200 calls per rank that each
+/// make, reduce and read a GPU tensor on that thread, as a gradient exchange does, leave the
+/// device's memory and number of pools as they were after the first 20. And the measure sees
+/// the leak it guards against: a new thread per call (CubeCL gives each its own stream and
+/// pool: burn#4792) adds a pool per thread.
+#[test]
+fn gpu_memory_stays_flat_over_collective_calls() {
+    use burn::backend::Wgpu;
+    use burn::tensor::Tensor;
+    use std::sync::{Arc, Barrier};
+    use trainer::distributed::{collective::with_deadline, Peer};
+    use trainer::gpu_memory::GpuMemoryReport;
+
+    trainer::backend::wgpu_adapter().expect("a wgpu adapter (.ci/run installs lavapipe)");
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    let world = 2;
+    let (warm_up, calls) = (20, 200);
+    let exchange = |device: &burn::backend::wgpu::WgpuDevice, peer: &Peer| {
+        let device = device.clone();
+        with_deadline(peer, "a test exchange", move || {
+            let gradient = Tensor::<Wgpu, 2>::ones([64, 100], &device);
+            Ok(gradient.sum().into_scalar())
+        })
+    };
+    let measured = Arc::new(Barrier::new(world + 1));
+    let go_on = Arc::new(Barrier::new(world + 1));
+    let ranks: Vec<_> = (0..world)
+        .map(|rank| {
+            let (measured, go_on, device) = (measured.clone(), go_on.clone(), device.clone());
+            std::thread::spawn(move || {
+                let peer = Peer {
+                    rank: 2000 + rank,
+                    world,
+                    sync_batchnorm: false,
+                    timeout: Duration::from_secs(120),
+                };
+                for call in 0..calls {
+                    if call == warm_up {
+                        measured.wait(); // the main thread measures
+                        go_on.wait();
+                    }
+                    assert_eq!(exchange(&device, &peer), 6400.0);
+                }
+            })
+        })
+        .collect();
+    measured.wait();
+    let before = Wgpu::gpu_memory(&device).unwrap();
+    go_on.wait();
+    ranks.into_iter().for_each(|rank| rank.join().unwrap());
+    let after = Wgpu::gpu_memory(&device).unwrap();
+    eprintln!(
+        "after {warm_up} calls per rank: {}; after {calls}: {}",
+        before.describe(),
+        after.describe()
+    );
+    assert!(before.reserved > 0 && before.pools > 0, "{before:?}");
+    assert_eq!(
+        (after.reserved, after.pools),
+        (before.reserved, before.pools),
+        "GPU memory grew over {calls} collective calls per rank"
+    );
+
+    // The control: the same work on a new thread per call lands in a new pool each time.
+    for _ in 0..4 {
+        let device = device.clone();
+        let sum = std::thread::spawn(move || {
+            Tensor::<Wgpu, 2>::ones([64, 100], &device)
+                .sum()
+                .into_scalar()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(sum, 6400.0);
+    }
+    let leaked = Wgpu::gpu_memory(&device).unwrap();
+    eprintln!("after 4 calls on new threads: {}", leaked.describe());
+    assert_eq!(leaked.pools, after.pools + 4, "{after:?} -> {leaked:?}");
+    assert!(leaked.reserved > after.reserved, "{after:?} -> {leaked:?}");
+}

@@ -788,6 +788,11 @@ impl TrainJob {
                 rows.append(&metrics)?;
                 plot::write_metrics_svg(&self.out.join("metrics.svg"), &rows.rows)?;
             }
+            // After the monitor and the save, so the figure covers everything an epoch allocates.
+            let gpu_memory = if main { B::gpu_memory(&device) } else { None };
+            if let Some(memory) = gpu_memory {
+                eprintln!("epoch {epoch}: {}", memory.describe());
+            }
             if let Some(events) = events.as_mut() {
                 let mut values = vec![
                     ("epoch/loss", metrics.loss),
@@ -796,6 +801,11 @@ impl TrainJob {
                 ];
                 if metrics.knn_top1.is_finite() {
                     values.push(("epoch/knn_top1", metrics.knn_top1));
+                }
+                if let Some(memory) = gpu_memory {
+                    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+                    values.push(("gpu/memory_reserved_mib", mib(memory.reserved)));
+                    values.push(("gpu/memory_in_use_mib", mib(memory.in_use)));
                 }
                 events.scalars(epoch as u64, &values)?;
                 events.flush()?;

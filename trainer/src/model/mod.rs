@@ -22,15 +22,17 @@ pub use encoder::{BasicBlock, Downsample, ResNet18};
 pub use heads::{HeadConfig, MlpHead};
 
 use crate::distributed::collective::CollectiveBackend;
+use crate::gpu_memory::GpuMemoryReport;
 use crate::kernels::conv::ConvBackend;
 use crate::kernels::norm::NormBackend;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// What the network's forward pass needs of a backend beyond Burn's ops: its convolution
-/// passes and its fused BatchNorm (both fall back to Burn's ops where a backend has no kernels).
-pub trait NetworkOps: ConvBackend + NormBackend + CollectiveBackend {}
-impl<B: ConvBackend + NormBackend + CollectiveBackend> NetworkOps for B {}
+/// passes and its fused BatchNorm (both fall back to Burn's ops where a backend has no kernels),
+/// its collective calls, and its report of GPU memory.
+pub trait NetworkOps: ConvBackend + NormBackend + CollectiveBackend + GpuMemoryReport {}
+impl<B: ConvBackend + NormBackend + CollectiveBackend + GpuMemoryReport> NetworkOps for B {}
 
 /// The encoder's first layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
