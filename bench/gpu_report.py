@@ -62,6 +62,7 @@ def report(out):
             "peak_memory_mib": memory,
             "run": last_metrics(os.path.join(out, f"run-{device}")),
             "onnx_runtime": read_json(os.path.join(out, f"ort-{device}.json")),
+            "gpu_memory": last_gpu_memory(os.path.join(out, f"run-{device}.log")),
         }
     for torch_file in sorted(glob.glob(os.path.join(out, "torch-*.json"))):
         name = os.path.basename(torch_file)[len("torch-"):-len(".json")]
@@ -81,17 +82,27 @@ def report(out):
             memory = f"{t['max_memory_gib']:.2f} GiB" if "max_memory_gib" in t else "-"
             lines.append(f"| PyTorch {t['torch']} {t['device']}, {variant} | {batch} | {t['pairs_per_s']:.1f} | "
                          f"{t['step_ms_median']:.1f} | {memory} |")
-    lines += ["", "| backend | 2-epoch run: loss | kNN top-1 | pairs/s | ONNX Runtime vs ours (64 images) |",
-              "| --- | ---: | ---: | ---: | --- |"]
+    lines += ["", "| backend | 2-epoch run: loss | kNN top-1 | pairs/s | GPU memory after epoch 2 | "
+              "ONNX Runtime vs ours (64 images) |", "| --- | ---: | ---: | ---: | --- | --- |"]
     for device, b in result["backends"].items():
+        if not os.path.exists(os.path.join(out, f"run-{device}.log")):
+            continue  # a bench-only variant (bench-wgpu-f16.json): no run of its own
         run = b["run"] or {}
         check = b["onnx_runtime"] or {}
         verdict = check.get("skipped") or (f"relative L2 {check['relative_l2']:.1e}, max {check['max_abs_diff']:.1e}"
                                            if "relative_l2" in check else "no result")
         lines.append(f"| {device} | {run.get('loss', '-')} | {run.get('knn_top1', '-')} | "
-                     f"{run.get('pairs_per_s', '-')} | {verdict} |")
+                     f"{run.get('pairs_per_s', '-')} | {b['gpu_memory'] or '-'} | {verdict} |")
     lines += ["", f"NCCL: {(result['nccl'] or {}).get('skipped', result['nccl'])}"]
     print("\n".join(lines))
+
+
+def last_gpu_memory(log):
+    """The last "GPU memory: ..." figure a run printed (CubeCL's pools), or None."""
+    if not os.path.exists(log):
+        return None
+    lines = [l for l in open(log, errors="replace") if ": GPU memory: " in l]
+    return lines[-1].split(": GPU memory: ")[-1].strip() if lines else None
 
 
 def memory_cell(mib):

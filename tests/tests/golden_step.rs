@@ -339,11 +339,11 @@ fn simclr_step_on_wgpu_matches_pytorch_and_the_cpu() {
 /// rounds its input and weights to f16 (unit roundoff u = 2^-11 = 4.9e-4). Asserted: the loss
 /// within 1e-3 relative (measured 1.3e-4: the forward pass is a few u per layer), the global
 /// gradient norm within 1e-1 (measured 5.4e-2), every value finite, and the f16 step really
-/// different from the f32 one. Not asserted, and open (issue 28): single gradient tensors of
-/// this width-4 network differ from PyTorch's by up to 55 % relative L2 (printed below; the
-/// early blocks' convolutions and BatchNorm parameters), far beyond f16 rounding of the inputs;
-/// computing the convolution's weight gradient in f32 did not change it, so the cause is in the
-/// input-gradient path and not yet found.
+/// different from the f32 one, and the worst single gradient tensor within 1.1 relative L2
+/// (measured 0.55, `encoder.blocks.2.downsample.bn.gamma`). That last figure is large, and
+/// PyTorch's own `torch.autocast` fp16 step on the same views and weights gives the same: 0.553
+/// on the same tensor (`python3 bench/amp_golden.py`; bf16 reaches 1.12): these early-layer
+/// gradients are small sums with heavy cancellation. The bound is twice PyTorch's fp16 worst.
 #[cfg(feature = "wgpu")]
 #[test]
 fn f16_step_on_wgpu_matches_pytorch_loss_and_gradient_norm() {
@@ -399,6 +399,11 @@ fn f16_step_on_wgpu_matches_pytorch_loss_and_gradient_norm() {
     assert!(
         norm_error < 1e-1,
         "f16 gradient norm relative error {norm_error:.2e}"
+    );
+    assert!(
+        grad_error < 1.1,
+        "f16 gradient {worst_name}: relative L2 {grad_error:.2e} (PyTorch's autocast fp16: 0.553 \
+         at worst, bench/amp_golden.py)"
     );
     assert!(f16.grads.values().flatten().all(|v| v.is_finite()));
     assert!(
