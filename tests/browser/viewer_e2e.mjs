@@ -2,10 +2,15 @@
 // saw as JSON; tests/tests/viewer_browser.rs makes the assertions.
 //
 //   node viewer_e2e.mjs --dist DIR --query IMAGE --bad NAME[,NAME...] --screenshot PNG
-//                       [--unlabeled SUBDIR/]
+//                       [--unlabeled SUBDIR/] [--demo URL] [--wrong SUBDIR/] [--webgpu 1]
 //
 // --unlabeled: a second export in DIR/SUBDIR/ (encoder.onnx + samples) of an unlabeled folder
 // at another image size, opened with ?model=...&samples=...
+// --demo: a demo site (`trainer export --demo`) served elsewhere, e.g. by a plain static server
+// without the isolation headers: opened as shipped (map at once, sample check), with the class
+// search, and with ?embed=browser (the map grows).
+// --wrong: an export whose embeddings.bin does not match its model: the page must say so.
+// --webgpu: also open the default export with ?backend=webgpu in a Chromium with WebGPU.
 //
 // DIR is served on 127.0.0.1 (a free port) with the cross-origin isolation headers of
 // viewer/Trunk.toml; nothing else is reached.
@@ -153,6 +158,137 @@ try {
       seen.query_captions = await page.locator('#queries .query figure.neighbour figcaption').allTextContents();
     }
     result.unlabeled = seen;
+    await page.close();
+  }
+
+  // 7. The demo export: every point from the shipped embeddings at once, checked here.
+  if (args.demo) {
+    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    page.on('pageerror', e => result.console.push(`demo pageerror: ${e.message}`));
+    await page.goto(args.demo);
+    await page.waitForFunction(() => document.body.dataset.sampleCheck || document.body.dataset.status === 'error', null, { timeout: 120000 });
+    const seen = await page.evaluate(() => ({
+      status: document.body.dataset.status,
+      points: Number(document.body.dataset.points),
+      visible: Number(document.body.dataset.visiblePoints),
+      all_points_ms: Number(document.body.dataset.allPointsMs || 0),
+      sample_check: document.body.dataset.sampleCheck,
+      message: document.getElementById('message').textContent,
+      threads: Number(document.body.dataset.threads),
+      backend: document.getElementById('backend').textContent,
+      isolated: window.crossOriginIsolated,
+      check: window.selfsupViewer && window.selfsupViewer.sample_check ? {
+        max_diff: window.selfsupViewer.sample_check.max_diff,
+        tolerance: window.selfsupViewer.sample_check.tolerance,
+        indices: Array.from(window.selfsupViewer.sample_check.indices),
+      } : null,
+      dim: window.selfsupViewer ? window.selfsupViewer.dim : 0,
+      first8: window.selfsupViewer ? Array.from(window.selfsupViewer.embeddings.slice(0, 8 * window.selfsupViewer.dim)) : [],
+    }));
+    // Hover picking among 10,000 points: the tooltip shows the image under the pointer (on
+    // the PCA layout, which t-SNE's frames do not move under the pointer).
+    await page.click('#mode-pca');
+    const box = await page.locator('#map').boundingBox();
+    const spot = await page.evaluate(() => {
+      const c = document.getElementById('map');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      for (let i = 0; i < d.length / 4; i++) if (d[4 * i + 3] > 0) return [(i % c.width) + 2, Math.floor(i / c.width) + 2];
+      return null;
+    });
+    if (spot) {
+      const t = Date.now();
+      await page.mouse.move(box.x + spot[0], box.y + spot[1]);
+      await page.waitForFunction(() => !document.getElementById('tooltip').hidden, null, { timeout: 10000 });
+      seen.hover_ms = Date.now() - t;
+      seen.hover_caption = await page.locator('#tooltip figcaption').textContent();
+    }
+    // Search by class name, then a legend click hides one class.
+    await page.fill('#search', 'cat');
+    seen.visible_cat = Number(await page.evaluate(() => document.body.dataset.visiblePoints));
+    await page.fill('#search', '');
+    await page.click('#class-0');
+    seen.visible_without_class0 = Number(await page.evaluate(() => document.body.dataset.visiblePoints));
+    result.demo = seen;
+    await page.close();
+
+    // The same export embedded in the browser: the map grows batch by batch.
+    const live = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    live.on('pageerror', e => result.console.push(`live pageerror: ${e.message}`));
+    // Frames the page painted while it embedded, and the longest wait between two of them.
+    await live.addInitScript(() => {
+      window.__frames = { during: 0, longest_gap_ms: 0 };
+      let last = performance.now();
+      const tick = t => {
+        if (document.body && document.body.dataset.status === 'embedding') {
+          window.__frames.during += 1;
+          window.__frames.longest_gap_ms = Math.max(window.__frames.longest_gap_ms, t - last);
+        }
+        last = t;
+        requestAnimationFrame(tick);
+      };
+      requestAnimationFrame(tick);
+    });
+    await live.goto(`${args.demo}?embed=browser`);
+    await live.waitForFunction(() => document.body.dataset.firstPointsMs || document.body.dataset.status === 'error', null, { timeout: 120000 });
+    const partial = await live.evaluate(() => Number(document.body.dataset.points));
+    await live.waitForFunction(() => document.body.dataset.allPointsMs || document.body.dataset.status === 'error', null, { timeout: 400000 });
+    result.live = await live.evaluate(() => ({
+      status: document.body.dataset.status,
+      points: Number(document.body.dataset.points),
+      first_points_ms: Number(document.body.dataset.firstPointsMs || 0),
+      all_points_ms: Number(document.body.dataset.allPointsMs || 0),
+      message: document.getElementById('message').textContent,
+      progress: document.getElementById('progress-text').textContent,
+      ms_per_image: window.selfsupViewer ? window.selfsupViewer.timings.ms_per_image : null,
+      frames: window.__frames,
+    }));
+    result.live.points_at_first_draw = partial;
+    await live.close();
+  }
+
+  // 8. Shipped embeddings of another model: an error on the page, not a wrong map.
+  if (args.wrong) {
+    const page = await browser.newPage();
+    await page.goto(`${base}?model=${args.wrong}encoder.onnx&samples=${args.wrong}`);
+    await page.waitForFunction(() => document.body.dataset.status === 'error', null, { timeout: 120000 });
+    result.wrong = await page.evaluate(() => ({
+      sample_check: document.body.dataset.sampleCheck,
+      message: document.getElementById('message').textContent,
+    }));
+    await page.close();
+  }
+
+  // 9. WebGPU (SwiftShader in headless Chromium: correctness only). Asked for with
+  // ?backend=webgpu; left to choose, the page keeps wasm on a software adapter.
+  if (args.webgpu) {
+    const gpuBrowser = await chromium.launch({
+      executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const page = await gpuBrowser.newPage();
+      page.on('pageerror', e => result.console.push(`webgpu pageerror: ${e.message}`));
+      page.on('console', m => result.console.push(`webgpu ${m.type()}: ${m.text()}`));
+      await page.goto(`${base}?backend=webgpu`);
+      await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.status), null, { timeout: 400000 });
+      result.webgpu = await page.evaluate(() => ({
+        status: document.body.dataset.status,
+        points: Number(document.body.dataset.points),
+        backend: document.body.dataset.backend,
+        backend_text: document.getElementById('backend').textContent,
+        device_started: !!(window.ort && window.ort.env.webgpu && window.ort.env.webgpu.device),
+        message: document.getElementById('message').textContent,
+        dim: window.selfsupViewer ? window.selfsupViewer.dim : 0,
+        first8: window.selfsupViewer ? Array.from(window.selfsupViewer.embeddings.slice(0, 8 * window.selfsupViewer.dim)) : [],
+        ms_per_image: window.selfsupViewer ? window.selfsupViewer.timings.ms_per_image : null,
+      }));
+      await page.goto(base);
+      await page.waitForFunction(() => document.body.dataset.backend || document.body.dataset.status === 'error', null, { timeout: 60000 });
+      result.webgpu.auto_backend = await page.evaluate(() => document.body.dataset.backend);
+    } finally {
+      await gpuBrowser.close();
+    }
   }
 } catch (e) {
   result.failure = String(e && e.stack || e);

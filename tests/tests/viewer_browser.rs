@@ -18,6 +18,8 @@ const SAMPLES: usize = 200;
 const COMPARED: usize = 8;
 /// Photos in the unlabeled folder (all of them go to the viewer).
 const UNLABELED: usize = 30;
+/// The demo page: the whole CIFAR-10 test set, with shipped embeddings.
+const DEMO: usize = 10_000;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -172,6 +174,67 @@ fn export_unlabeled_photos(work: &Path, assets: &Path) {
     assert_eq!(meta["count"], UNLABELED);
 }
 
+/// `trainer export` of the tiny checkpoint with `extra` arguments (CIFAR-10's test split).
+fn export_tiny(extra: &[&str]) {
+    let data = cifar10_bin();
+    let mut args = vec!["trainer", "export", "--checkpoint", env!("TINY_CHECKPOINT")];
+    args.extend(["--data", data.to_str().unwrap()]);
+    args.extend(extra);
+    assert_eq!(
+        trainer::cli::run(trainer::cli::Cli::parse_from(args)).unwrap(),
+        0
+    );
+}
+
+fn samples_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("samples.json")).unwrap()).unwrap()
+}
+
+/// `python3 -m http.server` on a free port: a static host without the isolation headers.
+struct PlainServer(std::process::Child, u16);
+
+impl PlainServer {
+    fn start(dir: &Path) -> PlainServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return PlainServer(child, port);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("python3 -m http.server did not start on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.1)
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A valid ONNX model that is not an encoder: images -> GlobalAveragePool -> [N, 3, 1, 1].
 fn write_wrong_shape_model(path: &Path) {
     let mut g = onnx::GraphBuilder::new();
@@ -196,6 +259,19 @@ fn browser_embeds_projects_and_answers_queries() {
     assert!(dist.join("index.html").is_file() && dist.join("ort/ort.wasm.min.js").is_file());
     assert!(dist.join("tsne_worker_loader.js").is_file());
 
+    // The demo site: the built page, the whole test set (10,000) and its f16 embeddings, served
+    // by a plain static server (no isolation headers: one wasm thread).
+    let site = work.join("demo-site");
+    let page = dist.to_str().unwrap();
+    export_tiny(&["--demo", site.to_str().unwrap(), "--page", page]);
+    assert!(site.join("index.html").is_file() && site.join("ort/ort.wasm.min.js").is_file());
+    let meta = samples_json(&site.join("assets"));
+    assert_eq!(
+        (meta["count"].as_u64(), meta["embeddings"]["dtype"].as_str()),
+        (Some(DEMO as u64), Some("f16"))
+    );
+    let plain = PlainServer::start(&site);
+
     // What a user does: export a checkpoint for the viewer (here into the built page).
     let assets = dist.join("assets");
     let cli = trainer::cli::Cli::parse_from([
@@ -217,6 +293,15 @@ fn browser_embeds_projects_and_answers_queries() {
     let query = work.join("query.png");
     query_png(&query);
     export_unlabeled_photos(&work, &dist.join("photos"));
+    // An export whose shipped embeddings were tampered with (every sign flipped), which the
+    // page must refuse.
+    let wrong = dist.join("wrong");
+    let viewer = wrong.to_str().unwrap();
+    export_tiny(&["--viewer", viewer, "--samples", "64", "--embeddings", "f32"]);
+    assert_eq!(samples_json(&wrong)["embeddings"]["dtype"], "f32");
+    let mut raw = std::fs::read(wrong.join("embeddings.bin")).unwrap();
+    raw.iter_mut().skip(3).step_by(4).for_each(|b| *b ^= 0x80);
+    std::fs::write(wrong.join("embeddings.bin"), raw).unwrap();
 
     let screenshot = work.join("viewer.png");
     let out = Command::new("node")
@@ -226,6 +311,7 @@ fn browser_embeds_projects_and_answers_queries() {
         .args(["--bad", "corrupt.onnx,wrong-shape.onnx,missing.onnx"])
         .args(["--screenshot", screenshot.to_str().unwrap()])
         .args(["--unlabeled", "photos/"])
+        .args(["--demo", &plain.url(), "--wrong", "wrong/", "--webgpu", "1"])
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -238,6 +324,9 @@ fn browser_embeds_projects_and_answers_queries() {
         .unwrap_or_else(|e| panic!("browser script printed no JSON ({e}):\n{stdout}"));
     let mut shown = seen.clone();
     shown["first8"] = serde_json::json!("...");
+    shown["unlabeled"]["first8"] = serde_json::json!("...");
+    shown["demo"]["first8"] = serde_json::json!("...");
+    shown["webgpu"]["first8"] = serde_json::json!("...");
     eprintln!("browser: {shown}");
     assert!(seen.get("failure").is_none(), "{}", seen["failure"]);
 
@@ -314,6 +403,107 @@ fn browser_embeds_projects_and_answers_queries() {
             .iter()
             .all(|c| c.as_str().unwrap().contains("image ")),
         "{captions:?}"
+    );
+
+    // The demo page: all 10,000 points from the shipped f16 embeddings, which equal native ONNX
+    // Runtime's (f16 rounding aside), and 32 random ones re-embedded in the browser agree.
+    let demo = &seen["demo"];
+    assert_eq!(demo["sample_check"], "passed", "{}", demo["message"]);
+    assert_eq!(
+        (demo["isolated"].as_bool(), demo["threads"].as_u64()),
+        (Some(false), Some(1))
+    );
+    let backend = demo["backend"].as_str().unwrap_or("");
+    assert!(
+        backend.contains("1 thread (this page is not cross-origin isolated"),
+        "{backend}"
+    );
+    assert_eq!(demo["points"], DEMO);
+    assert_eq!(demo["visible"], DEMO);
+    let check = &demo["check"];
+    assert_eq!(check["indices"].as_array().unwrap().len(), 32);
+    assert!(
+        check["max_diff"].as_f64().unwrap() <= check["tolerance"].as_f64().unwrap(),
+        "{check}"
+    );
+    let (native, dim) = native_embeddings(&site.join("assets"), COMPARED);
+    let shipped: Vec<f32> = demo["first8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(shipped.len(), COMPARED * dim);
+    let largest = native.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = max_abs_diff(&shipped, &native);
+    assert!(
+        diff <= 1e-3 * largest,
+        "shipped f16 embeddings differ from ONNX Runtime's by {diff} (largest value {largest})"
+    );
+    // Hovering a point shows its image; the search and the legend filter the classes.
+    assert!(
+        demo["hover_caption"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with('#'),
+        "{}",
+        demo["hover_caption"]
+    );
+    assert_eq!(demo["visible_cat"], DEMO / 10);
+    assert_eq!(demo["visible_without_class0"], DEMO - DEMO / 10);
+    eprintln!(
+        "demo page: every point drawn {:.0} ms after navigation, hover answered in {} ms",
+        demo["all_points_ms"].as_f64().unwrap(),
+        demo["hover_ms"]
+    );
+
+    // Embedded in the browser instead: the first points are drawn before the last batch, and
+    // every one by the end.
+    let live = &seen["live"];
+    assert_eq!(live["points"], DEMO, "{}", live["message"]);
+    let first = live["points_at_first_draw"].as_u64().unwrap();
+    assert!(
+        first > 0 && first < DEMO as u64,
+        "first draw with {first} points"
+    );
+    assert!(live["all_points_ms"].as_f64().unwrap() > live["first_points_ms"].as_f64().unwrap());
+    // The page kept painting while it embedded (it yields to the browser between batches).
+    let frames = &live["frames"];
+    assert!(frames["during"].as_u64().unwrap() >= 10, "{frames}");
+    eprintln!(
+        "in-browser embedding of {DEMO}: first points at {:.0} ms, all at {:.0} ms ({}); {} \
+         frames painted meanwhile, longest gap {:.0} ms",
+        live["first_points_ms"].as_f64().unwrap(),
+        live["all_points_ms"].as_f64().unwrap(),
+        live["progress"],
+        frames["during"],
+        frames["longest_gap_ms"].as_f64().unwrap()
+    );
+
+    // Embeddings of another model: refused on the page, naming the file and the fix.
+    let wrong = &seen["wrong"];
+    assert_eq!(wrong["sample_check"], "failed");
+    let message = wrong["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("embeddings.bin) do not belong to this model")
+            && message.contains("--embeddings f32"),
+        "{message}"
+    );
+
+    // WebGPU (SwiftShader here): ONNX Runtime Web's WebGPU provider really started and its
+    // embeddings equal native ONNX Runtime's (so wasm's) within 1e-4; left to choose on a
+    // software adapter, the page keeps wasm.
+    let webgpu = &seen["webgpu"];
+    assert_eq!(webgpu["status"], "ready", "{}", webgpu["message"]);
+    assert_eq!(webgpu["backend"], "webgpu", "{}", webgpu["backend_text"]);
+    assert_eq!(webgpu["device_started"], true);
+    assert_eq!(webgpu["points"], SAMPLES);
+    assert_matches_native(webgpu, &assets);
+    assert_eq!(webgpu["auto_backend"], "wasm");
+    eprintln!(
+        "WebGPU: {} ({:.1} ms per image)",
+        webgpu["backend_text"],
+        webgpu["ms_per_image"].as_f64().unwrap_or(0.0)
     );
 
     let png = std::fs::read(&screenshot).unwrap();

@@ -50,6 +50,7 @@ pub enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("viewer_files").args(["viewer", "demo"])))]
 pub struct ExportArgs {
     /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
     #[arg(long)]
@@ -63,16 +64,41 @@ pub struct ExportArgs {
     /// Also write what the browser viewer loads into DIR: encoder.onnx plus a sample of images
     /// (samples.bin, samples.json): class-balanced test images of labelled data, evenly spaced
     /// images of an unlabeled folder. `trunk serve` in viewer/ then shows them.
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "viewer/assets")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        default_missing_value = "viewer/assets",
+        conflicts_with = "demo"
+    )]
     pub viewer: Option<PathBuf>,
+    /// Write a self-contained demo site into DIR for any static host (`python3 -m http.server`
+    /// in DIR works): the built viewer page (--page) plus, in DIR/assets, the model, the whole
+    /// test split (at most 10,000 images; --samples N) and their f16 embeddings.
+    #[arg(long, value_name = "DIR")]
+    pub demo: Option<PathBuf>,
+    /// The built viewer page that --demo copies (`trunk build --release` in viewer/ writes it).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "viewer/dist",
+        requires = "demo"
+    )]
+    pub page: PathBuf,
     /// Dataset the viewer's sample images come from (test split), as `train --data` (default:
     /// the run's --eval-data, else its --data).
-    #[arg(long, requires = "viewer")]
+    #[arg(long, requires = "viewer_files")]
     pub data: Option<String>,
     /// Number of sample images for the viewer, balanced over the classes (at most all of an
-    /// unlabeled folder).
-    #[arg(long, default_value_t = 1000, requires = "viewer")]
-    pub samples: usize,
+    /// unlabeled folder) [default: 1000 with --viewer, the whole split up to 10,000 with --demo].
+    #[arg(long, requires = "viewer_files")]
+    pub samples: Option<usize>,
+    /// Also compute the samples' embeddings here (CPU) and write them into DIR/embeddings.bin
+    /// as f16 or f32: the page then draws the map at once instead of embedding every image in
+    /// the browser, and re-embeds 32 of them there to check they belong to this model
+    /// [default with --demo: f16].
+    #[arg(long, value_enum, value_name = "DTYPE", requires = "viewer_files")]
+    pub embeddings: Option<crate::jobs::viewer_assets::EmbeddingDtype>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -656,7 +682,8 @@ fn eval(args: EvalArgs) -> Result<i32> {
 
 fn export(args: ExportArgs) -> Result<i32> {
     use crate::backend::CpuBackend;
-    // Check the viewer folder before the slow part, so a typo costs nothing.
+    use crate::jobs::viewer_assets as va;
+    // Check the viewer folder and the page before the slow part, so a typo costs nothing.
     if let Some(dir) = &args.viewer {
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
         if let Some(parent) = parent {
@@ -669,6 +696,18 @@ fn export(args: ExportArgs) -> Result<i32> {
             );
         }
     }
+    if args.demo.is_some() {
+        va::check_page(&args.page)?;
+    }
+    // The demo ships embeddings (the map at once) of as many images as make a useful map.
+    let viewer_dir = match (&args.viewer, &args.demo) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(demo)) => Some(demo.join("assets")),
+        (None, None) => None,
+    };
+    let embeddings = args
+        .embeddings
+        .or(args.demo.as_ref().map(|_| va::EmbeddingDtype::F16));
     let ckpt = crate::checkpoint::Checkpoint::read(&args.checkpoint)?;
     let model = ckpt.model::<CpuBackend>(&Default::default())?;
     let proto = crate::jobs::export::encoder_to_onnx(
@@ -693,7 +732,7 @@ fn export(args: ExportArgs) -> Result<i32> {
             ckpt.path.display()
         );
     };
-    let out = match (&args.out, &args.viewer) {
+    let out = match (&args.out, &viewer_dir) {
         (Some(out), _) => Some(out.clone()),
         (None, None) => Some(PathBuf::from("encoder.onnx")),
         (None, Some(_)) => None,
@@ -702,21 +741,54 @@ fn export(args: ExportArgs) -> Result<i32> {
         onnx::write_model(&proto, out)?;
         report(out);
     }
-    if let Some(dir) = &args.viewer {
-        use crate::jobs::viewer_assets as va;
+    if let Some(dir) = &viewer_dir {
         let splits = ckpt.config.load_data_for(args.data.as_deref())?;
-        // Labelled data: a class-balanced sample of the test split. An unlabeled folder:
-        // evenly spaced images of the folder itself.
-        let (images, indices) = match splits.has_labels() {
-            true => (
-                &splits.test,
-                va::balanced_sample(&splits.test, args.samples)?,
-            ),
-            false => {
+        // Labelled data: a class-balanced sample of the test split (a demo: the whole split,
+        // when it is small enough). An unlabeled folder: evenly spaced images of the folder.
+        let (images, indices) = match (splits.has_labels(), args.samples) {
+            (true, None) if args.demo.is_some() && splits.test.len() <= va::DEMO_SAMPLES => {
+                (&splits.test, (0..splits.test.len()).collect())
+            }
+            (true, samples) => {
+                let n = samples.unwrap_or(match args.demo {
+                    Some(_) => va::DEMO_SAMPLES,
+                    None => va::VIEWER_SAMPLES,
+                });
+                (&splits.test, va::balanced_sample(&splits.test, n)?)
+            }
+            (false, samples) => {
                 let images = splits.pretraining();
-                (images, va::evenly_spaced(images.len(), args.samples)?)
+                let n = samples.unwrap_or(match args.demo {
+                    Some(_) => va::DEMO_SAMPLES,
+                    None => va::VIEWER_SAMPLES,
+                });
+                (images, va::evenly_spaced(images.len(), n)?)
             }
         };
+        if let Some(demo) = &args.demo {
+            let files = va::copy_page(&args.page, demo)?;
+            println!(
+                "copied the viewer page ({files} files) from {} into {}",
+                args.page.display(),
+                demo.display()
+            );
+        }
+        let values = embeddings.map(|_| {
+            let encoder = &model.encoder;
+            let features = crate::eval::features::encode_dataset(
+                encoder,
+                &va::picked(images, &indices),
+                &ckpt.config.augment,
+                64,
+                &Default::default(),
+                "embedding the samples",
+            );
+            onnx::values(features)
+        });
+        let dim = ckpt.config.model.embedding_dim();
+        let shipped = embeddings
+            .zip(values.as_deref())
+            .map(|(dtype, values)| va::Embeddings { values, dim, dtype });
         va::write(
             dir,
             &proto.to_bytes(),
@@ -724,8 +796,17 @@ fn export(args: ExportArgs) -> Result<i32> {
             &indices,
             &splits.origin,
             &ckpt.path,
+            shipped,
         )?;
         report(&dir.join(va::MODEL_FILE));
+        if let Some(dtype) = embeddings {
+            println!(
+                "wrote their embeddings ({} x {dim}, {}) into {}",
+                indices.len(),
+                dtype.name(),
+                dir.join(va::EMBEDDINGS_FILE).display()
+            );
+        }
         println!(
             "wrote {} sample images ({}) from {} into {}; view them with `trunk serve` in viewer/",
             indices.len(),
@@ -736,6 +817,13 @@ fn export(args: ExportArgs) -> Result<i32> {
             splits.origin,
             dir.display()
         );
+        if let Some(demo) = &args.demo {
+            println!(
+                "the demo site is ready: `python3 -m http.server -d {}` (or any static host) \
+                 serves it",
+                demo.display()
+            );
+        }
     }
     Ok(0)
 }

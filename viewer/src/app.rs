@@ -1,10 +1,16 @@
 //! The page: loads the runtime, the encoder and the samples, embeds them, projects them and
 //! draws the interactive map.
 //!
+//! The map is useful at once: from the embeddings shipped with the samples (`trainer export
+//! --embeddings`, checked by re-embedding a random few here), or growing batch by batch while
+//! the browser embeds the images itself.
+//!
 //! State lives in one thread-local `App`; async steps never hold its borrow across an await.
 //! `document.body.dataset` carries what scripts and tests read: `status` (`loading`,
-//! `embedding`, `projecting`, `ready`, `error`), `points`, `queries`, `tsne-frames`; `window.selfsupViewer`
-//! holds the embeddings and timings.
+//! `embedding`, `projecting`, `ready`, `error`), `points`, `visiblePoints`, `queries`,
+//! `tsneFrames`, `firstPointsMs` / `allPointsMs` (page time when the first / every point was
+//! drawn), `sampleCheck` (`passed`, `failed`); `window.selfsupViewer` holds the embeddings,
+//! the sample check and the timings.
 
 use anyhow::{anyhow, ensure, Context, Result};
 use std::cell::RefCell;
@@ -19,8 +25,9 @@ use web_sys::{
 use crate::dom::{self, by_id};
 use crate::neighbors::{l2_normalized, nearest};
 use crate::projection::{max_perplexity, pca_2d, TsneParams};
-use crate::runtime::{self, Encoder};
+use crate::runtime::{self, Backend, Encoder, Runtime};
 use crate::samples::{planar_to_rgba, rgba_to_input, SampleSet};
+use crate::shipped::{self, Comparison};
 use crate::view::View;
 use crate::NEIGHBOURS;
 
@@ -51,14 +58,18 @@ struct Timings {
     model_ms: f64,
     embed_ms: f64,
     tsne_s: f64,
+    /// Page time (ms since navigation) when the first point / every point was on the map.
+    first_points_ms: f64,
+    all_points_ms: f64,
 }
 
 struct App {
-    env: Option<Rc<ort::environment::Environment>>,
+    env: Option<Rc<Runtime>>,
     encoder: Option<Encoder>,
     model_name: String,
     samples: Option<Rc<SampleSet>>,
-    thumbs: Vec<Vec<u8>>,
+    /// Classes left off the map (the legend's toggles, the search box).
+    hidden: Vec<bool>,
     dim: usize,
     embeddings: Vec<f32>,
     unit: Vec<f32>,
@@ -80,6 +91,8 @@ struct App {
     queries: usize,
     /// Dropped images on the map: their thumbnail and nearest samples (placed among them).
     query_marks: Vec<(HtmlCanvasElement, Vec<usize>)>,
+    /// Shipped embeddings re-embedded here: the rows' indices, the browser's rows, the outcome.
+    sample_check: Option<(Vec<usize>, Vec<f32>, Comparison)>,
     timings: Timings,
 }
 
@@ -89,7 +102,7 @@ thread_local! {
         encoder: None,
         model_name: String::new(),
         samples: None,
-        thumbs: Vec::new(),
+        hidden: Vec::new(),
         dim: 0,
         embeddings: Vec::new(),
         unit: Vec::new(),
@@ -108,6 +121,7 @@ thread_local! {
         job: 0,
         queries: 0,
         query_marks: Vec::new(),
+        sample_check: None,
         timings: Timings::default(),
     });
 }
@@ -128,6 +142,13 @@ fn show_message(text: &str, is_error: bool) {
 }
 
 fn fail(error: &anyhow::Error) {
+    // A map that went wrong stops refining (and cannot turn "ready" later). `try_` because a
+    // panic can land here while the state is borrowed.
+    let _ = APP.try_with(|app| {
+        if let Some(w) = app.try_borrow_mut().ok().and_then(|mut a| a.worker.take()) {
+            w.terminate();
+        }
+    });
     let text = format!("{error:#}");
     web_sys::console::error_1(&text.clone().into());
     show_message(&text, true);
@@ -167,24 +188,51 @@ pub fn start() {
     });
 }
 
-async fn environment() -> Result<Rc<ort::environment::Environment>> {
-    if let Some(env) = with_app(|a| a.env.clone()) {
-        return Ok(env);
+async fn environment() -> Result<Rc<Runtime>> {
+    if let Some(runtime) = with_app(|a| a.env.clone()) {
+        return Ok(runtime);
     }
     let t0 = dom::now_ms();
-    let env = Rc::new(runtime::load().await?);
+    let runtime = Rc::new(runtime::load(query_param("backend").as_deref()).await?);
+    dom::set_body_data("threads", &runtime.threads.to_string());
+    show_backend(&runtime.backend, runtime.threads, None);
     with_app(|a| {
-        a.env = Some(env.clone());
+        a.env = Some(runtime.clone());
         a.timings.runtime_ms = dom::now_ms() - t0;
     });
-    Ok(env)
+    Ok(runtime)
+}
+
+/// Says on the page where the encoder runs (`started`: whether WebGPU came up, once known).
+fn show_backend(backend: &Backend, threads: usize, started: Option<bool>) {
+    let wasm = match threads {
+        1 => "wasm, 1 thread (this page is not cross-origin isolated: served with the COOP/COEP \
+              headers, as by `trunk serve`, it uses a thread per core)"
+            .to_string(),
+        n => format!("wasm, {n} threads"),
+    };
+    let (kind, text) = match (backend, started) {
+        (Backend::Wasm, _) => ("wasm", wasm),
+        (Backend::WebGpu(adapter), Some(false)) => (
+            "wasm",
+            format!("WebGPU ({adapter}) did not start; running on {wasm}"),
+        ),
+        (Backend::WebGpu(adapter), _) => ("webgpu", format!("WebGPU ({adapter})")),
+    };
+    dom::set_body_data("backend", kind);
+    dom::set_text("backend", &format!("ONNX Runtime Web: {text}"));
+}
+
+/// Where `samples.json`, `samples.bin` and `embeddings.bin` are (`?samples=`, else assets/).
+fn samples_base() -> String {
+    query_param("samples").unwrap_or_else(|| DEFAULT_SAMPLES.to_string())
 }
 
 async fn samples() -> Result<Rc<SampleSet>> {
     if let Some(samples) = with_app(|a| a.samples.clone()) {
         return Ok(samples);
     }
-    let base = query_param("samples").unwrap_or_else(|| DEFAULT_SAMPLES.to_string());
+    let base = samples_base();
     let meta_url = format!("{base}samples.json");
     let bin_url = format!("{base}samples.bin");
     let meta = dom::fetch_optional(&meta_url, FETCH_TIMEOUT_MS)
@@ -192,18 +240,21 @@ async fn samples() -> Result<Rc<SampleSet>> {
         .ok_or_else(|| anyhow!("no sample images at {meta_url}: {HOW_TO_EXPORT}"))?;
     let pixels = dom::fetch_bytes(&bin_url, FETCH_TIMEOUT_MS).await?;
     let set = Rc::new(SampleSet::parse(&meta, pixels).with_context(|| base.clone())?);
-    let thumbs: Vec<Vec<u8>> = (0..set.len())
-        .map(|i| planar_to_rgba(set.image(i)))
-        .collect();
-    draw_legend(&set);
     with_app(|a| {
         a.samples = Some(set.clone());
-        a.thumbs = thumbs;
+        a.hidden = vec![false; set.classes.len()];
     });
+    draw_legend(&set);
     Ok(set)
 }
 
-/// Opens an encoder, embeds every sample with it, and projects them.
+/// The thumbnail of sample `i` (made when needed: 10,000 photos at 96 px would be 370 MB).
+fn thumb(set: &SampleSet, i: usize) -> Vec<u8> {
+    planar_to_rgba(set.image(i))
+}
+
+/// Opens an encoder and puts every sample on the map: from the shipped embeddings when the
+/// export has them (then checks a random few here), else embedding them in the browser.
 async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
     let job = with_app(|a| {
         a.job += 1;
@@ -213,7 +264,10 @@ async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
     show_message(&format!("loading {name} ..."), false);
     let env = environment().await?;
     let t0 = dom::now_ms();
-    let mut encoder = Encoder::open(&env, &bytes, &name).await?;
+    let mut encoder = Encoder::open(&env.env, &env.backend, &bytes, &name).await?;
+    if env.backend != Backend::Wasm {
+        show_backend(&env.backend, env.threads, Some(runtime::webgpu_started()));
+    }
     let model_ms = dom::now_ms() - t0;
     let set = samples().await?;
     ensure!(
@@ -232,39 +286,117 @@ async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
             s = encoder.side
         ),
     );
-
-    set_status("embedding");
-    let n = set.len();
-    let mut embeddings = Vec::with_capacity(n * encoder.dim);
-    let t0 = dom::now_ms();
-    for start in (0..n).step_by(BATCH) {
-        let end = (start + BATCH).min(n);
-        embeddings.extend(
-            encoder
-                .embed(set.input_batch(start..end), end - start)
-                .await?,
-        );
-        if with_app(|a| a.job) != job {
-            return Ok(()); // a newer model took over
-        }
-        let elapsed = (dom::now_ms() - t0) / 1000.0;
-        show_progress(end, n, end as f64 / elapsed.max(1e-9));
-    }
-    let embed_ms = dom::now_ms() - t0;
-    let dim = encoder.dim;
-    let unit = l2_normalized(&embeddings, dim);
     with_app(|a| {
-        a.encoder = Some(encoder);
+        if let Some(w) = a.worker.take() {
+            w.terminate();
+        }
+        a.encoder = None;
         a.model_name = name.clone();
-        a.dim = dim;
-        a.embeddings = embeddings;
-        a.unit = unit;
+        a.dim = encoder.dim;
+        a.embeddings.clear();
+        a.unit.clear();
+        a.coords.clear();
+        a.auto_fit = true;
         a.selected = None;
         a.highlight.clear();
         a.query_marks.clear(); // placed by the old model's neighbours
+        a.sample_check = None;
         a.timings.model_ms = model_ms;
-        a.timings.embed_ms = embed_ms;
+        a.timings.embed_ms = 0.0;
     });
+    let browser_only = query_param("embed").as_deref() == Some("browser");
+    match set.embeddings.clone().filter(|_| !browser_only) {
+        Some(meta) => {
+            let url = format!("{}{}", samples_base(), meta.file);
+            let raw = dom::fetch_bytes(&url, FETCH_TIMEOUT_MS).await?;
+            let rows = meta.decode(&raw, set.len(), encoder.dim)?;
+            if with_app(|a| a.job) != job {
+                return Ok(()); // a newer model took over
+            }
+            add_points(&rows);
+            mark_drawn(true);
+            publish();
+            project();
+            show_message(
+                &format!(
+                    "{} images mapped from their shipped {} embeddings; checking {} of them \
+                     here ...",
+                    set.len(),
+                    meta.dtype,
+                    shipped::CHECKED.min(set.len())
+                ),
+                false,
+            );
+            if !check_shipped(&mut encoder, &set, &meta, &rows, job).await? {
+                return Ok(());
+            }
+        }
+        None => {
+            if !embed_all(&mut encoder, &set, job).await? {
+                return Ok(());
+            }
+            publish();
+            project();
+        }
+    }
+    with_app(|a| a.encoder = Some(encoder));
+    Ok(())
+}
+
+/// Appends embedded rows to the map's points.
+fn add_points(rows: &[f32]) {
+    with_app(|a| {
+        a.unit.extend(l2_normalized(rows, a.dim.max(1)));
+        a.embeddings.extend_from_slice(rows);
+    });
+}
+
+/// Records when the first point, and when every point, reached the map.
+fn mark_drawn(all: bool) {
+    let now = dom::now_ms();
+    with_app(|a| {
+        if a.timings.first_points_ms == 0.0 {
+            a.timings.first_points_ms = now;
+            dom::set_body_data("firstPointsMs", &format!("{now:.0}"));
+        }
+        if all && a.timings.all_points_ms == 0.0 {
+            a.timings.all_points_ms = now;
+            dom::set_body_data("allPointsMs", &format!("{now:.0}"));
+        }
+    });
+}
+
+/// Embeds every sample in the browser, drawing the map as it grows (PCA of the points so far,
+/// redrawn when their number grew by a quarter: about 30 layouts for 10,000 images). False when
+/// a newer model took over.
+async fn embed_all(encoder: &mut Encoder, set: &SampleSet, job: u32) -> Result<bool> {
+    set_status("embedding");
+    let n = set.len();
+    let t0 = dom::now_ms();
+    let mut drawn = 0;
+    for start in (0..n).step_by(BATCH) {
+        let end = (start + BATCH).min(n);
+        let rows = encoder
+            .embed(set.input_batch(start..end), end - start)
+            .await?;
+        if with_app(|a| a.job) != job {
+            return Ok(false);
+        }
+        add_points(&rows);
+        if end == n || drawn == 0 || end >= drawn + drawn / 4 {
+            with_app(|a| a.coords = pca_2d(&a.unit, a.dim.max(1)));
+            dom::set_body_data("points", &end.to_string());
+            redraw();
+            mark_drawn(end == n);
+            drawn = end;
+        }
+        let elapsed = (dom::now_ms() - t0) / 1000.0;
+        show_progress(end, n, end as f64 / elapsed.max(1e-9));
+        // Between batches the page answers the mouse and shows the map as it grows.
+        dom::yield_to_browser().await;
+    }
+    let embed_ms = dom::now_ms() - t0;
+    with_app(|a| a.timings.embed_ms = embed_ms);
     show_message(
         &format!(
             "{n} images embedded in {:.1} s ({:.1} ms per image)",
@@ -273,9 +405,65 @@ async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
         ),
         false,
     );
+    Ok(true)
+}
+
+/// Re-embeds a random few of the samples here and compares them with the shipped rows: the
+/// map stays only if they belong to this model. False when a newer model took over.
+async fn check_shipped(
+    encoder: &mut Encoder,
+    set: &SampleSet,
+    meta: &shipped::ShippedMeta,
+    rows: &[f32],
+    job: u32,
+) -> Result<bool> {
+    let indices = shipped::random_indices(set.len(), shipped::CHECKED, js_sys::Math::random);
+    let t0 = dom::now_ms();
+    let mut browser = Vec::with_capacity(indices.len() * encoder.dim);
+    for chunk in indices.chunks(BATCH) {
+        let input: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| set.input_batch(i..i + 1))
+            .collect();
+        browser.extend(encoder.embed(input, chunk.len()).await?);
+        if with_app(|a| a.job) != job {
+            return Ok(false);
+        }
+    }
+    let ms_per_image = (dom::now_ms() - t0) / indices.len().max(1) as f64;
+    let comparison = shipped::compare(meta, rows, encoder.dim, &indices, &browser);
+    let passed = comparison.passed();
+    dom::set_body_data("sampleCheck", if passed { "passed" } else { "failed" });
+    with_app(|a| {
+        a.sample_check = Some((indices.clone(), browser, comparison.clone()));
+        a.timings.embed_ms = ms_per_image * set.len() as f64;
+    });
     publish();
-    project();
-    Ok(())
+    ensure!(
+        passed,
+        "the shipped embeddings ({file}) do not belong to this model: image #{i} embedded here \
+         differs from its shipped vector by {d:.3e} (at most {t:.1e} allowed for {dtype}); export \
+         the model and the embeddings together: `trainer export --checkpoint RUN --viewer \
+         --embeddings {dtype}`",
+        file = meta.file,
+        i = comparison.worst,
+        d = comparison.max_diff,
+        t = comparison.tolerance,
+        dtype = meta.dtype,
+    );
+    show_message(
+        &format!(
+            "{} images mapped from their shipped {} embeddings; {} re-embedded here match them \
+             (largest difference {:.1e}, {:.1} ms per image)",
+            set.len(),
+            meta.dtype,
+            indices.len(),
+            comparison.max_diff,
+            ms_per_image
+        ),
+        false,
+    );
+    Ok(true)
 }
 
 fn show_progress(done: usize, total: usize, per_second: f64) {
@@ -303,6 +491,23 @@ fn publish() {
         let count = a.embeddings.len() / a.dim.max(1);
         set("count", (count as f64).into());
         set("model", a.model_name.as_str().into());
+        if let Some((indices, rows, c)) = &a.sample_check {
+            let check = js_sys::Object::new();
+            let put = |k: &str, v: JsValue| {
+                let _ = js_sys::Reflect::set(&check, &k.into(), &v);
+            };
+            let idx: Vec<f64> = indices.iter().map(|&i| i as f64).collect();
+            put("indices", js_sys::Float64Array::from(idx.as_slice()).into());
+            put(
+                "browser",
+                js_sys::Float32Array::from(rows.as_slice()).into(),
+            );
+            put("max_diff", c.max_diff.into());
+            put("tolerance", c.tolerance.into());
+            put("worst", (c.worst as f64).into());
+            put("passed", c.passed().into());
+            set("sample_check", check.into());
+        }
         let n = count.max(1) as f64;
         let timings = js_sys::Object::new();
         for (k, v) in [
@@ -311,6 +516,8 @@ fn publish() {
             ("embed_ms", a.timings.embed_ms),
             ("ms_per_image", a.timings.embed_ms / n),
             ("tsne_s", a.timings.tsne_s),
+            ("first_points_ms", a.timings.first_points_ms),
+            ("all_points_ms", a.timings.all_points_ms),
         ] {
             let _ = js_sys::Reflect::set(&timings, &k.into(), &v.into());
         }
@@ -457,15 +664,27 @@ fn redraw() {
             a.view = View::fit(&a.coords, w, h, 20.0);
         }
         let Some(set) = a.samples.clone() else { return };
-        for (i, p) in a.coords.chunks(2).enumerate() {
-            let (x, y) = a.view.to_screen(p[0], p[1]);
-            let label = set.labels.get(i).copied().unwrap_or(0) as usize;
+        // One fill style per class, not per point: 10,000 points stay a few milliseconds.
+        let classes = if set.labelled { set.classes.len() } else { 1 };
+        let mut visible = 0;
+        for class in 0..classes {
+            if a.hidden.get(class).copied().unwrap_or(false) {
+                continue;
+            }
             ctx.set_fill_style_str(match set.labelled {
-                true => PALETTE[label % PALETTE.len()],
+                true => PALETTE[class % PALETTE.len()],
                 false => UNLABELED_COLOUR,
             });
-            ctx.fill_rect(x - 2.5, y - 2.5, 5.0, 5.0);
+            for (i, p) in a.coords.chunks(2).enumerate() {
+                if set.labelled && set.labels[i] as usize != class {
+                    continue;
+                }
+                let (x, y) = a.view.to_screen(p[0], p[1]);
+                ctx.fill_rect(x - 2.5, y - 2.5, 5.0, 5.0);
+                visible += 1;
+            }
         }
+        dom::set_body_data("visiblePoints", &visible.to_string());
         ctx.set_line_width(2.0);
         ctx.set_stroke_style_str("#000");
         // A dropped image sits at the mean position of its nearest samples.
@@ -500,6 +719,16 @@ fn redraw() {
     });
 }
 
+/// The visible point nearest to screen position (x, y), within 6 px.
+fn pick(a: &App, x: f64, y: f64) -> Option<usize> {
+    let set = a.samples.as_ref()?;
+    a.view.pick_where(&a.coords, x, y, 6.0, |i| {
+        let class = set.labels.get(i).copied().unwrap_or(0) as usize;
+        !a.hidden.get(class).copied().unwrap_or(false)
+    })
+}
+
+/// The legend: one line per class with its count; clicking a line shows or hides the class.
 fn draw_legend(set: &SampleSet) {
     let legend: HtmlElement = by_id("legend");
     legend.set_inner_html("");
@@ -511,13 +740,47 @@ fn draw_legend(set: &SampleSet) {
     for (c, class) in set.classes.iter().enumerate() {
         let count = set.labels.iter().filter(|&&l| l as usize == c).count();
         let item = doc.create_element("li").expect("li");
+        item.set_id(&format!("class-{c}"));
         let swatch = doc.create_element("span").expect("span");
         swatch.set_class_name("swatch");
         let _ = swatch.set_attribute("style", &format!("background:{}", PALETTE[c % 10]));
         item.append_with_node_1(&swatch).ok();
         item.append_with_str_1(&format!("{class} ({count})")).ok();
+        listen(&item.clone().into(), "click", move |_: MouseEvent| {
+            with_app(|a| {
+                if let Some(h) = a.hidden.get_mut(c) {
+                    *h = !*h;
+                }
+            });
+            show_hidden_classes();
+        });
         legend.append_with_node_1(&item).ok();
     }
+}
+
+/// Shows only the classes whose name contains the search box's text (all when it is empty).
+fn search_classes(text: &str) {
+    let text = text.trim().to_lowercase();
+    with_app(|a| {
+        let Some(set) = a.samples.clone() else { return };
+        a.hidden = set
+            .classes
+            .iter()
+            .map(|name| !name.to_lowercase().contains(&text))
+            .collect();
+    });
+    show_hidden_classes();
+}
+
+/// Greys out the hidden classes' legend lines and redraws the map without them.
+fn show_hidden_classes() {
+    let hidden = with_app(|a| a.hidden.clone());
+    for (c, off) in hidden.iter().enumerate() {
+        if let Some(item) = dom::document().get_element_by_id(&format!("class-{c}")) {
+            item.set_class_name(if *off { "off" } else { "" });
+        }
+    }
+    redraw();
 }
 
 /// Side of the square images an RGBA buffer holds.
@@ -547,7 +810,7 @@ fn neighbour_figures(hits: &[(usize, f32)]) -> Vec<web_sys::Element> {
         hits.iter()
             .map(|&(i, sim)| {
                 let label = set.caption(i);
-                figure(&a.thumbs[i], &format!("{label} {sim:.2}"), "neighbour")
+                figure(&thumb(&set, i), &format!("{label} {sim:.2}"), "neighbour")
             })
             .collect()
     })
@@ -562,7 +825,7 @@ fn select_point(i: usize) {
         a.selected = Some(i);
         a.highlight = hits.iter().map(|h| h.0).collect();
         let caption = format!("#{i} {}", set.caption(i));
-        (hits, caption, a.thumbs[i].clone())
+        (hits, caption, thumb(&set, i))
     });
     let panel: HtmlElement = by_id("selection");
     panel.set_inner_html("");
@@ -657,6 +920,11 @@ fn install_handlers() {
             target.set_value("");
         });
     }
+    let search: HtmlInputElement = by_id("search");
+    let field = search.clone();
+    listen(&search.into(), "input", move |_: Event| {
+        search_classes(&field.value())
+    });
     let perplexity: HtmlInputElement = by_id("perplexity");
     let slider = perplexity.clone();
     listen(&perplexity.into(), "change", move |_: Event| {
@@ -693,10 +961,7 @@ fn install_handlers() {
     listen(&target, "mouseup", |e: MouseEvent| {
         let (clicked, pick) = with_app(|a| {
             let clicked = a.drag.take().is_some() && !a.dragged;
-            let pick = a
-                .view
-                .pick(&a.coords, e.offset_x() as f64, e.offset_y() as f64, 6.0);
-            (clicked, pick)
+            (clicked, pick(a, e.offset_x() as f64, e.offset_y() as f64))
         });
         if let (true, Some(i)) = (clicked, pick) {
             select_point(i);
@@ -739,9 +1004,9 @@ fn on_mouse_move(e: MouseEvent) {
     }
     let tooltip: HtmlElement = by_id("tooltip");
     let hover = with_app(|a| {
-        let i = a.view.pick(&a.coords, x, y, 6.0)?;
+        let i = pick(a, x, y)?;
         let set = a.samples.clone()?;
-        Some((a.thumbs[i].clone(), format!("#{i} {}", set.caption(i))))
+        Some((thumb(&set, i), format!("#{i} {}", set.caption(i))))
     });
     match hover {
         Some((rgba, caption)) => {

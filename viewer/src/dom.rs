@@ -71,6 +71,20 @@ pub async fn sleep(ms: i32) {
     let _ = JsFuture::from(promise).await;
 }
 
+/// Lets the browser handle input and paint before the caller goes on: a message to itself (a
+/// new task, as React's scheduler does), not a timer, which background tabs throttle to 1 s.
+pub async fn yield_to_browser() {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let Ok(channel) = web_sys::MessageChannel::new() else {
+            let _ = resolve.call0(&JsValue::NULL);
+            return;
+        };
+        channel.port1().set_onmessage(Some(&resolve));
+        let _ = channel.port2().post_message(&JsValue::NULL);
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
 /// Runs `work` but gives up with `message` after `ms` milliseconds.
 pub async fn with_timeout<T>(
     work: impl Future<Output = Result<T>> + 'static,

@@ -9,6 +9,7 @@ pub mod contract;
 pub mod neighbors;
 pub mod projection;
 pub mod samples;
+pub mod shipped;
 pub mod view;
 
 #[cfg(target_arch = "wasm32")]

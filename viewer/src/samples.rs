@@ -22,6 +22,9 @@ pub struct SamplesMeta {
     /// labelled.
     #[serde(default = "yes")]
     pub labelled: bool,
+    /// Embeddings computed by `trainer export --embeddings` (absent otherwise).
+    #[serde(default)]
+    pub embeddings: Option<crate::shipped::ShippedMeta>,
 }
 
 fn yes() -> bool {
@@ -38,6 +41,7 @@ pub struct SampleSet {
     pub side: usize,
     pixels: Vec<u8>,
     pub source: String,
+    pub embeddings: Option<crate::shipped::ShippedMeta>,
 }
 
 impl SampleSet {
@@ -91,6 +95,7 @@ impl SampleSet {
             side: meta.image_size,
             pixels,
             source: meta.source,
+            embeddings: meta.embeddings,
         })
     }
 

@@ -72,9 +72,22 @@ impl View {
 
     /// The point drawn nearest to (sx, sy), if one is within `radius` pixels.
     pub fn pick(&self, coords: &[f64], sx: f64, sy: f64, radius: f64) -> Option<usize> {
+        self.pick_where(coords, sx, sy, radius, |_| true)
+    }
+
+    /// Like [`View::pick`], among the points `shown` accepts (the visible classes).
+    pub fn pick_where(
+        &self,
+        coords: &[f64],
+        sx: f64,
+        sy: f64,
+        radius: f64,
+        shown: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         coords
             .chunks(2)
             .enumerate()
+            .filter(|&(i, _)| shown(i))
             .map(|(i, p)| {
                 let (px, py) = self.to_screen(p[0], p[1]);
                 (i, (px - sx).powi(2) + (py - sy).powi(2))
@@ -97,6 +110,14 @@ mod tests {
         assert_eq!(view.to_screen(1.0, 1.0), (160.0, 110.0));
         assert_eq!(view.pick(&coords, 161.0, 108.0, 4.0), Some(1));
         assert_eq!(view.pick(&coords, 110.0, 60.0, 4.0), None);
+        assert_eq!(
+            view.pick_where(&coords, 161.0, 108.0, 4.0, |i| i != 1),
+            None
+        );
+        assert_eq!(
+            view.pick_where(&coords, 161.0, 108.0, 80.0, |i| i != 1),
+            Some(2)
+        );
         view.zoom_at(160.0, 110.0, 2.0);
         assert_eq!(view.to_screen(1.0, 1.0), (160.0, 110.0));
         assert_eq!(view.to_screen(0.0, 0.0), (60.0, 10.0));
