@@ -80,7 +80,7 @@ try {
   Object.assign(result, await page.evaluate(() => ({
     status: document.body.dataset.status,
     points: Number(document.body.dataset.points),
-    tsne_frames: Number(document.body.dataset.tsneFrames || 0),
+    tsne_frames: Number(document.body.dataset.mapFrames || 0),
     message: document.getElementById('message').textContent,
     crossOriginIsolated: window.crossOriginIsolated,
     dim: window.selfsupViewer ? window.selfsupViewer.dim : 0,
@@ -108,6 +108,19 @@ try {
     await dropQuery(page);
     result.query_neighbours = await page.locator('#queries .query figure.neighbour').count();
     result.query_status = await page.evaluate(() => document.body.dataset.status);
+    result.tsne_coords = await page.evaluate(() => Array.from(window.selfsupViewer.coords));
+    // UMAP instead of t-SNE: computed in the worker, animated, then ready.
+    await page.click('#mode-umap');
+    await page.waitForFunction(() => document.body.dataset.status === 'projecting', null, { timeout: 10000 }).catch(() => {});
+    await page.waitForFunction(() => ['ready', 'error'].includes(document.body.dataset.status), null, { timeout: 240000 });
+    result.umap = await page.evaluate(() => ({
+      status: document.body.dataset.status,
+      frames: Number(document.body.dataset.mapFrames || 0),
+      seconds: window.selfsupViewer.timings.umap_s,
+      coords: Array.from(window.selfsupViewer.coords),
+      progress: document.getElementById('progress-text').textContent,
+      message: document.getElementById('message').textContent,
+    }));
     await page.screenshot({ path: args.screenshot });
   }
 

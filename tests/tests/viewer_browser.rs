@@ -80,6 +80,46 @@ fn native_embeddings(assets: &Path, n: usize) -> (Vec<f32>, usize) {
     (values, shape[1] as usize)
 }
 
+/// The class of each sample image the viewer got.
+fn sample_labels(assets: &Path) -> Vec<u64> {
+    samples_json(assets)["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+/// How often a point's nearest other point (by `distance`) has its label.
+fn nearest_label_agreement(labels: &[u64], distance: impl Fn(usize, usize) -> f64) -> f64 {
+    let n = labels.len();
+    let agree = (0..n)
+        .filter(|&i| {
+            let nearest = (0..n)
+                .filter(|&j| j != i)
+                .min_by(|&a, &b| distance(i, a).total_cmp(&distance(i, b)))
+                .unwrap();
+            labels[nearest] == labels[i]
+        })
+        .count();
+    agree as f64 / n as f64
+}
+
+fn map_agreement(coords: &[f64], labels: &[u64]) -> f64 {
+    nearest_label_agreement(labels, |i, j| {
+        (coords[2 * i] - coords[2 * j]).powi(2) + (coords[2 * i + 1] - coords[2 * j + 1]).powi(2)
+    })
+}
+
+/// The same in the embedding space, by cosine similarity (what the page's neighbours use).
+fn embedding_agreement(rows: &[f32], dim: usize, labels: &[u64]) -> f64 {
+    let unit = viewer::neighbors::l2_normalized(rows, dim);
+    nearest_label_agreement(labels, |i, j| {
+        let (a, b) = (&unit[i * dim..(i + 1) * dim], &unit[j * dim..(j + 1) * dim]);
+        -a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>()
+    })
+}
+
 /// A CIFAR-10 test image outside the sample, scaled to 64 x 64, as PNG.
 fn query_png(path: &Path) {
     let splits = trainer::data::load(cifar10_bin().to_str().unwrap()).unwrap();
@@ -327,6 +367,8 @@ fn browser_embeds_projects_and_answers_queries() {
     shown["unlabeled"]["first8"] = serde_json::json!("...");
     shown["demo"]["first8"] = serde_json::json!("...");
     shown["webgpu"]["first8"] = serde_json::json!("...");
+    shown["tsne_coords"] = serde_json::json!("...");
+    shown["umap"]["coords"] = serde_json::json!("...");
     eprintln!("browser: {shown}");
     assert!(seen.get("failure").is_none(), "{}", seen["failure"]);
 
@@ -343,6 +385,36 @@ fn browser_embeds_projects_and_answers_queries() {
 
     // Browser (ONNX Runtime Web, wasm) == native ONNX Runtime on the same images.
     assert_matches_native(&seen, &assets);
+
+    // UMAP in the worker: animated (every 10 of 500 epochs), every point placed; t-SNE and
+    // UMAP both keep the embeddings' own neighbours' labels (1-NN label agreement on the map
+    // against in the embedding space, printed: the tiny untrained encoder has little to keep).
+    let umap = &seen["umap"];
+    assert_eq!(umap["status"], "ready", "{}", umap["message"]);
+    assert!(umap["frames"].as_u64().unwrap() >= 45, "{umap}");
+    assert!(umap["seconds"].as_f64().unwrap() > 0.0);
+    let labels = sample_labels(&assets);
+    let (embedded, dim) = native_embeddings(&assets, SAMPLES);
+    for name in ["tsne_coords", "umap"] {
+        let coords = if name == "umap" {
+            &umap["coords"]
+        } else {
+            &seen[name]
+        };
+        let coords: Vec<f64> = coords
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {coords}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(coords.len(), 2 * SAMPLES);
+        assert!(coords.iter().all(|c| c.is_finite()));
+        eprintln!(
+            "{name}: 1-NN label agreement on the map {:.3}, in the embedding space {:.3}",
+            map_agreement(&coords, &labels),
+            embedding_agreement(&embedded, dim, &labels)
+        );
+    }
 
     // Clicking a point and dropping an image both list the nearest samples.
     assert_eq!(seen["clicked_neighbours"], viewer::NEIGHBOURS);

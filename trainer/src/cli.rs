@@ -808,14 +808,18 @@ fn export(args: ExportArgs) -> Result<i32> {
             );
         }
         println!(
-            "wrote {} sample images ({}) from {} into {}; view them with `trunk serve` in viewer/",
+            "wrote {} sample images ({}) from {} into {}{}",
             indices.len(),
             match images.is_labelled() {
                 true => format!("{} classes", images.classes.len()),
                 false => "unlabeled".to_string(),
             },
             splits.origin,
-            dir.display()
+            dir.display(),
+            match args.demo {
+                Some(_) => "",
+                None => "; view them with `trunk serve` in viewer/",
+            }
         );
         if let Some(demo) = &args.demo {
             println!(

@@ -8,7 +8,7 @@
 //! State lives in one thread-local `App`; async steps never hold its borrow across an await.
 //! `document.body.dataset` carries what scripts and tests read: `status` (`loading`,
 //! `embedding`, `projecting`, `ready`, `error`), `points`, `visiblePoints`, `queries`,
-//! `tsneFrames`, `firstPointsMs` / `allPointsMs` (page time when the first / every point was
+//! `mapFrames` (t-SNE / UMAP layouts drawn), `firstPointsMs` / `allPointsMs` (page time when the first / every point was
 //! drawn), `sampleCheck` (`passed`, `failed`); `window.selfsupViewer` holds the embeddings,
 //! the sample check and the timings.
 
@@ -28,12 +28,18 @@ use crate::projection::{max_perplexity, pca_2d, TsneParams};
 use crate::runtime::{self, Backend, Encoder, Runtime};
 use crate::samples::{planar_to_rgba, rgba_to_input, SampleSet};
 use crate::shipped::{self, Comparison};
+use crate::umap::UmapParams;
 use crate::view::View;
+use crate::worker::Method;
 use crate::NEIGHBOURS;
 
 const DEFAULT_MODEL: &str = "assets/encoder.onnx";
 const DEFAULT_SAMPLES: &str = "assets/";
 const BATCH: usize = 16;
+/// In-browser embedding runs on the page's thread: batches sized to take about this long keep
+/// the page painting and answering the mouse between them.
+const BATCH_MS: f64 = 60.0;
+const MAX_BATCH: usize = 64;
 const FETCH_TIMEOUT_MS: i32 = 60_000;
 /// Colours of the classes (matplotlib's tab10).
 const PALETTE: [&str; 10] = [
@@ -49,7 +55,18 @@ const HOW_TO_EXPORT: &str = "create them with `cargo run -p trainer --release --
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Tsne,
+    Umap,
     Pca,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Tsne => "t-SNE",
+            Mode::Umap => "UMAP",
+            Mode::Pca => "PCA",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -58,6 +75,7 @@ struct Timings {
     model_ms: f64,
     embed_ms: f64,
     tsne_s: f64,
+    umap_s: f64,
     /// Page time (ms since navigation) when the first point / every point was on the map.
     first_points_ms: f64,
     all_points_ms: f64,
@@ -84,8 +102,8 @@ struct App {
     dragged: bool,
     worker: Option<Worker>,
     /// What the worker gets once it says it is ready.
-    tsne_request: Option<JsValue>,
-    tsne_frames: usize,
+    map_request: Option<JsValue>,
+    map_frames: usize,
     /// Bumped by every new model; older async jobs stop when they see a newer one.
     job: u32,
     queries: usize,
@@ -116,8 +134,8 @@ thread_local! {
         drag: None,
         dragged: false,
         worker: None,
-        tsne_request: None,
-        tsne_frames: 0,
+        map_request: None,
+        map_frames: 0,
         job: 0,
         queries: 0,
         query_marks: Vec::new(),
@@ -178,6 +196,16 @@ pub fn start() {
     }));
     set_status("loading");
     install_handlers();
+    // ?map=tsne|umap|pca picks the first map (a demo link can open on UMAP).
+    let first_map = match query_param("map").as_deref() {
+        Some("umap") => Some(("mode-umap", Mode::Umap)),
+        Some("pca") => Some(("mode-pca", Mode::Pca)),
+        _ => None,
+    };
+    if let Some((id, mode)) = first_map {
+        by_id::<HtmlInputElement>(id).set_checked(true);
+        with_app(|a| a.mode = mode);
+    }
     let model = query_param("model").unwrap_or_else(|| DEFAULT_MODEL.to_string());
     spawn(async move {
         let bytes = dom::fetch_optional(&model, FETCH_TIMEOUT_MS).await?;
@@ -374,11 +402,16 @@ async fn embed_all(encoder: &mut Encoder, set: &SampleSet, job: u32) -> Result<b
     let n = set.len();
     let t0 = dom::now_ms();
     let mut drawn = 0;
-    for start in (0..n).step_by(BATCH) {
-        let end = (start + BATCH).min(n);
+    let (mut start, mut batch) = (0, 1);
+    while start < n {
+        let end = (start + batch).min(n);
+        let t_batch = dom::now_ms();
         let rows = encoder
             .embed(set.input_batch(start..end), end - start)
             .await?;
+        // The next batch takes about BATCH_MS at this batch's speed.
+        let ms_per_image = (dom::now_ms() - t_batch) / (end - start) as f64;
+        batch = ((BATCH_MS / ms_per_image.max(1e-3)) as usize).clamp(1, MAX_BATCH);
         if with_app(|a| a.job) != job {
             return Ok(false);
         }
@@ -394,6 +427,7 @@ async fn embed_all(encoder: &mut Encoder, set: &SampleSet, job: u32) -> Result<b
         show_progress(end, n, end as f64 / elapsed.max(1e-9));
         // Between batches the page answers the mouse and shows the map as it grows.
         dom::yield_to_browser().await;
+        start = end;
     }
     let embed_ms = dom::now_ms() - t0;
     with_app(|a| a.timings.embed_ms = embed_ms);
@@ -488,6 +522,10 @@ fn publish() {
             js_sys::Float32Array::from(a.embeddings.as_slice()).into(),
         );
         set("dim", (a.dim as f64).into());
+        set(
+            "coords",
+            js_sys::Float64Array::from(a.coords.as_slice()).into(),
+        );
         let count = a.embeddings.len() / a.dim.max(1);
         set("count", (count as f64).into());
         set("model", a.model_name.as_str().into());
@@ -516,6 +554,7 @@ fn publish() {
             ("embed_ms", a.timings.embed_ms),
             ("ms_per_image", a.timings.embed_ms / n),
             ("tsne_s", a.timings.tsne_s),
+            ("umap_s", a.timings.umap_s),
             ("first_points_ms", a.timings.first_points_ms),
             ("all_points_ms", a.timings.all_points_ms),
         ] {
@@ -526,17 +565,19 @@ fn publish() {
         dom::set_text(
             "timings",
             &format!(
-                "runtime {:.0} ms · model {:.0} ms · {:.1} ms/image · t-SNE {:.1} s",
+                "runtime {:.0} ms · model {:.0} ms · {:.1} ms/image · t-SNE {:.1} s · UMAP {:.1} s",
                 a.timings.runtime_ms,
                 a.timings.model_ms,
                 a.timings.embed_ms / n,
-                a.timings.tsne_s
+                a.timings.tsne_s,
+                a.timings.umap_s
             ),
         );
     });
 }
 
-/// Lays the points out with the chosen projection: PCA at once, t-SNE animated from a worker.
+/// Lays the points out with the chosen projection: PCA at once, t-SNE or UMAP animated from a
+/// worker.
 fn project() {
     let (mode, n) = with_app(|a| {
         if let Some(w) = a.worker.take() {
@@ -544,7 +585,7 @@ fn project() {
         }
         a.coords = pca_2d(&a.unit, a.dim.max(1));
         a.auto_fit = true;
-        a.tsne_frames = 0;
+        a.map_frames = 0;
         (a.mode, a.unit.len() / a.dim.max(1))
     });
     dom::set_body_data("points", &n.to_string());
@@ -554,59 +595,63 @@ fn project() {
         return;
     }
     set_status("projecting");
-    if let Err(e) = start_tsne() {
+    if let Err(e) = start_map_worker(mode) {
         fail(&e);
     }
 }
 
-fn start_tsne() -> Result<()> {
+fn start_map_worker(mode: Mode) -> Result<()> {
+    let name = mode.name();
     let worker = Worker::new("./tsne_worker_loader.js")
-        .map_err(|e| anyhow!("cannot start the t-SNE worker: {}", dom::js_error(e)))?;
-    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(on_tsne_message);
+        .map_err(|e| anyhow!("cannot start the {name} worker: {}", dom::js_error(e)))?;
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(on_map_message);
     worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget();
-    let on_error = Closure::<dyn FnMut(Event)>::new(|e: Event| {
+    let on_error = Closure::<dyn FnMut(Event)>::new(move |e: Event| {
         let text = e
             .dyn_ref::<web_sys::ErrorEvent>()
             .map(|e| e.message())
             .unwrap_or_default();
-        fail(&anyhow!("the t-SNE worker failed: {text}"));
+        fail(&anyhow!("the {name} worker failed: {text}"));
     });
     worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
     on_error.forget();
     let request = with_app(|a| {
         let n = a.unit.len() / a.dim;
-        let perplexity = a.perplexity.min(max_perplexity(n)).max(1.0);
-        let params = TsneParams {
-            perplexity,
-            ..TsneParams::default()
+        let method = match mode {
+            Mode::Umap => Method::Umap(UmapParams::for_points(n)),
+            _ => Method::Tsne(TsneParams {
+                perplexity: a.perplexity.min(max_perplexity(n)).max(1.0),
+                ..TsneParams::default()
+            }),
         };
-        crate::worker::request(&a.unit, a.dim, params, 10)
+        crate::worker::request(&a.unit, a.dim, method, 10)
     });
     with_app(|a| {
         a.worker = Some(worker);
-        a.tsne_request = Some(request);
+        a.map_request = Some(request);
     });
     Ok(())
 }
 
-fn on_tsne_message(event: MessageEvent) {
+fn on_map_message(event: MessageEvent) {
+    let name = with_app(|a| a.mode.name());
     let data = event.data();
     let get = |k: &str| js_sys::Reflect::get(&data, &k.into()).unwrap_or(JsValue::UNDEFINED);
     let kind = get("kind").as_string().unwrap_or_default();
     if kind == "ready" {
-        let sent = with_app(|a| match (&a.worker, a.tsne_request.take()) {
+        let sent = with_app(|a| match (&a.worker, a.map_request.take()) {
             (Some(worker), Some(request)) => worker.post_message(&request).map_err(dom::js_error),
             _ => Ok(()),
         });
         if let Err(e) = sent {
-            fail(&e.context("cannot message the t-SNE worker"));
+            fail(&e.context(format!("cannot message the {name} worker")));
         }
         return;
     }
     if kind == "error" {
         fail(&anyhow!(
-            "t-SNE: {}",
+            "{name}: {}",
             get("message").as_string().unwrap_or_default()
         ));
         return;
@@ -617,20 +662,27 @@ fn on_tsne_message(event: MessageEvent) {
     }
     if kind == "progress" {
         let epoch = get("epoch").as_f64().unwrap_or(0.0);
+        let epochs = get("epochs").as_f64().unwrap_or(0.0);
         // How many intermediate layouts were drawn: the animation, for tests.
         let frames = with_app(|a| {
-            a.tsne_frames += 1;
-            a.tsne_frames
+            a.map_frames += 1;
+            a.map_frames
         });
-        dom::set_body_data("tsneFrames", &frames.to_string());
-        dom::set_text("progress-text", &format!("t-SNE epoch {epoch:.0} / 1000"));
+        dom::set_body_data("mapFrames", &frames.to_string());
+        dom::set_text(
+            "progress-text",
+            &format!("{name} epoch {epoch:.0} / {epochs:.0}"),
+        );
     } else if kind == "done" {
         let seconds = get("seconds").as_f64().unwrap_or(0.0);
         with_app(|a| {
-            a.timings.tsne_s = seconds;
+            match a.mode {
+                Mode::Umap => a.timings.umap_s = seconds,
+                _ => a.timings.tsne_s = seconds,
+            }
             a.worker = None;
         });
-        dom::set_text("progress-text", &format!("t-SNE done in {seconds:.1} s"));
+        dom::set_text("progress-text", &format!("{name} done in {seconds:.1} s"));
         publish();
         set_status("ready");
     }
@@ -933,7 +985,11 @@ fn install_handlers() {
         with_app(|a| a.perplexity = value);
         rerun_projection();
     });
-    for (id, mode) in [("mode-tsne", Mode::Tsne), ("mode-pca", Mode::Pca)] {
+    for (id, mode) in [
+        ("mode-tsne", Mode::Tsne),
+        ("mode-umap", Mode::Umap),
+        ("mode-pca", Mode::Pca),
+    ] {
         let radio: HtmlInputElement = by_id(id);
         listen(&radio.into(), "change", move |_: Event| {
             with_app(|a| a.mode = mode);

@@ -10,6 +10,7 @@ pub mod neighbors;
 pub mod projection;
 pub mod samples;
 pub mod shipped;
+pub mod umap;
 pub mod view;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,8 +1,9 @@
-//! The t-SNE Web Worker and its messages.
+//! The map's Web Worker (t-SNE or UMAP) and its messages.
 //!
 //! Worker -> page, once started: `{kind: "ready"}` (a message sent before the worker's wasm has
 //! loaded would be lost, so the page waits for this).
-//! Page -> worker: `{rows: Float32Array, dim, perplexity, epochs, every}`.
+//! Page -> worker: `{method: "tsne", rows: Float32Array, dim, perplexity, epochs, every}` or
+//! `{method: "umap", rows, dim, neighbours, epochs, every}`.
 //! Worker -> page: `{kind: "progress", epoch, coords: Float64Array}` every `every` epochs,
 //! then `{kind: "done", coords, seconds}`, or `{kind: "error", message}`.
 
@@ -13,6 +14,14 @@ use wasm_bindgen::JsCast;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::projection::{tsne_2d, TsneParams};
+use crate::umap::{umap_2d, UmapParams};
+
+/// Which map the worker computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    Tsne(TsneParams),
+    Umap(UmapParams),
+}
 
 fn set(obj: &Object, key: &str, value: &JsValue) {
     let _ = Reflect::set(obj, &key.into(), value);
@@ -22,17 +31,27 @@ fn number(obj: &JsValue, key: &str) -> Result<f64> {
     Reflect::get(obj, &key.into())
         .ok()
         .and_then(|v| v.as_f64())
-        .ok_or_else(|| anyhow!("t-SNE request without a number '{key}'"))
+        .ok_or_else(|| anyhow!("map request without a number '{key}'"))
 }
 
 /// The request the page sends.
-pub fn request(rows: &[f32], dim: usize, params: TsneParams, every: usize) -> JsValue {
+pub fn request(rows: &[f32], dim: usize, method: Method, every: usize) -> JsValue {
     let msg = Object::new();
     set(&msg, "rows", &Float32Array::from(rows).into());
     set(&msg, "dim", &(dim as f64).into());
-    set(&msg, "perplexity", &params.perplexity.into());
-    set(&msg, "epochs", &(params.epochs as f64).into());
     set(&msg, "every", &(every as f64).into());
+    match method {
+        Method::Tsne(params) => {
+            set(&msg, "method", &"tsne".into());
+            set(&msg, "perplexity", &params.perplexity.into());
+            set(&msg, "epochs", &(params.epochs as f64).into());
+        }
+        Method::Umap(params) => {
+            set(&msg, "method", &"umap".into());
+            set(&msg, "neighbours", &(params.neighbours as f64).into());
+            set(&msg, "epochs", &(params.epochs as f64).into());
+        }
+    }
     msg.into()
 }
 
@@ -47,24 +66,43 @@ fn run(scope: &DedicatedWorkerGlobalScope, data: &JsValue) -> Result<()> {
     let rows: Float32Array = Reflect::get(data, &"rows".into())
         .ok()
         .and_then(|v| v.dyn_into().ok())
-        .ok_or_else(|| anyhow!("t-SNE request without Float32Array 'rows'"))?;
+        .ok_or_else(|| anyhow!("map request without Float32Array 'rows'"))?;
     let dim = number(data, "dim")? as usize;
     let every = (number(data, "every")? as usize).max(1);
-    let params = TsneParams {
-        perplexity: number(data, "perplexity")?,
-        epochs: number(data, "epochs")? as usize,
-        ..TsneParams::default()
-    };
+    let epochs = number(data, "epochs")? as usize;
+    let method = Reflect::get(data, &"method".into())
+        .ok()
+        .and_then(|v| v.as_string())
+        .unwrap_or_default();
     let rows = rows.to_vec();
     let start = js_sys::Date::now();
-    let coords = tsne_2d(&rows, dim, params, |epoch, coords| {
-        if epoch % every == 0 {
+    let progress = |epoch: usize, coords: &[f64]| {
+        if epoch.is_multiple_of(every) {
             reply(scope, "progress", |m| {
                 set(m, "epoch", &(epoch as f64).into());
+                set(m, "epochs", &(epochs as f64).into());
                 set(m, "coords", &Float64Array::from(coords).into());
             });
         }
-    })?;
+    };
+    let coords = match method.as_str() {
+        "umap" => {
+            let params = UmapParams {
+                neighbours: number(data, "neighbours")? as usize,
+                epochs,
+                ..UmapParams::for_points(rows.len() / dim.max(1))
+            };
+            umap_2d(&rows, dim, params, progress)?
+        }
+        _ => {
+            let params = TsneParams {
+                perplexity: number(data, "perplexity")?,
+                epochs,
+                ..TsneParams::default()
+            };
+            tsne_2d(&rows, dim, params, progress)?
+        }
+    };
     let seconds = (js_sys::Date::now() - start) / 1000.0;
     reply(scope, "done", |m| {
         set(m, "coords", &Float64Array::from(coords.as_slice()).into());

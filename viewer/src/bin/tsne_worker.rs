@@ -1,4 +1,4 @@
-//! The t-SNE Web Worker (trunk builds it with `data-type="worker"`), so the page stays
+//! The map's Web Worker, t-SNE and UMAP (trunk builds it with `data-type="worker"`), so the page stays
 //! responsive while the layout converges.
 
 #[cfg(target_arch = "wasm32")]
