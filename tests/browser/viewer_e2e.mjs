@@ -91,16 +91,10 @@ try {
   // 2. Click a point: its neighbours are listed.
   if (result.status === 'ready') {
     const box = await page.locator('#map').boundingBox();
-    // The first drawn pixel is the corner of a point's 5x5 square; its centre is 2 px further.
-    const spot = await page.evaluate(() => {
-      const c = document.getElementById('map');
-      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      for (let i = 0; i < d.length / 4; i++) {
-        if (d[4 * i + 3] > 0) return [(i % c.width) + 2, Math.floor(i / c.width) + 2];
-      }
-      return null;
-    });
-    if (spot) {
+    // The page says where one of its drawn points is.
+    const spot = await page.evaluate(() => (document.body.dataset.pointAt || '').split(',').map(Number));
+    result.renderer = await page.evaluate(() => document.body.dataset.renderer);
+    if (spot.length === 2) {
       await page.mouse.click(box.x + spot[0], box.y + spot[1]);
       result.clicked_neighbours = await page.locator('#selection figure.neighbour').count();
     }
@@ -121,6 +115,10 @@ try {
       progress: document.getElementById('progress-text').textContent,
       message: document.getElementById('message').textContent,
     }));
+    // The map as dots, then each point as its image (WebGL sprites from the atlas).
+    await page.locator('main').screenshot({ path: `${args.screenshot}.dots.png` });
+    await page.check('#images-on-map');
+    await page.locator('main').screenshot({ path: `${args.screenshot}.images.png` });
     await page.screenshot({ path: args.screenshot });
   }
 
@@ -202,13 +200,8 @@ try {
     // the PCA layout, which t-SNE's frames do not move under the pointer).
     await page.click('#mode-pca');
     const box = await page.locator('#map').boundingBox();
-    const spot = await page.evaluate(() => {
-      const c = document.getElementById('map');
-      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      for (let i = 0; i < d.length / 4; i++) if (d[4 * i + 3] > 0) return [(i % c.width) + 2, Math.floor(i / c.width) + 2];
-      return null;
-    });
-    if (spot) {
+    const spot = await page.evaluate(() => (document.body.dataset.pointAt || '').split(',').map(Number));
+    if (spot.length === 2) {
       const t = Date.now();
       await page.mouse.move(box.x + spot[0], box.y + spot[1]);
       await page.waitForFunction(() => !document.getElementById('tooltip').hidden, null, { timeout: 10000 });

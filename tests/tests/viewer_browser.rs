@@ -578,6 +578,27 @@ fn browser_embeds_projects_and_answers_queries() {
         webgpu["ms_per_image"].as_f64().unwrap_or(0.0)
     );
 
+    // WebGL2 draws the map; with "images on the map" every point becomes its thumbnail: many
+    // more distinct colours than the ten class colours of the dots.
+    assert_eq!(seen["renderer"], "webgl");
+    let colours = |path: String| {
+        let img = image::open(&path).unwrap().to_rgb8();
+        img.pixels()
+            .map(|p| p.0)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let shot = screenshot.display();
+    let (dots, images) = (
+        colours(format!("{shot}.dots.png")),
+        colours(format!("{shot}.images.png")),
+    );
+    eprintln!("map colours: {dots} as dots, {images} as images");
+    assert!(
+        images > 5 * dots,
+        "{dots} colours as dots, {images} as images"
+    );
+
     let png = std::fs::read(&screenshot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(png.len() > 20_000, "screenshot of {} bytes", png.len());

@@ -22,7 +22,9 @@ use web_sys::{
     WheelEvent, Worker,
 };
 
+use crate::atlas;
 use crate::dom::{self, by_id};
+use crate::gl::{self, PointRenderer};
 use crate::neighbors::{l2_normalized, nearest};
 use crate::projection::{max_perplexity, pca_2d, TsneParams};
 use crate::runtime::{self, Backend, Encoder, Runtime};
@@ -40,6 +42,10 @@ const BATCH: usize = 16;
 /// the page painting and answering the mouse between them.
 const BATCH_MS: f64 = 60.0;
 const MAX_BATCH: usize = 64;
+/// Largest side of the thumbnail texture (every WebGL2 device has at least 2048).
+const ATLAS_SIDE: usize = 2048;
+/// Side of a point drawn as its image, in pixels.
+const IMAGE_SPRITE: f32 = 28.0;
 const FETCH_TIMEOUT_MS: i32 = 60_000;
 /// Colours of the classes (matplotlib's tab10).
 const PALETTE: [&str; 10] = [
@@ -88,6 +94,10 @@ struct App {
     samples: Option<Rc<SampleSet>>,
     /// Classes left off the map (the legend's toggles, the search box).
     hidden: Vec<bool>,
+    /// The WebGL2 point renderer (None: canvas 2D).
+    gl: Option<PointRenderer>,
+    /// Points drawn as their thumbnails.
+    images_on_map: bool,
     dim: usize,
     embeddings: Vec<f32>,
     unit: Vec<f32>,
@@ -121,6 +131,8 @@ thread_local! {
         model_name: String::new(),
         samples: None,
         hidden: Vec::new(),
+        gl: None,
+        images_on_map: false,
         dim: 0,
         embeddings: Vec::new(),
         unit: Vec::new(),
@@ -195,6 +207,7 @@ pub fn start() {
         fail(&anyhow!("internal error: {info}"));
     }));
     set_status("loading");
+    start_renderer();
     install_handlers();
     // ?map=tsne|umap|pca picks the first map (a demo link can open on UMAP).
     let first_map = match query_param("map").as_deref() {
@@ -272,6 +285,7 @@ async fn samples() -> Result<Rc<SampleSet>> {
         a.samples = Some(set.clone());
         a.hidden = vec![false; set.classes.len()];
     });
+    upload_atlas(&set);
     draw_legend(&set);
     Ok(set)
 }
@@ -688,26 +702,59 @@ fn on_map_message(event: MessageEvent) {
     }
 }
 
+/// The WebGL canvas the points are drawn on (or nothing, without WebGL2).
 fn canvas() -> HtmlCanvasElement {
     by_id("map")
 }
 
-/// Matches the canvas' pixel size to its size on screen.
+/// The 2-D canvas above it: marks, highlights, dropped images (and the points without WebGL2);
+/// it receives the mouse.
+fn overlay() -> HtmlCanvasElement {
+    by_id("overlay")
+}
+
+/// Matches both canvases' pixel size to their size on screen.
 fn resize_canvas() {
-    let c = canvas();
-    let (w, h) = (
-        c.client_width().max(100) as u32,
-        c.client_height().max(100) as u32,
-    );
-    if c.width() != w || c.height() != h {
-        c.set_width(w);
-        c.set_height(h);
+    for c in [canvas(), overlay()] {
+        let (w, h) = (
+            c.client_width().max(100) as u32,
+            c.client_height().max(100) as u32,
+        );
+        if c.width() != w || c.height() != h {
+            c.set_width(w);
+            c.set_height(h);
+        }
+    }
+}
+
+/// Draws the points with WebGL2 where the browser has it, else on the 2-D canvas.
+fn start_renderer() {
+    match PointRenderer::new(&canvas()) {
+        Ok(renderer) => {
+            with_app(|a| a.gl = Some(renderer));
+            dom::set_body_data("renderer", "webgl");
+        }
+        Err(e) => {
+            web_sys::console::warn_1(&format!("map drawn with canvas 2D: {e:#}").into());
+            dom::set_body_data("renderer", "canvas");
+        }
+    }
+}
+
+/// Gives the renderer the thumbnails of `set`.
+fn upload_atlas(set: &SampleSet) {
+    let result = with_app(|a| match a.gl.as_mut() {
+        Some(gl) => gl.set_atlas(&atlas::build(set, atlas::cell_size(set.len(), ATLAS_SIDE))),
+        None => Ok(()),
+    });
+    if let Err(e) = result {
+        web_sys::console::warn_1(&format!("no images on the map: {e:#}").into());
     }
 }
 
 fn redraw() {
     resize_canvas();
-    let c = canvas();
+    let c = overlay();
     let ctx = dom::context_2d(&c);
     let (w, h) = (c.width() as f64, c.height() as f64);
     ctx.clear_rect(0.0, 0.0, w, h);
@@ -716,27 +763,49 @@ fn redraw() {
             a.view = View::fit(&a.coords, w, h, 20.0);
         }
         let Some(set) = a.samples.clone() else { return };
-        // One fill style per class, not per point: 10,000 points stay a few milliseconds.
-        let classes = if set.labelled { set.classes.len() } else { 1 };
-        let mut visible = 0;
-        for class in 0..classes {
-            if a.hidden.get(class).copied().unwrap_or(false) {
-                continue;
-            }
-            ctx.set_fill_style_str(match set.labelled {
-                true => PALETTE[class % PALETTE.len()],
-                false => UNLABELED_COLOUR,
-            });
-            for (i, p) in a.coords.chunks(2).enumerate() {
-                if set.labelled && set.labels[i] as usize != class {
-                    continue;
-                }
+        let colour = |i: usize| match set.labelled {
+            true => PALETTE[set.labels[i] as usize % PALETTE.len()],
+            false => UNLABELED_COLOUR,
+        };
+        let shown: Vec<(usize, f64, f64)> = a
+            .coords
+            .chunks(2)
+            .enumerate()
+            .filter(|&(i, _)| {
+                let class = if set.labelled {
+                    set.labels[i] as usize
+                } else {
+                    0
+                };
+                !a.hidden.get(class).copied().unwrap_or(false)
+            })
+            .map(|(i, p)| {
                 let (x, y) = a.view.to_screen(p[0], p[1]);
-                ctx.fill_rect(x - 2.5, y - 2.5, 5.0, 5.0);
-                visible += 1;
+                (i, x, y)
+            })
+            .collect();
+        dom::set_body_data("visiblePoints", &shown.len().to_string());
+        // Where one drawn point is, for scripts and tests that click or hover one.
+        if let Some(&(_, x, y)) = shown.last() {
+            dom::set_body_data("pointAt", &format!("{x:.0},{y:.0}"));
+        }
+        match &a.gl {
+            Some(gl) => {
+                let mut buffer = Vec::with_capacity(shown.len() * 6);
+                for &(i, x, y) in &shown {
+                    let [r, g, b] = gl::rgb(colour(i));
+                    buffer.extend_from_slice(&[x as f32, y as f32, r, g, b, i as f32]);
+                }
+                let size = if a.images_on_map { IMAGE_SPRITE } else { 5.0 };
+                gl.draw(&buffer, w as u32, h as u32, size, a.images_on_map);
+            }
+            None => {
+                for &(i, x, y) in &shown {
+                    ctx.set_fill_style_str(colour(i));
+                    ctx.fill_rect(x - 2.5, y - 2.5, 5.0, 5.0);
+                }
             }
         }
-        dom::set_body_data("visiblePoints", &visible.to_string());
         ctx.set_line_width(2.0);
         ctx.set_stroke_style_str("#000");
         // A dropped image sits at the mean position of its nearest samples.
@@ -996,7 +1065,13 @@ fn install_handlers() {
             rerun_projection();
         });
     }
-    let target: web_sys::EventTarget = canvas().into();
+    let images: HtmlInputElement = by_id("images-on-map");
+    let checkbox = images.clone();
+    listen(&images.into(), "change", move |_: Event| {
+        with_app(|a| a.images_on_map = checkbox.checked());
+        redraw();
+    });
+    let target: web_sys::EventTarget = overlay().into();
     listen(&target, "wheel", |e: WheelEvent| {
         e.prevent_default();
         let factor = (-e.delta_y() * 0.0015).exp();

@@ -5,6 +5,7 @@
 //! The modules without DOM code build and are tested natively; `app` and the worker are
 //! WebAssembly only (built by `trunk`).
 
+pub mod atlas;
 pub mod contract;
 pub mod neighbors;
 pub mod projection;
@@ -17,6 +18,8 @@ pub mod view;
 mod app;
 #[cfg(target_arch = "wasm32")]
 mod dom;
+#[cfg(target_arch = "wasm32")]
+mod gl;
 #[cfg(target_arch = "wasm32")]
 mod runtime;
 #[cfg(target_arch = "wasm32")]
