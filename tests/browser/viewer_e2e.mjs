@@ -247,6 +247,7 @@ try {
       progress: document.getElementById('progress-text').textContent,
       ms_per_image: window.selfsupViewer ? window.selfsupViewer.timings.ms_per_image : null,
       frames: window.__frames,
+      map_frames_while_embedding: Number(document.body.dataset.mapFramesWhileEmbedding || 0),
     }));
     result.live.points_at_first_draw = partial;
     await live.close();

@@ -539,6 +539,11 @@ fn browser_embeds_projects_and_answers_queries() {
         "first draw with {first} points"
     );
     assert!(live["all_points_ms"].as_f64().unwrap() > live["first_points_ms"].as_f64().unwrap());
+    // t-SNE laid out the points embedded so far while the rest were still coming.
+    assert!(
+        live["map_frames_while_embedding"].as_u64().unwrap() >= 1,
+        "no t-SNE layout drawn while embedding: {live}"
+    );
     // The page kept painting while it embedded (it yields to the browser between batches).
     let frames = &live["frames"];
     assert!(frames["during"].as_u64().unwrap() >= 10, "{frames}");

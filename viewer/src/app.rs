@@ -44,6 +44,9 @@ const BATCH_MS: f64 = 60.0;
 const MAX_BATCH: usize = 64;
 /// Largest side of the thumbnail texture (every WebGL2 device has at least 2048).
 const ATLAS_SIDE: usize = 2048;
+/// While the browser embeds, t-SNE / UMAP starts at this many points and restarts, from the
+/// layout so far, each time their number doubles.
+const GROW_FROM: usize = 64;
 /// Side of a point drawn as its image, in pixels.
 const IMAGE_SPRITE: f32 = 28.0;
 const FETCH_TIMEOUT_MS: i32 = 60_000;
@@ -113,6 +116,12 @@ struct App {
     worker: Option<Worker>,
     /// What the worker gets once it says it is ready.
     map_request: Option<JsValue>,
+    /// How many points (the first ones) the running worker lays out; later ones follow the
+    /// nearest of those (`followers`) until the next restart.
+    mapped: usize,
+    followers: Vec<usize>,
+    /// The browser is embedding the samples (the map still grows).
+    embedding: bool,
     map_frames: usize,
     /// Bumped by every new model; older async jobs stop when they see a newer one.
     job: u32,
@@ -147,6 +156,9 @@ thread_local! {
         dragged: false,
         worker: None,
         map_request: None,
+        mapped: 0,
+        followers: Vec::new(),
+        embedding: false,
         map_frames: 0,
         job: 0,
         queries: 0,
@@ -378,7 +390,9 @@ async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
                 return Ok(());
             }
             publish();
-            project();
+            // t-SNE / UMAP of every point goes on from the layout that grew meanwhile.
+            let grown = with_app(|a| (a.mapped > 0).then(|| start_layout(a)));
+            project_from(grown);
         }
     }
     with_app(|a| a.encoder = Some(encoder));
@@ -413,6 +427,11 @@ fn mark_drawn(all: bool) {
 /// a newer model took over.
 async fn embed_all(encoder: &mut Encoder, set: &SampleSet, job: u32) -> Result<bool> {
     set_status("embedding");
+    with_app(|a| {
+        a.embedding = true;
+        a.mapped = 0;
+        a.followers.clear();
+    });
     let n = set.len();
     let t0 = dom::now_ms();
     let mut drawn = 0;
@@ -430,7 +449,30 @@ async fn embed_all(encoder: &mut Encoder, set: &SampleSet, job: u32) -> Result<b
             return Ok(false);
         }
         add_points(&rows);
-        if end == n || drawn == 0 || end >= drawn + drawn / 4 {
+        let (mode, mapped) = with_app(|a| (a.mode, a.mapped));
+        if mode != Mode::Pca && end < n && end >= GROW_FROM.max(2 * mapped) {
+            // (Re)start t-SNE / UMAP on the points so far, from their layout so far.
+            let init = with_app(|a| (a.mapped > 0).then(|| start_layout(a)));
+            with_app(|a| {
+                if a.mapped == 0 {
+                    a.coords = pca_2d(&a.unit, a.dim.max(1)); // where the worker starts
+                }
+                a.mapped = end;
+                a.followers.clear();
+            });
+            start_map_worker(mode, init)?;
+        } else if mapped > 0 {
+            with_app(|a| {
+                add_followers(a);
+                place_followers(a);
+            });
+        }
+        let growing_map = with_app(|a| a.mapped > 0);
+        if growing_map {
+            dom::set_body_data("points", &end.to_string());
+            redraw();
+            mark_drawn(end == n);
+        } else if end == n || drawn == 0 || end >= drawn + drawn / 4 {
             with_app(|a| a.coords = pca_2d(&a.unit, a.dim.max(1)));
             dom::set_body_data("points", &end.to_string());
             redraw();
@@ -444,7 +486,10 @@ async fn embed_all(encoder: &mut Encoder, set: &SampleSet, job: u32) -> Result<b
         start = end;
     }
     let embed_ms = dom::now_ms() - t0;
-    with_app(|a| a.timings.embed_ms = embed_ms);
+    with_app(|a| {
+        a.timings.embed_ms = embed_ms;
+        a.embedding = false;
+    });
     show_message(
         &format!(
             "{n} images embedded in {:.1} s ({:.1} ms per image)",
@@ -590,14 +635,63 @@ fn publish() {
     });
 }
 
+/// Points embedded since the worker started follow their nearest laid-out point.
+fn add_followers(a: &mut App) {
+    let d = a.dim.max(1);
+    let (m, n) = (a.mapped, a.unit.len() / d);
+    for k in m + a.followers.len()..n {
+        let query = &a.unit[k * d..(k + 1) * d];
+        let hit = nearest(&a.unit[..m * d], d, query, 1, None);
+        a.followers.push(hit.first().map_or(0, |h| h.0));
+    }
+}
+
+/// The map: the worker's points where it put them, each follower on its nearest one.
+fn place_followers(a: &mut App) {
+    a.coords.truncate(2 * a.mapped);
+    for k in 0..a.followers.len() {
+        let j = a.followers[k];
+        match a.coords.get(2 * j..2 * j + 2) {
+            Some(&[x, y]) => a.coords.extend([x, y]),
+            _ => break,
+        }
+    }
+}
+
+/// Where the next run starts: the layout so far, followers nudged off their anchor (two points
+/// on one spot get no force apart).
+fn start_layout(a: &mut App) -> Vec<f64> {
+    add_followers(a);
+    place_followers(a);
+    let spread = (a.coords.iter().map(|v| v * v).sum::<f64>() / a.coords.len().max(1) as f64)
+        .sqrt()
+        .max(1e-6);
+    let mut init = a.coords.clone();
+    for (k, v) in init.iter_mut().enumerate().skip(2 * a.mapped) {
+        *v += spread * 1e-3 * (((k * 7919) % 13) as f64 - 6.0);
+    }
+    init
+}
+
 /// Lays the points out with the chosen projection: PCA at once, t-SNE or UMAP animated from a
 /// worker.
 fn project() {
+    project_from(None);
+}
+
+/// [`project`], with t-SNE / UMAP started from `init` (the layout of a map that grew) instead
+/// of PCA.
+fn project_from(init: Option<Vec<f64>>) {
     let (mode, n) = with_app(|a| {
         if let Some(w) = a.worker.take() {
             w.terminate();
         }
-        a.coords = pca_2d(&a.unit, a.dim.max(1));
+        a.coords = match (&init, a.mode) {
+            (Some(init), Mode::Tsne | Mode::Umap) => init.clone(),
+            _ => pca_2d(&a.unit, a.dim.max(1)),
+        };
+        a.mapped = a.unit.len() / a.dim.max(1);
+        a.followers.clear();
         a.auto_fit = true;
         a.map_frames = 0;
         (a.mode, a.unit.len() / a.dim.max(1))
@@ -609,12 +703,16 @@ fn project() {
         return;
     }
     set_status("projecting");
-    if let Err(e) = start_map_worker(mode) {
+    if let Err(e) = start_map_worker(mode, init) {
         fail(&e);
     }
 }
 
-fn start_map_worker(mode: Mode) -> Result<()> {
+/// Starts t-SNE or UMAP of every point embedded so far in a new worker (ending the old one).
+fn start_map_worker(mode: Mode, init: Option<Vec<f64>>) -> Result<()> {
+    if let Some(w) = with_app(|a| a.worker.take()) {
+        w.terminate();
+    }
     let name = mode.name();
     let worker = Worker::new("./tsne_worker_loader.js")
         .map_err(|e| anyhow!("cannot start the {name} worker: {}", dom::js_error(e)))?;
@@ -639,7 +737,7 @@ fn start_map_worker(mode: Mode) -> Result<()> {
                 ..TsneParams::default()
             }),
         };
-        crate::worker::request(&a.unit, a.dim, method, 10)
+        crate::worker::request(&a.unit, a.dim, method, init.as_deref(), 10)
     });
     with_app(|a| {
         a.worker = Some(worker);
@@ -671,7 +769,10 @@ fn on_map_message(event: MessageEvent) {
         return;
     }
     if let Ok(coords) = get("coords").dyn_into::<js_sys::Float64Array>() {
-        with_app(|a| a.coords = coords.to_vec());
+        with_app(|a| {
+            a.coords = coords.to_vec();
+            place_followers(a);
+        });
         redraw();
     }
     if kind == "progress" {
@@ -683,11 +784,19 @@ fn on_map_message(event: MessageEvent) {
             a.map_frames
         });
         dom::set_body_data("mapFrames", &frames.to_string());
-        dom::set_text(
-            "progress-text",
-            &format!("{name} epoch {epoch:.0} / {epochs:.0}"),
-        );
+        if with_app(|a| a.embedding) {
+            // The progress line stays the embedding's; the map redraws as the layout moves.
+            dom::set_body_data("mapFramesWhileEmbedding", &frames.to_string());
+        } else {
+            dom::set_text(
+                "progress-text",
+                &format!("{name} epoch {epoch:.0} / {epochs:.0}"),
+            );
+        }
     } else if kind == "done" {
+        if with_app(|a| a.embedding) {
+            return; // a layout of the points so far; the map keeps growing
+        }
         let seconds = get("seconds").as_f64().unwrap_or(0.0);
         with_app(|a| {
             match a.mode {

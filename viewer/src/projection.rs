@@ -98,6 +98,17 @@ pub fn tsne_2d(
     params: TsneParams,
     on_epoch: impl FnMut(usize, &[f64]),
 ) -> Result<Vec<f64>> {
+    tsne_2d_from(rows, dim, params, None, on_epoch)
+}
+
+/// [`tsne_2d`] started from `init` (n x 2) when given: a map that grows keeps its layout.
+pub fn tsne_2d_from(
+    rows: &[f32],
+    dim: usize,
+    params: TsneParams,
+    init: Option<Vec<f64>>,
+    on_epoch: impl FnMut(usize, &[f64]),
+) -> Result<Vec<f64>> {
     let n = rows.len() / dim;
     ensure!(n >= 4, "t-SNE needs at least 4 points, got {n}");
     let limit = max_perplexity(n);
@@ -106,11 +117,24 @@ pub fn tsne_2d(
         "perplexity {} is out of range for {n} points (1 to {limit})",
         params.perplexity
     );
-    let mut init = pca_2d(rows, dim);
-    let std = (init.iter().map(|x| x * x).sum::<f64>() / init.len() as f64).sqrt();
-    if std > 0.0 {
-        init.iter_mut().for_each(|x| *x *= 1e-4 / std);
-    }
+    let init = match init {
+        Some(init) => {
+            ensure!(
+                init.len() == 2 * n,
+                "{} start coordinates for {n} points",
+                init.len()
+            );
+            init
+        }
+        None => {
+            let mut init = pca_2d(rows, dim);
+            let std = (init.iter().map(|x| x * x).sum::<f64>() / init.len() as f64).sqrt();
+            if std > 0.0 {
+                init.iter_mut().for_each(|x| *x *= 1e-4 / std);
+            }
+            init
+        }
+    };
     let points: Vec<&[f32]> = rows.chunks(dim).collect();
     let mut tsne: bhtsne::tSNE<f64, &[f32]> = bhtsne::tSNE::new(&points);
     tsne.perplexity(params.perplexity)

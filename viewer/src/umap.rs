@@ -144,6 +144,18 @@ pub fn umap_2d(
     rows: &[f32],
     dim: usize,
     params: UmapParams,
+    on_epoch: impl FnMut(usize, &[f64]),
+) -> Result<Vec<f64>> {
+    umap_2d_from(rows, dim, params, None, on_epoch)
+}
+
+/// [`umap_2d`] started from `init` (n x 2, rescaled to +-10) instead of PCA when given: a map
+/// that grows keeps its layout.
+pub fn umap_2d_from(
+    rows: &[f32],
+    dim: usize,
+    params: UmapParams,
+    init: Option<Vec<f64>>,
     mut on_epoch: impl FnMut(usize, &[f64]),
 ) -> Result<Vec<f64>> {
     let n = rows.len() / dim.max(1);
@@ -161,7 +173,17 @@ pub fn umap_2d(
     let mut next_negative = per_negative.clone();
 
     // PCA start scaled to coordinates within +-10 (umap-learn's init).
-    let mut y = pca_2d(rows, dim);
+    let mut y = match init {
+        Some(init) => {
+            ensure!(
+                init.len() == 2 * n,
+                "{} start coordinates for {n} points",
+                init.len()
+            );
+            init
+        }
+        None => pca_2d(rows, dim),
+    };
     let largest = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     if largest > 0.0 {
         y.iter_mut().for_each(|v| *v *= 10.0 / largest);
@@ -284,6 +306,15 @@ mod tests {
         assert_eq!(seen, 50);
         assert!(a.iter().all(|v| v.is_finite()));
         assert_eq!(a, umap_2d(&rows, 3, params, |_, _| {}).unwrap());
+        // Started from a layout: it must have a place for every point.
+        let from = umap_2d_from(&rows, 3, params, Some(a.clone()), |_, _| {}).unwrap();
+        assert_eq!(from.len(), 80);
+        let err = umap_2d_from(&rows, 3, params, Some(vec![0.0; 10]), |_, _| {}).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("10 start coordinates for 40 points"),
+            "{err}"
+        );
         let err = umap_2d(&rows[..9], 3, params, |_, _| {}).unwrap_err();
         assert!(
             err.to_string().contains("at least 4 points, got 3"),

@@ -3,7 +3,8 @@
 //! Worker -> page, once started: `{kind: "ready"}` (a message sent before the worker's wasm has
 //! loaded would be lost, so the page waits for this).
 //! Page -> worker: `{method: "tsne", rows: Float32Array, dim, perplexity, epochs, every}` or
-//! `{method: "umap", rows, dim, neighbours, epochs, every}`.
+//! `{method: "umap", rows, dim, neighbours, epochs, every}`, either with an optional
+//! `init: Float64Array` (n x 2) to start from (a map that grows keeps its layout).
 //! Worker -> page: `{kind: "progress", epoch, coords: Float64Array}` every `every` epochs,
 //! then `{kind: "done", coords, seconds}`, or `{kind: "error", message}`.
 
@@ -13,8 +14,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
-use crate::projection::{tsne_2d, TsneParams};
-use crate::umap::{umap_2d, UmapParams};
+use crate::projection::{tsne_2d_from, TsneParams};
+use crate::umap::{umap_2d_from, UmapParams};
 
 /// Which map the worker computes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,8 +36,17 @@ fn number(obj: &JsValue, key: &str) -> Result<f64> {
 }
 
 /// The request the page sends.
-pub fn request(rows: &[f32], dim: usize, method: Method, every: usize) -> JsValue {
+pub fn request(
+    rows: &[f32],
+    dim: usize,
+    method: Method,
+    init: Option<&[f64]>,
+    every: usize,
+) -> JsValue {
     let msg = Object::new();
+    if let Some(init) = init {
+        set(&msg, "init", &Float64Array::from(init).into());
+    }
     set(&msg, "rows", &Float32Array::from(rows).into());
     set(&msg, "dim", &(dim as f64).into());
     set(&msg, "every", &(every as f64).into());
@@ -75,6 +85,10 @@ fn run(scope: &DedicatedWorkerGlobalScope, data: &JsValue) -> Result<()> {
         .and_then(|v| v.as_string())
         .unwrap_or_default();
     let rows = rows.to_vec();
+    let init = Reflect::get(data, &"init".into())
+        .ok()
+        .and_then(|v| v.dyn_into::<Float64Array>().ok())
+        .map(|a| a.to_vec());
     let start = js_sys::Date::now();
     let progress = |epoch: usize, coords: &[f64]| {
         if epoch.is_multiple_of(every) {
@@ -92,7 +106,7 @@ fn run(scope: &DedicatedWorkerGlobalScope, data: &JsValue) -> Result<()> {
                 epochs,
                 ..UmapParams::for_points(rows.len() / dim.max(1))
             };
-            umap_2d(&rows, dim, params, progress)?
+            umap_2d_from(&rows, dim, params, init, progress)?
         }
         _ => {
             let params = TsneParams {
@@ -100,7 +114,7 @@ fn run(scope: &DedicatedWorkerGlobalScope, data: &JsValue) -> Result<()> {
                 epochs,
                 ..TsneParams::default()
             };
-            tsne_2d(&rows, dim, params, progress)?
+            tsne_2d_from(&rows, dim, params, init, progress)?
         }
     };
     let seconds = (js_sys::Date::now() - start) / 1000.0;
