@@ -240,23 +240,27 @@ impl PlainServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 runs");
+        // Owned by the guard at once: a failed start still kills it (Drop).
+        let server = PlainServer(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .arg("--directory")
+                .arg(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("python3 runs"),
+            port,
+        );
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return PlainServer(child, port);
+                return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
