@@ -355,6 +355,10 @@ async fn open_model(bytes: Vec<u8>, name: String) -> Result<()> {
         a.highlight.clear();
         a.query_marks.clear(); // placed by the old model's neighbours
         a.sample_check = None;
+        // An earlier model's embedding that failed or was cut short leaves nothing behind.
+        a.embedding = false;
+        a.mapped = 0;
+        a.followers.clear();
         a.timings.model_ms = model_ms;
         a.timings.embed_ms = 0.0;
     });
