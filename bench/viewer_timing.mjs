@@ -13,6 +13,7 @@ import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { extname, join, normalize, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { countFrames } from '../tests/browser/frames.mjs';
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((pairs, a, i, all) => (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), [])
@@ -88,19 +89,7 @@ try {
     if (!isolated) continue;
     // In-browser embedding: the first points, then how far it got after `seconds`.
     const live = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-    await live.addInitScript(() => {
-      window.__frames = { during: 0, longest_gap_ms: 0 };
-      let last = performance.now();
-      const tick = t => {
-        if (document.body && document.body.dataset.status === 'embedding') {
-          window.__frames.during += 1;
-          window.__frames.longest_gap_ms = Math.max(window.__frames.longest_gap_ms, t - last);
-        }
-        last = t;
-        requestAnimationFrame(tick);
-      };
-      requestAnimationFrame(tick);
-    });
+    await live.addInitScript(countFrames);
     await live.goto(`${base}?embed=browser`);
     await live.waitForFunction(() => document.body.dataset.firstPointsMs || document.body.dataset.status === 'error', null, { timeout: 600000 });
     const first = await live.evaluate(() => Number(document.body.dataset.firstPointsMs));

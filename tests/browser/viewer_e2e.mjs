@@ -20,6 +20,7 @@ import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { extname, join, normalize, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { countFrames } from './frames.mjs';
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((pairs, a, i, all) => (a.startsWith('--') ? [...pairs, [a.slice(2), all[i + 1]]] : pairs), [])
@@ -221,19 +222,7 @@ try {
     const live = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     live.on('pageerror', e => result.console.push(`live pageerror: ${e.message}`));
     // Frames the page painted while it embedded, and the longest wait between two of them.
-    await live.addInitScript(() => {
-      window.__frames = { during: 0, longest_gap_ms: 0 };
-      let last = performance.now();
-      const tick = t => {
-        if (document.body && document.body.dataset.status === 'embedding') {
-          window.__frames.during += 1;
-          window.__frames.longest_gap_ms = Math.max(window.__frames.longest_gap_ms, t - last);
-        }
-        last = t;
-        requestAnimationFrame(tick);
-      };
-      requestAnimationFrame(tick);
-    });
+    await live.addInitScript(countFrames);
     await live.goto(`${args.demo}?embed=browser`);
     await live.waitForFunction(() => document.body.dataset.firstPointsMs || document.body.dataset.status === 'error', null, { timeout: 120000 });
     const partial = await live.evaluate(() => Number(document.body.dataset.points));

@@ -133,16 +133,19 @@ fn query_png(path: &Path) {
         .unwrap();
 }
 
+/// The embedding values the browser script printed (a JSON array of numbers).
+fn first_rows(values: &serde_json::Value) -> Vec<f32> {
+    let values = values
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {values}"));
+    values.iter().map(|v| v.as_f64().unwrap() as f32).collect()
+}
+
 /// Browser embeddings (`first8` of the script's JSON) against native ONNX Runtime's.
 fn assert_matches_native(seen: &serde_json::Value, assets: &Path) {
     let (native, dim) = native_embeddings(assets, COMPARED);
     assert_eq!(seen["dim"], dim);
-    let browser: Vec<f32> = seen["first8"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+    let browser = first_rows(&seen["first8"]);
     assert_eq!(browser.len(), COMPARED * dim);
     let max_diff = max_abs_diff(&browser, &native);
     eprintln!(
@@ -503,12 +506,7 @@ fn browser_embeds_projects_and_answers_queries() {
         "{check}"
     );
     let (native, dim) = native_embeddings(&site.join("assets"), COMPARED);
-    let shipped: Vec<f32> = demo["first8"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+    let shipped = first_rows(&demo["first8"]);
     assert_eq!(shipped.len(), COMPARED * dim);
     let largest = native.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let diff = max_abs_diff(&shipped, &native);

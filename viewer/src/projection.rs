@@ -66,6 +66,17 @@ pub fn pca_2d(rows: &[f32], dim: usize) -> Vec<f64> {
         .collect()
 }
 
+/// A start layout given for `n` points (n x 2), refused when it does not fit: t-SNE's and
+/// UMAP's `_from` variants share it.
+pub fn checked_start(init: Vec<f64>, n: usize) -> Result<Vec<f64>> {
+    ensure!(
+        init.len() == 2 * n,
+        "{} start coordinates for {n} points",
+        init.len()
+    );
+    Ok(init)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TsneParams {
     pub perplexity: f64,
@@ -118,14 +129,7 @@ pub fn tsne_2d_from(
         params.perplexity
     );
     let init = match init {
-        Some(init) => {
-            ensure!(
-                init.len() == 2 * n,
-                "{} start coordinates for {n} points",
-                init.len()
-            );
-            init
-        }
+        Some(init) => checked_start(init, n)?,
         None => {
             let mut init = pca_2d(rows, dim);
             let std = (init.iter().map(|x| x * x).sum::<f64>() / init.len() as f64).sqrt();

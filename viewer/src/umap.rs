@@ -8,7 +8,7 @@
 
 use anyhow::{ensure, Result};
 
-use crate::projection::pca_2d;
+use crate::projection::{checked_start, pca_2d};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UmapParams {
@@ -174,14 +174,7 @@ pub fn umap_2d_from(
 
     // PCA start scaled to coordinates within +-10 (umap-learn's init).
     let mut y = match init {
-        Some(init) => {
-            ensure!(
-                init.len() == 2 * n,
-                "{} start coordinates for {n} points",
-                init.len()
-            );
-            init
-        }
+        Some(init) => checked_start(init, n)?,
         None => pca_2d(rows, dim),
     };
     let largest = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
