@@ -9,6 +9,7 @@ pub mod atlas;
 pub mod contract;
 pub mod neighbors;
 pub mod projection;
+pub mod reduce;
 pub mod samples;
 pub mod shipped;
 pub mod umap;

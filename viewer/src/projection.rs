@@ -145,13 +145,7 @@ pub fn tsne_2d_from(
         .epochs(params.epochs)
         .initial_embedding(init)
         .epoch_callback(on_epoch)
-        .barnes_hut(params.theta, |a, b| {
-            a.iter()
-                .zip(b.iter())
-                .map(|(x, y)| ((x - y) as f64).powi(2))
-                .sum::<f64>()
-                .sqrt()
-        });
+        .barnes_hut(params.theta, |a, b| crate::reduce::distance(a, b) as f64);
     Ok(tsne.embedding())
 }
 

@@ -9,6 +9,7 @@
 use anyhow::{ensure, Result};
 
 use crate::projection::{checked_start, pca_2d};
+use crate::reduce::dot;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UmapParams {
@@ -65,8 +66,8 @@ pub fn nearest_neighbours(rows: &[f32], dim: usize, k: usize) -> Vec<Vec<(usize,
                 .enumerate()
                 .filter(|&(j, _)| j != i)
                 .map(|(j, b)| {
-                    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-                    (j, (norms[i] + norms[j] - 2.0 * dot as f64).max(0.0).sqrt())
+                    let dot = dot(a, b) as f64;
+                    (j, (norms[i] + norms[j] - 2.0 * dot).max(0.0).sqrt())
                 })
                 .collect();
             let k = k.min(d.len());

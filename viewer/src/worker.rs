@@ -15,6 +15,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::projection::{tsne_2d_from, TsneParams};
+use crate::reduce::{principal_components, NEIGHBOUR_DIMS};
 use crate::umap::{umap_2d_from, UmapParams};
 
 /// Which map the worker computes.
@@ -84,7 +85,8 @@ fn run(scope: &DedicatedWorkerGlobalScope, data: &JsValue) -> Result<()> {
         .ok()
         .and_then(|v| v.as_string())
         .unwrap_or_default();
-    let rows = rows.to_vec();
+    // Neighbours are searched among the top principal components (crate::reduce).
+    let (rows, dim) = principal_components(&rows.to_vec(), dim, NEIGHBOUR_DIMS);
     let init = Reflect::get(data, &"init".into())
         .ok()
         .and_then(|v| v.dyn_into::<Float64Array>().ok())
