@@ -7,6 +7,7 @@
 #   - peak GPU memory (nvidia-smi, sampled),
 #   - a 2-epoch real run with the kNN monitor, its export, and ONNX Runtime's embeddings of 64
 #     test images against the trainer's on the GPU (when onnxruntime is installed),
+# then the NCCL check (`trainer bench --nccl`: one rank on GPU 0),
 # and writes $OUT/gpu.json and $OUT/gpu.md (a Markdown table for the README).
 #
 # Build here (the GPU machine has no crates.io), carry the binary and a CIFAR-10 binary folder:
@@ -117,8 +118,31 @@ else
   say "PyTorch: not installed for $PYTHON on this machine; no PyTorch column"
 fi
 
-# NCCL between GPUs needs the distributed engine of issue 26; until then there is nothing to run.
-echo '{"skipped": "no NCCL path in this build (issue 26)"}' > "$OUT/nccl.json"
+# NCCL (the all-reduce between CUDA GPUs): a world-size-1 check on GPU 0 (the library loads, a
+# communicator starts, the all-reduce reads and writes the tensor's own GPU buffer) and its time
+# for ResNet-18's 11.5 M gradient values. cudarc opens libnccl.so; where only libnccl.so.2 is
+# installed (Debian libnccl2, PyTorch's pip wheel nvidia-nccl-cu*), a link to it is made.
+if [[ " $DEVICES " == *" cuda "* ]]; then
+  say "cuda: NCCL check (1 rank, trainer bench --nccl)"
+  NCCL_LINKS="$OUT/nccl-lib"
+  mkdir -p "$NCCL_LINKS"
+  NCCL_SO=$(ldconfig -p 2>/dev/null | awk '/libnccl\.so/ {print $NF; exit}')
+  if [ -z "$NCCL_SO" ]; then
+    NCCL_SO=$("$PYTHON" -c "import nvidia.nccl, os, glob; print(glob.glob(os.path.join(list(nvidia.nccl.__path__)[0], 'lib', 'libnccl.so*'))[0])" 2>/dev/null)
+  fi
+  [ -n "$NCCL_SO" ] && ln -sf "$NCCL_SO" "$NCCL_LINKS/libnccl.so"
+  echo "libnccl: ${NCCL_SO:-not found}" | tee "$OUT/nccl.txt"
+  LD_LIBRARY_PATH="$NCCL_LINKS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" limited 90 "$TRAINER" bench \
+    --nccl --out "$OUT/nccl.json" 2>&1 | tee -a "$OUT/nccl.txt"
+  status=${PIPESTATUS[0]}
+  echo "exit $status" >> "$OUT/nccl.txt"
+  if [ "$status" != 0 ] || [ ! -s "$OUT/nccl.json" ]; then
+    printf '{"skipped": "trainer bench --nccl failed (exit %s): %s"}\n' "$status" \
+      "$(grep -v '^exit' "$OUT/nccl.txt" | tail -1 | tr -d '"\\')" > "$OUT/nccl.json"
+  fi
+else
+  echo '{"skipped": "no cuda in DEVICES"}' > "$OUT/nccl.json"
+fi
 
 say "report"
 "$PYTHON" "$HERE/gpu_report.py" report "$OUT" | tee "$OUT/gpu.md"

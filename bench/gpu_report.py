@@ -93,7 +93,15 @@ def report(out):
                                            if "relative_l2" in check else "no result")
         lines.append(f"| {device} | {run.get('loss', '-')} | {run.get('knn_top1', '-')} | "
                      f"{run.get('pairs_per_s', '-')} | {b['gpu_memory'] or '-'} | {verdict} |")
-    lines += ["", f"NCCL: {(result['nccl'] or {}).get('skipped', result['nccl'])}"]
+    nccl = result["nccl"] or {}
+    if "nccl_version" in nccl:
+        nccl = (f"NCCL {nccl['nccl_version']}, {nccl['world']} rank on GPU 0: all-reduce of "
+                f"{nccl['values']:,} values {nccl['seconds_per_all_reduce'] * 1e3:.2f} ms; max error: sum "
+                f"{nccl['sum_max_error']:.1e}, pre-multiplied sum {nccl['scaled_sum_max_error']:.1e}, "
+                f"strided {nccl['strided_max_error']:.1e}")
+    else:
+        nccl = nccl.get("skipped", nccl or "no result")
+    lines += ["", f"NCCL: {nccl}"]
     print("\n".join(lines))
 
 

@@ -222,6 +222,12 @@ pub struct BenchArgs {
     /// image).
     #[arg(long, value_delimiter = ',', default_value = "256,1")]
     pub inference_batch_size: Vec<usize>,
+    /// Instead of the training step: check NCCL on CUDA GPU 0 with a world of one rank (the
+    /// library loads, a communicator starts, an all-reduce of ResNet-18's 11.5 M gradient values
+    /// reads and writes the tensor's own GPU buffer) and time that all-reduce. Needs a binary
+    /// built with `--features cuda` and libnccl.
+    #[arg(long)]
+    pub nccl: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench.json")]
     pub out: PathBuf,
@@ -609,6 +615,9 @@ trainer export --checkpoint {run} --viewer{data}   (then `trunk serve` in viewer
 }
 
 fn bench(args: BenchArgs) -> Result<i32> {
+    if args.nccl {
+        return nccl_check(&args.out);
+    }
     anyhow::ensure!(
         args.batch_size.iter().all(|&b| b >= 2),
         "--batch-size values must be at least 2"
@@ -878,5 +887,42 @@ impl crate::backend::BackendTask for EmbedJob {
             csv.display()
         );
         Ok(())
+    }
+}
+
+/// `bench --nccl`: the world-size-1 NCCL check on GPU 0, as JSON in `out`.
+fn nccl_check(out: &Path) -> Result<i32> {
+    #[cfg(feature = "cuda")]
+    {
+        let check = crate::distributed::nccl::check(0, 11_500_000, 20)?;
+        eprintln!(
+            "NCCL {} on GPU 0, 1 rank: sum max error {:e}, pre-multiplied sum (x2) max error {:e}, \
+             strided {:e}; all-reduce of {} values: {:.3} ms ({:.1} GB/s)",
+            check.nccl_version,
+            check.sum_max_error,
+            check.scaled_sum_max_error,
+            check.strided_max_error,
+            check.values,
+            check.seconds_per_all_reduce * 1e3,
+            check.gigabytes_per_second
+        );
+        let ok = check.sum_max_error == 0.0
+            && check.scaled_sum_max_error <= 1e-6
+            && check.strided_max_error <= 1e-6;
+        std::fs::write(out, serde_json::to_string_pretty(&check)? + "\n")
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        anyhow::ensure!(
+            ok,
+            "the NCCL all-reduce gave wrong values (report in {})",
+            out.display()
+        );
+        Ok(0)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = out;
+        anyhow::bail!(
+            "bench --nccl needs a binary built with `--features cuda` (NCCL runs between CUDA GPUs)"
+        )
     }
 }

@@ -712,3 +712,20 @@ for f in files:
         );
     }
 }
+
+/// `bench --nccl` (the NCCL check a lent GPU runs) names the build it needs when this binary
+/// has no CUDA, and writes no report.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn the_nccl_check_says_it_needs_a_cuda_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("nccl.json");
+    let out = trainer(&["bench", "--nccl", "--out", report.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bench --nccl needs a binary built with `--features cuda`"),
+        "{err}"
+    );
+    assert!(!report.exists());
+}

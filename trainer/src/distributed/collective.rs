@@ -139,19 +139,53 @@ pub fn all_reduce_inner<B: Backend>(
     B::float_reshape(flat.into_primitive().tensor(), shape)
 }
 
+/// A rank's own exchange engine for a run (NCCL on CUDA); dropping it ends the engine.
+pub type Engine = Box<dyn std::any::Any>;
+
 /// A backend whose float tensors can be summed over all peers, differentiably under autodiff.
 pub trait CollectiveBackend: Backend {
+    /// Starts the engine this backend's tensors are exchanged through, for `peer` on `device`;
+    /// every rank of the run calls it at the same point. `None`: the generic path
+    /// ([`all_reduce_inner`]).
+    fn start_engine(_peer: &Peer, _device: &Self::Device) -> anyhow::Result<Option<Engine>> {
+        Ok(None)
+    }
+
+    /// `op` over all peers of `x`, outside autodiff.
+    fn all_reduce(
+        x: FloatTensor<Self>,
+        op: ReduceOperation,
+        peer: &Peer,
+        what: &str,
+    ) -> FloatTensor<Self> {
+        all_reduce_inner::<Self>(x, op, peer, what)
+    }
+
     /// The sum over all peers of `x`. Under autodiff, the gradient reaching each peer's `x` is
     /// the sum over all peers of the output's gradient (the adjoint of a sum over peers).
     fn all_reduce_sum(x: FloatTensor<Self>, peer: Peer) -> FloatTensor<Self> {
-        all_reduce_inner::<Self>(x, ReduceOperation::Sum, &peer, "an all-reduce")
+        Self::all_reduce(x, ReduceOperation::Sum, &peer, "an all-reduce")
     }
 }
 
 #[cfg(feature = "flex")]
 impl CollectiveBackend for burn::backend::Flex {}
+/// CUDA exchanges GPU memory to GPU memory through NCCL when every rank has it.
 #[cfg(feature = "cuda")]
-impl CollectiveBackend for burn::backend::Cuda {}
+impl CollectiveBackend for burn::backend::Cuda {
+    fn start_engine(peer: &Peer, device: &Self::Device) -> anyhow::Result<Option<Engine>> {
+        Ok(super::nccl::join(peer, device)?.map(|m| Box::new(m) as Engine))
+    }
+
+    fn all_reduce(
+        x: FloatTensor<Self>,
+        op: ReduceOperation,
+        peer: &Peer,
+        what: &str,
+    ) -> FloatTensor<Self> {
+        super::nccl::all_reduce(x, op, peer, what)
+    }
+}
 #[cfg(feature = "wgpu")]
 impl CollectiveBackend for burn::backend::Wgpu {}
 #[cfg(feature = "ndarray")]

@@ -9,12 +9,15 @@
 //!
 //! Two engines carry the exchanges: between processes (one per device, on one machine or many,
 //! started by `mpirun` or `srun`), MPI ([`mpi`]); between the devices of one process
-//! (`--devices N`, one thread each), burn-collective's local all-reduce. The trainer opens no
-//! port of its own.
+//! (`--devices N`, one thread each), burn-collective's local all-reduce. On CUDA, NCCL carries
+//! them GPU memory to GPU memory instead ([`nccl`]), its id carried once by the other two. The
+//! trainer opens no port of its own.
 
 pub mod collective;
 pub mod launch;
 pub mod mpi;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod sync;
 
 use anyhow::{ensure, Result};

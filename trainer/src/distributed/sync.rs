@@ -6,7 +6,7 @@
 //! gradients of rank r then sum all ranks' copies of L (`world x` the gradient flowing through
 //! rank r's images), so averaging them over ranks gives exactly the one-device gradient of L.
 
-use super::collective::{all_reduce_inner, all_reduce_sum, CollectiveBackend};
+use super::collective::{all_reduce_sum, CollectiveBackend};
 use super::{current, Peer};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -170,13 +170,13 @@ fn flatten<B: AutodiffBackend, M: Module<B>>(
     (!visitor.parts.is_empty()).then(|| Tensor::cat(visitor.parts, 0))
 }
 
-fn reduce<B: Backend>(
+fn reduce<B: CollectiveBackend>(
     flat: Tensor<B, 1>,
     op: ReduceOperation,
     peer: &Peer,
     what: &str,
 ) -> Tensor<B, 1> {
-    let reduced = all_reduce_inner::<B>(flat.into_primitive().tensor(), op, peer, what);
+    let reduced = B::all_reduce(flat.into_primitive().tensor(), op, peer, what);
     Tensor::from_primitive(TensorPrimitive::Float(reduced))
 }
 

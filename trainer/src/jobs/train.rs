@@ -9,7 +9,7 @@ use crate::config::TrainConfig;
 use crate::data::augment::side_of;
 use crate::data::loader::{EpochPlan, PairBatch, PrefetchLoader, Shard};
 use crate::data::{ImageDataset, Splits};
-use crate::distributed::collective::with_deadline;
+use crate::distributed::collective::{with_deadline, CollectiveBackend};
 use crate::distributed::sync::{self, average_gradients, from_rank0, parameter_spread};
 use crate::distributed::{self, Topology};
 use crate::eval::features::encode_dataset;
@@ -251,7 +251,11 @@ impl TrainJob {
                                     .map_err(|e| format!("{e:?}"))
                             });
                         }
+                        // The backend's own engine (NCCL on CUDA), once the ranks can meet.
+                        let engine =
+                            <B::InnerBackend as CollectiveBackend>::start_engine(&peer, &device)?;
                         let result = job.train_on::<B>(splits, device);
+                        drop(engine);
                         if local && result.is_ok() {
                             let _ = burn_collective::finish_collective::<B::InnerBackend>(id);
                         }
