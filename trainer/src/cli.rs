@@ -573,6 +573,9 @@ fn train(args: TrainArgs) -> Result<i32> {
     });
     let topology = args.topology()?;
     topology.validate(config.batch_size)?;
+    if topology.is_torchrun() {
+        start_torchrun_rendezvous(&topology, &config, args.out.as_deref())?;
+    }
     let process_rank = topology.process_rank;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -925,4 +928,38 @@ fn nccl_check(out: &Path) -> Result<i32> {
             "bench --nccl needs a binary built with `--features cuda` (NCCL runs between CUDA GPUs)"
         )
     }
+}
+
+/// A torchrun-style launch: CUDA only, its ranks meeting through NCCL, NCCL's id carried in the
+/// run folder, which every rank must name the same (`--out`).
+fn start_torchrun_rendezvous(
+    topology: &Topology,
+    config: &crate::config::TrainConfig,
+    out: Option<&Path>,
+) -> Result<()> {
+    let cuda = config.device == DeviceKind::Cuda;
+    crate::distributed::launch::torchrun_needs_cuda(
+        topology.processes,
+        topology.process_rank,
+        cuda,
+    )?;
+    let Some(out) = out else {
+        anyhow::bail!(
+            "a torchrun-style launch needs --out: the run folder where the ranks meet (on a file \
+             system every rank sees, when they are on several machines)"
+        );
+    };
+    #[cfg(feature = "cuda")]
+    {
+        use crate::distributed::rendezvous::Rendezvous;
+        let key = Rendezvous::key_from(|name| std::env::var(name).ok());
+        crate::distributed::nccl::set_rendezvous(Some(Rendezvous::new(
+            out,
+            &key,
+            std::time::SystemTime::now(),
+        )));
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = out;
+    Ok(())
 }

@@ -729,3 +729,32 @@ fn the_nccl_check_says_it_needs_a_cuda_build() {
     );
     assert!(!report.exists());
 }
+
+/// A torchrun-style launch (its variables set, no MPI) on a device other than CUDA stops at once
+/// with the MPI launch to use, instead of training WORLD_SIZE unrelated copies.
+#[test]
+fn a_torchrun_style_launch_off_cuda_names_the_mpirun_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = e2e::trainer_command(env!("CARGO_BIN_EXE_trainer"))
+        .args(["--device", "cpu", "--data"])
+        .arg(cifar10_bin())
+        .arg("--out")
+        .arg(&out)
+        .envs([
+            ("WORLD_SIZE", "2"),
+            ("RANK", "1"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29500"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let err = text(&run.stderr);
+    assert!(
+        err.contains("a torchrun-style launch") && err.contains("`mpirun -np 2`"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing is written");
+}

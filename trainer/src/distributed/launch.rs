@@ -28,10 +28,13 @@ impl Launch {
     };
 }
 
+/// The launcher family of `RANK` / `WORLD_SIZE` / `LOCAL_RANK` (torchrun and its imitators).
+pub const TORCHRUN: &str = "torchrun";
+
 /// The variables each launcher sets: (family, rank, size, local rank), in the order they are
 /// trusted. Open MPI's and MPICH's name the MPI job itself; Slurm's name the step's tasks
-/// (equal to MPI's ranks under `srun`); torchrun's are read so that such a launch is
-/// recognised and answered with what to do instead.
+/// (equal to MPI's ranks under `srun`); torchrun's start a run that exchanges through NCCL
+/// alone (CUDA), its ranks meeting in the run folder ([`super::rendezvous`]).
 const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
     (
         "Open MPI",
@@ -41,7 +44,7 @@ const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
     ),
     ("MPICH (Hydra)", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
     ("Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
-    ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    (TORCHRUN, "RANK", "WORLD_SIZE", "LOCAL_RANK"),
 ];
 
 /// The launch the environment `var` describes (`std::env::var` in the trainer).
@@ -82,19 +85,27 @@ pub fn detect() -> Result<Launch> {
     if launch.processes == 1 {
         return Ok(launch);
     }
-    if launch.launcher == "torchrun" {
-        bail!(
-            "WORLD_SIZE={} and RANK={} are set (a torchrun-style launch), but the trainer's \
-             processes exchange through MPI, which needs its own launcher: start the same \
-             command with `mpirun -np {}` (or `srun -n {}` under Slurm) instead; unset \
-             WORLD_SIZE to train this process alone (docs/distributed.md)",
-            launch.processes,
-            launch.rank,
-            launch.processes,
-            launch.processes
-        );
+    if launch.launcher == TORCHRUN {
+        // Checked against the device by the caller ([`torchrun_needs_cuda`]).
+        return Ok(launch);
     }
     super::mpi::start(launch)
+}
+
+/// A torchrun-style launch runs on CUDA GPUs through NCCL only: anything else is refused with
+/// the MPI launch to use instead.
+pub fn torchrun_needs_cuda(processes: usize, rank: usize, cuda: bool) -> Result<()> {
+    if cuda {
+        return Ok(());
+    }
+    bail!(
+        "WORLD_SIZE={processes} and RANK={rank} are set (a torchrun-style launch): such a launch \
+         runs with `--device cuda` on a build with `--features cuda`, whose GPUs meet through \
+         NCCL; on other devices the processes exchange through MPI, which needs its own \
+         launcher: start the same command with `mpirun -np {processes}` (or `srun -n \
+         {processes}` under Slurm) instead; unset WORLD_SIZE to train this process alone \
+         (docs/distributed.md)"
+    )
 }
 
 #[cfg(test)]
@@ -136,6 +147,16 @@ mod tests {
         assert_eq!((slurm.rank, slurm.processes, slurm.local_rank), (5, 8, 1));
         let torchrun = launch(&[("RANK", "1"), ("WORLD_SIZE", "2")]).unwrap();
         assert_eq!((torchrun.launcher, torchrun.local_rank), ("torchrun", 0));
+    }
+
+    #[test]
+    fn torchrun_style_launches_run_on_cuda_only() {
+        assert!(torchrun_needs_cuda(4, 1, true).is_ok());
+        let err = torchrun_needs_cuda(4, 1, false).unwrap_err().to_string();
+        assert!(
+            err.contains("--device cuda") && err.contains("mpirun -np 4"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod launch;
 pub mod mpi;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod rendezvous;
 pub mod sync;
 
 use anyhow::{ensure, Result};
@@ -82,6 +83,8 @@ pub struct Topology {
     pub local_rank: usize,
     /// Longest wait for the other ranks in one exchange.
     pub timeout: Duration,
+    /// The launcher family that started the processes ("none" for one process).
+    pub launcher: &'static str,
 }
 
 impl Default for Topology {
@@ -92,6 +95,7 @@ impl Default for Topology {
             process_rank: 0,
             local_rank: 0,
             timeout: Duration::from_secs(600),
+            launcher: "none",
         }
     }
 }
@@ -105,7 +109,14 @@ impl Topology {
             process_rank: launch.rank,
             local_rank: launch.local_rank,
             timeout,
+            launcher: launch.launcher,
         }
+    }
+
+    /// Processes started by torchrun (or anything setting its variables), without MPI: they
+    /// meet through NCCL only (CUDA).
+    pub fn is_torchrun(&self) -> bool {
+        self.launcher == launch::TORCHRUN && self.processes > 1
     }
 
     pub fn world(&self) -> usize {

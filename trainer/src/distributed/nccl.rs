@@ -13,6 +13,7 @@
 //! machines lack it exchanges through the host as before, saying so.
 
 use super::collective::{all_reduce_inner, with_deadline};
+use super::rendezvous::Rendezvous;
 use super::Peer;
 use anyhow::{bail, ensure, Context, Result};
 use burn::backend::Cuda;
@@ -149,11 +150,61 @@ fn host_sum(
         .expect("f32 values")
 }
 
+/// Where a torchrun-style launch's ranks meet (set by the launch; `None` under MPI or threads).
+static RENDEZVOUS: Mutex<Option<Rendezvous>> = Mutex::new(None);
+
+/// Makes the ranks of this process meet through `rendezvous` (a torchrun-style launch, where
+/// NCCL is the only engine: there is no MPI, and the ranks are processes).
+pub fn set_rendezvous(rendezvous: Option<Rendezvous>) {
+    *RENDEZVOUS.lock().unwrap_or_else(|e| e.into_inner()) = rendezvous;
+}
+
+/// Rank 0's NCCL id, carried to the other ranks of a torchrun-style launch through the run
+/// folder.
+fn id_through_file(
+    peer: &Peer,
+    rendezvous: &Rendezvous,
+    id: sys::ncclUniqueId,
+) -> Result<sys::ncclUniqueId> {
+    ensure!(
+        library_present(),
+        "a torchrun-style launch exchanges through NCCL, and libnccl.so was not found on this \
+         machine: install NVIDIA's NCCL (Debian/Ubuntu libnccl2 and libnccl-dev), or start the \
+         ranks with mpirun (docs/distributed.md)"
+    );
+    if peer.is_main() {
+        let bytes: Vec<u8> = id.internal.iter().map(|&b| b as u8).collect();
+        rendezvous.publish(&bytes)?;
+        return Ok(id);
+    }
+    let bytes = rendezvous.wait(128, peer.timeout)?;
+    let mut internal = [0 as std::ffi::c_char; 128];
+    for (slot, byte) in internal.iter_mut().zip(bytes) {
+        *slot = byte as std::ffi::c_char;
+    }
+    Ok(sys::ncclUniqueId { internal })
+}
+
 /// Joins `peer` to the run's NCCL communicator on `device` (CUDA ordinal `device.index`). Every
 /// rank of the run calls this at the same point. Returns `None`, and the run exchanges through
 /// the host, when some rank's machine has no libnccl (said once, by rank 0) or
 /// `SELFSUP_NCCL=0` is set.
 pub fn join(peer: &Peer, device: &burn::backend::cuda::CudaDevice) -> Result<Option<Membership>> {
+    let rendezvous = RENDEZVOUS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(rendezvous) = rendezvous.filter(|_| peer.world > 1) {
+        let id = if peer.is_main() {
+            nccl::get_uniqueid().map_err(|e| anyhow::anyhow!(nccl_error("ncclGetUniqueId", e)))?
+        } else {
+            sys::ncclUniqueId { internal: [0; 128] }
+        };
+        let id = id_through_file(peer, &rendezvous, id)?;
+        let membership = start_communicator(peer, device, id);
+        if peer.is_main() {
+            // Every rank has joined (ncclCommInitRank returns only then): the id was read.
+            rendezvous.remove();
+        }
+        return Ok(Some(membership));
+    }
     let wanted = std::env::var("SELFSUP_NCCL").map_or(true, |v| v != "0");
     let here = wanted && library_present();
     // All ranks must take the same path: NCCL only if every rank can.
@@ -198,6 +249,15 @@ pub fn join(peer: &Peer, device: &burn::backend::cuda::CudaDevice) -> Result<Opt
     } else {
         id
     };
+    Ok(Some(start_communicator(peer, device, id)))
+}
+
+/// `ncclCommInitRank` for `peer` with the run's `id`, on the rank's collective thread.
+fn start_communicator(
+    peer: &Peer,
+    device: &burn::backend::cuda::CudaDevice,
+    id: sys::ncclUniqueId,
+) -> Membership {
     let (rank, world, ordinal) = (peer.rank, peer.world, device.index);
     // ncclCommInitRank blocks until every rank has called it: on the rank's collective thread,
     // under the peer timeout.
@@ -232,7 +292,7 @@ pub fn join(peer: &Peer, device: &burn::backend::cuda::CudaDevice) -> Result<Opt
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(rank, Arc::new(comm));
-    Ok(Some(Membership { rank }))
+    Membership { rank }
 }
 
 /// What NCCL does to the ranks' buffers.

@@ -148,8 +148,13 @@ impl BackendTask for TrainJob {
             let per_device = self.config.batch_size / topology.world();
             if topology.processes > 1 {
                 format!(
-                    " x {} (MPI process {} of {}; {per_device} images per process)",
+                    " x {} ({} process {} of {}; {per_device} images per process)",
                     topology.world(),
+                    if topology.is_torchrun() {
+                        "torchrun-style"
+                    } else {
+                        "MPI"
+                    },
                     topology.process_rank,
                     topology.processes,
                 )
