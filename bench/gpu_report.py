@@ -96,8 +96,8 @@ def report(out):
     nccl = result["nccl"] or {}
     if "nccl_version" in nccl:
         nccl = (f"NCCL {nccl['nccl_version']}, {nccl['world']} rank on GPU 0: all-reduce of "
-                f"{nccl['values']:,} values {nccl['seconds_per_all_reduce'] * 1e3:.2f} ms; max error: sum "
-                f"{nccl['sum_max_error']:.1e}, pre-multiplied sum {nccl['scaled_sum_max_error']:.1e}, "
+                f"{nccl['values']:,} values {nccl['seconds_per_all_reduce'] * 1e3:.2f} ms; max error "
+                f"{nccl['sum_max_error']:.1e} in place, {nccl['copy_max_error']:.1e} into another tensor, "
                 f"strided {nccl['strided_max_error']:.1e}")
     else:
         nccl = nccl.get("skipped", nccl or "no result")

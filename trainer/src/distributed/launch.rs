@@ -32,8 +32,10 @@ impl Launch {
 pub const TORCHRUN: &str = "torchrun";
 
 /// The variables each launcher sets: (family, rank, size, local rank), in the order they are
-/// trusted. Open MPI's and MPICH's name the MPI job itself; Slurm's name the step's tasks
-/// (equal to MPI's ranks under `srun`); torchrun's start a run that exchanges through NCCL
+/// trusted. Open MPI's and MPICH's name the MPI job itself; torchrun's come before Slurm's, since
+/// torchrun runs inside a Slurm job (`sbatch`, or `srun torchrun` with one task per machine) and
+/// its ranks are the real ones; Slurm's name the step's tasks (equal to MPI's ranks under
+/// `srun`). torchrun's start a run that exchanges through NCCL
 /// alone (CUDA), its ranks meeting in the run folder ([`super::rendezvous`]).
 const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
     (
@@ -43,8 +45,8 @@ const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
         "OMPI_COMM_WORLD_LOCAL_RANK",
     ),
     ("MPICH (Hydra)", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
-    ("Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
     (TORCHRUN, "RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
 ];
 
 /// The launch the environment `var` describes (`std::env::var` in the trainer).
@@ -147,6 +149,24 @@ mod tests {
         assert_eq!((slurm.rank, slurm.processes, slurm.local_rank), (5, 8, 1));
         let torchrun = launch(&[("RANK", "1"), ("WORLD_SIZE", "2")]).unwrap();
         assert_eq!((torchrun.launcher, torchrun.local_rank), ("torchrun", 0));
+        // torchrun inside a Slurm job (one task per machine): torchrun's ranks.
+        let nested = launch(&[
+            ("SLURM_PROCID", "1"),
+            ("SLURM_NTASKS", "2"),
+            ("RANK", "5"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                nested.launcher,
+                nested.rank,
+                nested.processes,
+                nested.local_rank
+            ),
+            ("torchrun", 5, 8, 1)
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! machines lack it exchanges through the host as before, saying so.
 
 use super::collective::{all_reduce_inner, with_deadline};
-use super::rendezvous::Rendezvous;
+use super::rendezvous::{Published, Rendezvous};
 use super::Peer;
 use anyhow::{bail, ensure, Context, Result};
 use burn::backend::Cuda;
@@ -36,7 +36,6 @@ pub struct Communicator {
     comm: sys::ncclComm_t,
     stream: cudarc::driver::sys::CUstream,
     context: cudarc::driver::sys::CUcontext,
-    rank: usize,
     world: usize,
 }
 
@@ -49,7 +48,12 @@ impl Drop for Communicator {
     fn drop(&mut self) {
         unsafe {
             let _ = driver::ctx::set_current(self.context);
-            let _ = nccl::comm_destroy(self.comm);
+            // After a failure the other ranks may be gone: abort does not wait for them.
+            if std::thread::panicking() {
+                let _ = nccl::comm_abort(self.comm);
+            } else {
+                let _ = nccl::comm_destroy(self.comm);
+            }
             let _ = driver::stream::destroy(self.stream);
         }
     }
@@ -165,7 +169,7 @@ fn id_through_file(
     peer: &Peer,
     rendezvous: &Rendezvous,
     id: sys::ncclUniqueId,
-) -> Result<sys::ncclUniqueId> {
+) -> Result<(sys::ncclUniqueId, Option<Published>)> {
     ensure!(
         library_present(),
         "a torchrun-style launch exchanges through NCCL, and libnccl.so was not found on this \
@@ -174,15 +178,15 @@ fn id_through_file(
     );
     if peer.is_main() {
         let bytes: Vec<u8> = id.internal.iter().map(|&b| b as u8).collect();
-        rendezvous.publish(&bytes)?;
-        return Ok(id);
+        let published = rendezvous.publish_until_dropped(&bytes)?;
+        return Ok((id, Some(published)));
     }
     let bytes = rendezvous.wait(128, peer.timeout)?;
     let mut internal = [0 as std::ffi::c_char; 128];
     for (slot, byte) in internal.iter_mut().zip(bytes) {
         *slot = byte as std::ffi::c_char;
     }
-    Ok(sys::ncclUniqueId { internal })
+    Ok((sys::ncclUniqueId { internal }, None))
 }
 
 /// Joins `peer` to the run's NCCL communicator on `device` (CUDA ordinal `device.index`). Every
@@ -197,12 +201,11 @@ pub fn join(peer: &Peer, device: &burn::backend::cuda::CudaDevice) -> Result<Opt
         } else {
             sys::ncclUniqueId { internal: [0; 128] }
         };
-        let id = id_through_file(peer, &rendezvous, id)?;
+        let (id, published) = id_through_file(peer, &rendezvous, id)?;
         let membership = start_communicator(peer, device, id);
-        if peer.is_main() {
-            // Every rank has joined (ncclCommInitRank returns only then): the id was read.
-            rendezvous.remove();
-        }
+        // Every rank has joined (ncclCommInitRank returns only then): the id was read. A failed
+        // start removes the file too, on the way out.
+        drop(published);
         return Ok(Some(membership));
     }
     let wanted = std::env::var("SELFSUP_NCCL").map_or(true, |v| v != "0");
@@ -277,7 +280,6 @@ fn start_communicator(
             comm: comm.assume_init(),
             stream,
             context,
-            rank,
             world,
         })
     });
@@ -295,83 +297,36 @@ fn start_communicator(
     Membership { rank }
 }
 
-/// What NCCL does to the ranks' buffers.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Reduction {
-    Sum,
-    /// Each rank's values times the factor, then summed (NCCL's pre-multiplied sum): the
-    /// world-size-1 check's way to see NCCL write the buffer.
-    ScaledSum(f32),
-}
-
 impl Communicator {
-    /// Reduces `count` values of `dtype` at device address `address` in place, and waits for it.
-    fn reduce_in_place(
+    /// Sums `count` values of `dtype` at device address `send` over the ranks into `receive`
+    /// (the same address: in place), and waits for it.
+    fn all_reduce_sum(
         &self,
-        address: u64,
+        send: u64,
+        receive: u64,
         count: usize,
         dtype: sys::ncclDataType_t,
-        reduction: Reduction,
     ) -> Result<(), String> {
         unsafe {
             driver::ctx::set_current(self.context)
                 .map_err(|e| driver_error("cuCtxSetCurrent", e))?;
-            let mut scale = match reduction {
-                Reduction::Sum => None,
-                Reduction::ScaledSum(factor) => Some(factor),
-            };
-            let op = match scale.as_mut() {
-                None => sys::ncclRedOp_t::ncclSum,
-                Some(factor) => {
-                    ensure_f32(dtype)?;
-                    let mut op = std::mem::MaybeUninit::uninit();
-                    nccl::reduce_op_create_pre_mul_sum(
-                        op.as_mut_ptr(),
-                        factor as *mut f32 as *mut std::ffi::c_void,
-                        dtype,
-                        sys::ncclScalarResidence_t::ncclScalarHostImmediate,
-                        self.comm,
-                    )
-                    .map_err(|e| nccl_error("ncclRedOpCreatePreMulSum", e))?;
-                    op.assume_init()
-                }
-            };
-            let buffer = address as *mut std::ffi::c_void;
-            let result = nccl::all_reduce(
-                buffer,
-                buffer,
+            nccl::all_reduce(
+                send as *const std::ffi::c_void,
+                receive as *mut std::ffi::c_void,
                 count,
                 dtype,
-                op,
+                sys::ncclRedOp_t::ncclSum,
                 self.comm,
                 self.stream as _,
             )
-            .map_err(|e| nccl_error("ncclAllReduce", e))
-            .and_then(|_| {
-                driver::stream::synchronize(self.stream)
-                    .map_err(|e| driver_error("cuStreamSynchronize after ncclAllReduce", e))
-            });
-            if scale.is_some() {
-                let _ = nccl::reduce_op_destroy(op, self.comm);
-            }
-            result
+            .map_err(|e| nccl_error("ncclAllReduce", e))?;
+            driver::stream::synchronize(self.stream)
+                .map_err(|e| driver_error("cuStreamSynchronize after ncclAllReduce", e))
         }
-    }
-
-    pub fn rank(&self) -> usize {
-        self.rank
     }
 
     pub fn world(&self) -> usize {
         self.world
-    }
-}
-
-fn ensure_f32(dtype: sys::ncclDataType_t) -> Result<(), String> {
-    if dtype == sys::ncclDataType_t::ncclFloat32 {
-        Ok(())
-    } else {
-        Err(format!("a scaled sum of {dtype:?} values is not supported"))
     }
 }
 
@@ -385,20 +340,22 @@ fn nccl_dtype(dtype: DType) -> Option<sys::ncclDataType_t> {
     }
 }
 
-/// `reduction` of `x` over the ranks of `comm`, through NCCL on the tensor's own device memory:
-/// a private contiguous copy of `x` (Burn may share `x`'s buffer with other tensors; the copy
-/// costs one pass over GPU memory), its device address from cubecl, a wait for the kernels that
-/// wrote it, the NCCL call in place on the rank's collective thread, and a wait for NCCL before
-/// Burn reads the result.
-pub fn reduce(
-    x: FloatTensor<Cuda>,
-    reduction: Reduction,
-    comm: Arc<Communicator>,
-    peer: &Peer,
-    what: &str,
-) -> Result<FloatTensor<Cuda>> {
-    let shape = x.shape();
-    let numel = shape.num_elements();
+/// A tensor's device buffer lent to NCCL: its address stays valid (the allocation cannot be
+/// reused) while this lives.
+struct DeviceBuffer {
+    address: u64,
+    count: usize,
+    dtype: sys::ncclDataType_t,
+    /// Holds the allocation.
+    _resource: Box<dyn std::any::Any>,
+}
+
+/// A private flat contiguous copy of `x` (Burn may share `x`'s buffer with other tensors; the
+/// copy costs one pass over GPU memory) and its device buffer, once the kernels that wrote it
+/// have finished: cubecl's `get_resource` makes this thread's stream wait for the stream that
+/// owns the buffer, and `sync` waits for this thread's stream.
+fn device_copy(x: FloatTensor<Cuda>) -> Result<(FloatTensor<Cuda>, DeviceBuffer)> {
+    let numel = x.shape().num_elements();
     let flat = <Cuda>::float_reshape(x, Shape::new([numel]));
     let own = <Cuda>::float_mul_scalar(flat, 1.0f32.into());
     let cube = own.client.resolve_tensor_float::<CudaCube>(own.clone());
@@ -416,12 +373,54 @@ pub fn reduce(
     );
     burn::cubecl::future::block_on(cube.client.sync())
         .map_err(|e| anyhow::anyhow!("waiting for the GPU before NCCL: {e:?}"))?;
-    with_deadline(peer, what, move || {
-        comm.reduce_in_place(address, numel, dtype, reduction)
-    });
-    // The buffer (kept alive by `resource` until here) now holds the reduction.
-    drop(resource);
-    drop(cube);
+    let buffer = DeviceBuffer {
+        address,
+        count: numel,
+        dtype,
+        _resource: Box::new((resource, cube)),
+    };
+    Ok((own, buffer))
+}
+
+/// Runs NCCL's sum from `send` into `receive` on the rank's collective thread. If the other
+/// ranks never answer, NCCL may still write into the buffers later: they are then leaked, never
+/// handed back to the allocator.
+fn sum_between(
+    comm: Arc<Communicator>,
+    send: DeviceBuffer,
+    receive: Option<DeviceBuffer>,
+    peer: &Peer,
+    what: &str,
+) {
+    let (from, to, count, dtype) = (
+        send.address,
+        receive.as_ref().map_or(send.address, |r| r.address),
+        send.count,
+        send.dtype,
+    );
+    let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_deadline(peer, what, move || {
+            comm.all_reduce_sum(from, to, count, dtype)
+        })
+    }));
+    if let Err(panic) = call {
+        std::mem::forget(send);
+        std::mem::forget(receive);
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The sum over the ranks of `comm` of `x`, through NCCL in place on a private copy of `x` on
+/// the GPU, waited for before Burn reads it.
+pub fn reduce(
+    x: FloatTensor<Cuda>,
+    comm: Arc<Communicator>,
+    peer: &Peer,
+    what: &str,
+) -> Result<FloatTensor<Cuda>> {
+    let shape = x.shape();
+    let (own, buffer) = device_copy(x)?;
+    sum_between(comm, buffer, None, peer, what);
     Ok(<Cuda>::float_reshape(own, shape))
 }
 
@@ -436,7 +435,7 @@ pub fn all_reduce(
         return all_reduce_inner::<Cuda>(x, op, peer, what);
     };
     let world = comm.world();
-    let summed = match reduce(x, Reduction::Sum, comm, peer, what) {
+    let summed = match reduce(x, comm, peer, what) {
         Ok(summed) => summed,
         Err(error) => panic!(
             "{}: rank {} of {}: {what} through NCCL: {error:#}",
@@ -457,12 +456,14 @@ pub struct NcclCheck {
     pub nccl_version: String,
     pub world: usize,
     pub values: usize,
-    /// Largest difference between the sum's result and the input (world size 1: identity).
+    /// Largest difference between training's all-reduce (in place) and its input (one rank:
+    /// the identity).
     pub sum_max_error: f32,
-    /// Largest difference between the pre-multiplied sum (x 2) and twice the input: NCCL read
-    /// and wrote the tensor's own buffer, after the kernel that computed it.
-    pub scaled_sum_max_error: f32,
-    /// The same on a transposed (strided) tensor.
+    /// Largest difference between NCCL's sum written into a second, zeroed tensor and the
+    /// input: NCCL read the input's own buffer after the kernel that computed it, and wrote the
+    /// other tensor's.
+    pub copy_max_error: f32,
+    /// The same from a transposed (strided) tensor.
     pub strided_max_error: f32,
     pub seconds_per_all_reduce: f64,
     pub gigabytes_per_second: f64,
@@ -470,7 +471,7 @@ pub struct NcclCheck {
 
 /// A world-size-1 check of the NCCL path on GPU `ordinal` of this machine (the check a lent
 /// single-GPU machine can run): the library loads, a communicator starts, and the all-reduce of
-/// an `values`-element tensor (ResNet-18's gradients: 11.5 M) writes the right buffer.
+/// a `values`-element tensor (ResNet-18's gradients: 11.5 M) reads and writes the right buffers.
 pub fn check(ordinal: usize, values: usize, repeats: usize) -> Result<NcclCheck> {
     let Some(nccl_version) = version() else {
         bail!(
@@ -479,8 +480,9 @@ pub fn check(ordinal: usize, values: usize, repeats: usize) -> Result<NcclCheck>
         );
     };
     let device = burn::backend::cuda::CudaDevice::new(ordinal);
+    // The only rank of its communicator: NCCL rank 0 (which also makes the id).
     let peer = Peer {
-        rank: usize::MAX - ordinal,
+        rank: 0,
         world: 1,
         sync_batchnorm: false,
         timeout: std::time::Duration::from_secs(60),
@@ -506,38 +508,33 @@ pub fn check(ordinal: usize, values: usize, repeats: usize) -> Result<NcclCheck>
         Tensor::from_primitive(TensorPrimitive::Float(summed)),
         fresh,
     );
-    let fresh = input.clone() + 0.0;
-    let scaled = reduce(
-        fresh.into_primitive().tensor(),
-        Reduction::ScaledSum(2.0),
-        comm.clone(),
-        &peer,
-        "the check",
-    )?;
-    let scaled_sum_max_error = max_error(
-        Tensor::from_primitive(TensorPrimitive::Float(scaled)),
-        input.clone() * 2.0,
+
+    // Out of place, into a zeroed tensor: shows which buffers NCCL read and wrote.
+    let into_zeros = |source: FloatTensor<Cuda>| -> Result<FloatTensor<Cuda>> {
+        let shape = source.shape();
+        let (_source_copy, send) = device_copy(source)?;
+        let zeros = Tensor::<Cuda, 1>::zeros([shape.num_elements()], &device);
+        let (target, receive) = device_copy(zeros.into_primitive().tensor())?;
+        sum_between(comm.clone(), send, Some(receive), &peer, "the check");
+        Ok(<Cuda>::float_reshape(target, shape))
+    };
+    let fresh = input.clone() * 2.0 - input.clone();
+    let copied = into_zeros(fresh.clone().into_primitive().tensor())?;
+    let copy_max_error = max_error(
+        Tensor::from_primitive(TensorPrimitive::Float(copied)),
+        fresh,
     );
     let side = 1024.min(values);
     let square = input
         .clone()
         .slice([0..side * (values / side)])
         .reshape([values / side, side]);
-    let strided = square.clone().transpose();
-    let reduced = reduce(
-        strided.into_primitive().tensor(),
-        Reduction::ScaledSum(2.0),
-        comm.clone(),
-        &peer,
-        "the check",
-    )?;
-    let reduced: Tensor<Cuda, 2> = Tensor::from_primitive(TensorPrimitive::Float(reduced));
-    let strided_max_error = (reduced - square.transpose() * 2.0)
-        .abs()
-        .max()
-        .into_scalar();
-    let started = std::time::Instant::now();
+    let copied = into_zeros(square.clone().transpose().into_primitive().tensor())?;
+    let copied: Tensor<Cuda, 2> = Tensor::from_primitive(TensorPrimitive::Float(copied));
+    let strided_max_error = (copied - square.transpose()).abs().max().into_scalar();
+
     // Each call waits for NCCL to finish (as training's do).
+    let started = std::time::Instant::now();
     for _ in 0..repeats {
         let t = input.clone().into_primitive().tensor();
         let _ = all_reduce(t, ReduceOperation::Mean, &peer, "the timing");
@@ -549,7 +546,7 @@ pub fn check(ordinal: usize, values: usize, repeats: usize) -> Result<NcclCheck>
         world: 1,
         values,
         sum_max_error,
-        scaled_sum_max_error,
+        copy_max_error,
         strided_max_error,
         seconds_per_all_reduce,
         gigabytes_per_second: (values * 4) as f64 / seconds_per_all_reduce / 1e9,

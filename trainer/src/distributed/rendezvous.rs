@@ -2,8 +2,10 @@
 //! into the run's folder and the other ranks read it there (PyTorch's `init_method="file://"`),
 //! so the trainer opens no socket of its own; NCCL then connects the ranks itself. The folder
 //! must be one every rank sees (`--out` on a shared file system for several machines, as for
-//! checkpoints). Rank 0 removes the file once every rank has joined NCCL; a file older than this
-//! process by more than [`STALE_AFTER`] is a leftover of an earlier launch and is not read.
+//! checkpoints). The file's name holds the launch's address, port and torchrun's run id and
+//! restart count; rank 0 removes it once every rank has joined NCCL, or when it fails first; a
+//! file older than this process by more than [`STALE_AFTER`] is a leftover of an earlier launch
+//! (one killed outright) and is not read.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 /// How much older than this process a rendezvous file may be and still be this launch's (ranks
 /// of one launch start within this of each other).
-pub const STALE_AFTER: Duration = Duration::from_secs(600);
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendezvous {
@@ -34,13 +36,22 @@ impl Rendezvous {
         }
     }
 
-    /// The launch's key from torchrun's variables.
+    /// The launch's key from torchrun's variables: its address and port, and (when torchrun
+    /// set them) its run id and restart count, so a restarted launch never reads the id of the
+    /// attempt before it.
     pub fn key_from(var: impl Fn(&str) -> Option<String>) -> String {
-        format!(
+        let mut key = format!(
             "{}-{}",
             var("MASTER_ADDR").unwrap_or_else(|| "localhost".into()),
             var("MASTER_PORT").unwrap_or_else(|| "0".into())
-        )
+        );
+        for name in ["TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"] {
+            if let Some(value) = var(name) {
+                key.push('-');
+                key.push_str(&value);
+            }
+        }
+        key
     }
 
     pub fn path(&self) -> &Path {
@@ -89,6 +100,22 @@ impl Rendezvous {
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+
+    /// Rank 0: [`Rendezvous::publish`], with the file removed when the guard drops (after NCCL
+    /// started, or on the way out of a failed start).
+    pub fn publish_until_dropped(&self, bytes: &[u8]) -> Result<Published> {
+        self.publish(bytes)?;
+        Ok(Published(self.clone()))
+    }
+}
+
+/// Removes a published rendezvous file when dropped.
+pub struct Published(Rendezvous);
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
 }
 
 #[cfg(test)]
@@ -109,12 +136,24 @@ mod tests {
             rank0.path().file_name().unwrap(),
             ".nccl-id-node1-cluster-29500"
         );
+        let restarted = Rendezvous::key_from(|name| match name {
+            "MASTER_PORT" => Some("29500".into()),
+            "TORCHELASTIC_RUN_ID" => Some("job7".into()),
+            "TORCHELASTIC_RESTART_COUNT" => Some("1".into()),
+            _ => None,
+        });
+        assert_eq!(restarted, "localhost-29500-job7-1");
         let rank1 = Rendezvous::new(dir.path(), &key, now);
         let reader = std::thread::spawn(move || rank1.wait(4, Duration::from_secs(10)));
         std::thread::sleep(Duration::from_millis(120));
         rank0.publish(&[1, 2, 3, 4]).unwrap();
         assert_eq!(reader.join().unwrap().unwrap(), vec![1, 2, 3, 4]);
         rank0.remove();
+        assert!(!rank0.path().exists());
+        // Rank 0's guard removes the file however its start ends.
+        let published = rank0.publish_until_dropped(&[5; 4]).unwrap();
+        assert!(rank0.path().exists());
+        drop(published);
         assert!(!rank0.path().exists());
     }
 
