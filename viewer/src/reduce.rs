@@ -11,41 +11,33 @@ pub const NEIGHBOUR_DIMS: usize = 50;
 /// any basis close to the top-k subspace keeps distances as well as the eigenvectors would.
 const ITERATIONS: usize = 24;
 
-/// Sum of products with eight independent accumulators, so the compiler can vectorise it (a
-/// plain `sum()` of floats must add in order).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// The sum of `term(a[i], b[i])` with eight independent accumulators, so the compiler can
+/// vectorise it (a plain `sum()` of floats must add in order).
+fn lane_sum(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(&x, &y)| term(x, y))
         .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            lanes[l] += x[l] * y[l];
+            lanes[l] += term(x[l], y[l]);
         }
     }
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Euclidean distance, vectorisable as [`dot`] is.
+/// Sum of products, vectorisable.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| x * y)
+}
+
+/// Euclidean distance, vectorisable.
 pub fn distance(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] += (x[l] - y[l]) * (x[l] - y[l]);
-        }
-    }
-    (lanes.iter().sum::<f32>() + tail).sqrt()
+    lane_sum(a, b, |x, y| (x - y) * (x - y)).sqrt()
 }
 
 /// The centred rows (n x dim) projected onto an orthonormal basis of their top `k` principal
