@@ -177,16 +177,32 @@ fn id_through_file(
          ranks with mpirun (docs/distributed.md)"
     );
     if peer.is_main() {
-        let bytes: Vec<u8> = id.internal.iter().map(|&b| b as u8).collect();
-        let published = rendezvous.publish_until_dropped(&bytes)?;
+        let published = rendezvous.publish_until_dropped(&id_bytes(&id))?;
         return Ok((id, Some(published)));
     }
     let bytes = rendezvous.wait(128, peer.timeout)?;
+    Ok((id_from_bytes(bytes), None))
+}
+
+/// NCCL's unique id on rank 0 (zeros elsewhere: the others receive rank 0's).
+fn rank0_id(peer: &Peer) -> Result<sys::ncclUniqueId> {
+    if !peer.is_main() {
+        return Ok(sys::ncclUniqueId { internal: [0; 128] });
+    }
+    nccl::get_uniqueid().map_err(|e| anyhow::anyhow!(nccl_error("ncclGetUniqueId", e)))
+}
+
+/// An id's 128 bytes, as carried between ranks.
+fn id_bytes(id: &sys::ncclUniqueId) -> Vec<u8> {
+    id.internal.iter().map(|&b| b as u8).collect()
+}
+
+fn id_from_bytes(bytes: impl IntoIterator<Item = u8>) -> sys::ncclUniqueId {
     let mut internal = [0 as std::ffi::c_char; 128];
     for (slot, byte) in internal.iter_mut().zip(bytes) {
         *slot = byte as std::ffi::c_char;
     }
-    Ok((sys::ncclUniqueId { internal }, None))
+    sys::ncclUniqueId { internal }
 }
 
 /// Joins `peer` to the run's NCCL communicator on `device` (CUDA ordinal `device.index`). Every
@@ -196,12 +212,7 @@ fn id_through_file(
 pub fn join(peer: &Peer, device: &burn::backend::cuda::CudaDevice) -> Result<Option<Membership>> {
     let rendezvous = RENDEZVOUS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some(rendezvous) = rendezvous.filter(|_| peer.world > 1) {
-        let id = if peer.is_main() {
-            nccl::get_uniqueid().map_err(|e| anyhow::anyhow!(nccl_error("ncclGetUniqueId", e)))?
-        } else {
-            sys::ncclUniqueId { internal: [0; 128] }
-        };
-        let (id, published) = id_through_file(peer, &rendezvous, id)?;
+        let (id, published) = id_through_file(peer, &rendezvous, rank0_id(peer)?)?;
         let membership = start_communicator(peer, device, id);
         // Every rank has joined (ncclCommInitRank returns only then): the id was read. A failed
         // start removes the file too, on the way out.
@@ -236,19 +247,11 @@ pub fn join(peer: &Peer, device: &burn::backend::cuda::CudaDevice) -> Result<Opt
         return Ok(None);
     }
     // Rank 0's unique id, carried to the others as a sum (they contribute zeros).
-    let id = if peer.is_main() {
-        nccl::get_uniqueid().map_err(|e| anyhow::anyhow!(nccl_error("ncclGetUniqueId", e)))?
-    } else {
-        sys::ncclUniqueId { internal: [0; 128] }
-    };
+    let id = rank0_id(peer)?;
     let id = if peer.world > 1 {
-        let bytes: Vec<f32> = id.internal.iter().map(|&b| b as u8 as f32).collect();
+        let bytes: Vec<f32> = id_bytes(&id).into_iter().map(f32::from).collect();
         let summed = host_sum(bytes, peer, device, "sharing the NCCL id");
-        let mut internal = [0 as std::ffi::c_char; 128];
-        for (slot, value) in internal.iter_mut().zip(summed) {
-            *slot = value as u8 as std::ffi::c_char;
-        }
-        sys::ncclUniqueId { internal }
+        id_from_bytes(summed.into_iter().map(|v| v as u8))
     } else {
         id
     };
