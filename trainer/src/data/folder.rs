@@ -1,4 +1,5 @@
-//! Folders of your own images (`.png`, `.jpg`, `.jpeg`), at any size, labelled or not.
+//! Folders of your own images (PNG, JPEG, TIFF, WebP, BMP, GIF's first frame), at any size,
+//! labelled or not.
 //!
 //! `folder:PATH` reads, in this order of precedence:
 //! - `PATH/train/<class>/*` and `PATH/val/<class>/*` (or `PATH/test`): labelled splits;
@@ -9,6 +10,10 @@
 //!
 //! `images:PATH` always takes the last reading, for folders whose sub-folders are not classes.
 //!
+//! Links are followed, but each real folder is read once and each real file taken once: a link
+//! to an ancestor folder would otherwise be walked round until the path grew too long. What is
+//! left out (files of other kinds, folders and files reached again) is said in one line.
+//!
 //! Each image is decoded once, resized so that its shorter side is the image size, and
 //! centre-cropped to a square (torchvision's `Resize(size)` + `CenterCrop(size)`), into a cache
 //! file under the cache directory that is memory-mapped: later runs, `eval` and `export` on the
@@ -18,6 +23,8 @@ use anyhow::{ensure, Context, Result};
 use md5::{Digest, Md5};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::data::pixels::{file_fingerprint, CacheWriter, Pixels};
@@ -43,11 +50,30 @@ pub fn load(root: &Path, labels: Labels, options: &LoadOptions) -> Result<Splits
         side => side,
     };
     let origin = format!("folder:{}", root.display());
+    let mut walk = Walk::new(root)?;
+    let splits = read_layout(root, labels, side, options, &mut walk, origin.clone());
+    // Also when nothing could be loaded: "skipped 40 files with other extensions (.heic)" is
+    // then the explanation.
+    if let Some(left_out) = walk.summary() {
+        eprintln!("{origin}: {left_out}");
+    }
+    splits
+}
+
+/// [`load`]'s layouts, read through `walk`.
+fn read_layout(
+    root: &Path,
+    labels: Labels,
+    side: usize,
+    options: &LoadOptions,
+    walk: &mut Walk,
+    origin: String,
+) -> Result<Splits> {
     let held_out = ["val", "test"].map(|name| root.join(name));
     if labels == Labels::FromFolders && root.join("train").is_dir() {
         if let Some(eval_dir) = held_out.iter().find(|d| d.is_dir()) {
-            let (train_files, classes) = class_folder_files(&root.join("train"))?;
-            let (test_files, test_classes) = class_folder_files(eval_dir)?;
+            let (train_files, classes) = class_folder_files(walk, &root.join("train"))?;
+            let (test_files, test_classes) = class_folder_files(walk, eval_dir)?;
             ensure!(
                 test_classes == classes,
                 "{}: class folders {test_classes:?} differ from the train split's {classes:?}",
@@ -68,16 +94,17 @@ pub fn load(root: &Path, labels: Labels, options: &LoadOptions) -> Result<Splits
             });
         }
     }
-    let files = image_files(root)?;
+    let files = image_files(walk, root)?;
     ensure!(
         !files.is_empty(),
-        "{}: no .png, .jpg or .jpeg images in this folder or below it",
-        root.display()
+        "{}: no images ({}) in this folder or below it",
+        root.display(),
+        extension_list()
     );
     let class_layout =
         labels == Labels::FromFolders && files.iter().all(|f| f.components().count() == 2);
     if class_layout {
-        let (files, classes) = class_folder_files(root)?;
+        let (files, classes) = classes_from_paths(root, files)?;
         // Every tenth image of each class (in file order) is held out, decided before decoding
         // so that a corrupt file does not shift which images are held out.
         let mut seen = vec![0usize; classes.len()];
@@ -117,48 +144,187 @@ pub fn load_image_folder(root: &Path) -> Result<Splits> {
     load(root, Labels::FromFolders, &LoadOptions::default())
 }
 
-fn is_image_file(path: &Path) -> bool {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
+/// The extensions read, lower case: what the `image` crate is built to decode here
+/// (`Cargo.toml` enables the same formats).
+const EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp", "gif"];
+
+/// `.png, .jpg, ...`, for messages.
+fn extension_list() -> String {
+    EXTENSIONS.map(|e| format!(".{e}")).join(", ")
 }
 
-/// Every image file under `root`, as paths relative to it, sorted; hidden entries are skipped.
-fn image_files(root: &Path) -> Result<Vec<PathBuf>> {
+/// `path`'s extension in lower case; empty when it has none.
+fn extension(path: &Path) -> String {
+    path.extension()
+        .map_or(String::new(), |e| e.to_string_lossy().to_ascii_lowercase())
+}
+
+fn is_image_file(path: &Path) -> bool {
+    EXTENSIONS.contains(&extension(path).as_str())
+}
+
+/// A walk through a folder tree that enters each real folder once and takes each real file
+/// once, however many links lead there, and keeps count of what it leaves out.
+#[derive(Debug, Default)]
+struct Walk {
+    /// Canonical paths of the folders entered (or listed to be entered).
+    dirs: HashSet<PathBuf>,
+    /// Canonical paths of the image files taken.
+    files: HashSet<PathBuf>,
+    /// Files left out, by extension (lower case, empty for none).
+    other_extensions: BTreeMap<String, usize>,
+    /// Folders reached a second time, as `(path, the real folder)`, not entered again.
+    revisited: Vec<(PathBuf, PathBuf)>,
+    /// Image files reached a second time through a link, taken once.
+    duplicates: usize,
+}
+
+impl Walk {
+    /// A walk from `root`, which counts as entered (a link back to it is a loop).
+    fn new(root: &Path) -> Result<Self> {
+        let real = root
+            .canonicalize()
+            .with_context(|| format!("{}: cannot resolve", root.display()))?;
+        Ok(Self {
+            dirs: HashSet::from([real]),
+            ..Default::default()
+        })
+    }
+
+    /// The names of `dir`'s folders not entered before and of its image files not taken before,
+    /// each sorted; hidden entries are passed over.
+    fn list(&mut self, dir: &Path) -> Result<(Vec<OsString>, Vec<OsString>)> {
+        let mut names = std::fs::read_dir(dir)
+            .and_then(|entries| {
+                entries
+                    .map(|e| e.map(|e| e.file_name()))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .with_context(|| format!("cannot list {}", dir.display()))?;
+        names.retain(|name| !name.to_string_lossy().starts_with('.'));
+        // Real entries before links, each by name: of two roads to one place the real one is
+        // taken (the target is marked before any link to it is met), the same on every run.
+        names.sort_by_key(|name| (dir.join(name).is_symlink(), name.clone()));
+        let (mut dirs, mut images) = (Vec::new(), Vec::new());
+        for name in names {
+            let path = dir.join(&name);
+            if path.is_dir() {
+                let real = path
+                    .canonicalize()
+                    .with_context(|| format!("{}: cannot resolve", path.display()))?;
+                if self.dirs.insert(real.clone()) {
+                    dirs.push(name);
+                } else {
+                    eprintln!(
+                        "warning: not reading {} again: it leads to {}, read already",
+                        path.display(),
+                        real.display()
+                    );
+                    self.revisited.push((path, real));
+                }
+            } else if is_image_file(&path) {
+                // A dangling link stays in, to be reported as unreadable when decoded.
+                let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+                if self.files.insert(real) {
+                    images.push(name);
+                } else {
+                    self.duplicates += 1;
+                }
+            } else {
+                *self.other_extensions.entry(extension(&path)).or_default() += 1;
+            }
+        }
+        dirs.sort();
+        images.sort();
+        Ok((dirs, images))
+    }
+
+    /// One line saying what was left out; `None` when nothing was.
+    fn summary(&self) -> Option<String> {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let mut parts = Vec::new();
+        let others: usize = self.other_extensions.values().sum();
+        if others > 0 {
+            let kinds: Vec<String> = self
+                .other_extensions
+                .keys()
+                .map(|e| match e.as_str() {
+                    "" => "no extension".to_string(),
+                    e => format!(".{e}"),
+                })
+                .collect();
+            parts.push(format!(
+                "skipped {} with other extensions ({})",
+                count(others, "file"),
+                kinds.join(", ")
+            ));
+        }
+        if !self.revisited.is_empty() {
+            parts.push(format!(
+                "{} reached again through a link, read once",
+                count(self.revisited.len(), "folder")
+            ));
+        }
+        if self.duplicates > 0 {
+            parts.push(format!(
+                "{} reached again through a link, read once",
+                count(self.duplicates, "image file")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Every image file under `root`, as paths relative to it, sorted.
+fn image_files(walk: &mut Walk, root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut pending = vec![PathBuf::new()];
     while let Some(relative) = pending.pop() {
-        let dir = root.join(&relative);
-        let entries =
-            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let path = relative.join(&name);
-            if entry.path().is_dir() {
-                pending.push(path);
-            } else if is_image_file(&path) {
-                files.push(path);
-            }
-        }
+        let (dirs, images) = walk.list(&root.join(&relative))?;
+        files.extend(images.iter().map(|name| relative.join(name)));
+        // Reversed onto the stack: folders are entered in name order.
+        pending.extend(dirs.iter().rev().map(|name| relative.join(name)));
     }
     files.sort();
     Ok(files)
 }
 
-/// `root/<class>/<image>` files with their class index, and the classes (sorted folder names).
-fn class_folder_files(root: &Path) -> Result<(Vec<(PathBuf, u8)>, Vec<String>)> {
-    let mut classes: Vec<String> = std::fs::read_dir(root)
-        .with_context(|| format!("cannot list {}", root.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+/// `<class>/<image>` paths (sorted) with their class index, and the classes (sorted names).
+fn classes_from_paths(
+    root: &Path,
+    files: Vec<PathBuf>,
+) -> Result<(Vec<(PathBuf, u8)>, Vec<String>)> {
+    let class_of = |file: &Path| {
+        let first = file.components().next().expect("a class folder");
+        first.as_os_str().to_string_lossy().into_owned()
+    };
+    let mut classes: Vec<String> = files.iter().map(|f| class_of(f)).collect();
+    classes.dedup();
+    ensure!(
+        classes.len() <= 256,
+        "{}: expected 1 to 256 class folders (PATH/<class>/*.png|jpg), found {}",
+        root.display(),
+        classes.len()
+    );
+    let files = files
+        .into_iter()
+        .map(|file| {
+            let label = classes
+                .binary_search(&class_of(&file))
+                .expect("a listed class");
+            (file, label as u8)
+        })
         .collect();
-    classes.sort();
+    Ok((files, classes))
+}
+
+/// `root/<class>/<image>` files with their class index, and the classes (sorted folder names).
+fn class_folder_files(walk: &mut Walk, root: &Path) -> Result<(Vec<(PathBuf, u8)>, Vec<String>)> {
+    let (class_dirs, _) = walk.list(root)?;
+    let classes: Vec<String> = class_dirs
+        .iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
     ensure!(
         !classes.is_empty() && classes.len() <= 256,
         "{}: expected 1 to 256 class folders (PATH/<class>/*.png|jpg), found {}",
@@ -168,19 +334,18 @@ fn class_folder_files(root: &Path) -> Result<(Vec<(PathBuf, u8)>, Vec<String>)> 
     let mut files = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let dir = root.join(class);
-        let mut in_class: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image_file(p))
-            .map(|p| PathBuf::from(class).join(p.file_name().expect("a file name")))
-            .collect();
-        in_class.sort();
+        let (_, in_class) = walk.list(&dir)?;
         ensure!(
             !in_class.is_empty(),
-            "{}: no .png, .jpg or .jpeg images in this class folder",
-            dir.display()
+            "{}: no images ({}) in this class folder",
+            dir.display(),
+            extension_list()
         );
-        files.extend(in_class.into_iter().map(|f| (f, label as u8)));
+        files.extend(
+            in_class
+                .into_iter()
+                .map(|name| (PathBuf::from(class).join(name), label as u8)),
+        );
     }
     Ok((files, classes))
 }
@@ -501,11 +666,140 @@ mod tests {
         assert_eq!((splits.train.len(), splits.test.len()), (2, 2));
     }
 
+    fn unlabeled_names(dir: &Path) -> Vec<String> {
+        let options = LoadOptions {
+            image_size: 4,
+            strict: false,
+        };
+        let splits = load(dir, Labels::FromFolders, &options).unwrap();
+        splits.unlabeled.unwrap().names
+    }
+
+    #[test]
+    fn each_real_folder_and_file_is_read_once_however_many_links_lead_there() {
+        // Two images, and three links back to them: a loop to the root (once measured as 82
+        // images), a second name for `sub`, a second name for `a.png`.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        save(&root.join("a.png"), 4, 4, [255, 0, 0]);
+        save(&root.join("sub/b.png"), 4, 4, [0, 255, 0]);
+        std::os::unix::fs::symlink("..", root.join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("again")).unwrap();
+        std::os::unix::fs::symlink("../a.png", root.join("sub/same.png")).unwrap();
+        assert_eq!(unlabeled_names(root), vec!["a.png", "sub/b.png"]);
+        let mut walk = Walk::new(root).unwrap();
+        assert_eq!(image_files(&mut walk, root).unwrap().len(), 2);
+        let links: Vec<PathBuf> = walk
+            .revisited
+            .iter()
+            .map(|(link, _)| link.clone())
+            .collect();
+        assert_eq!(links, vec![root.join("again"), root.join("sub/loop")]);
+        assert_eq!(
+            walk.summary().unwrap(),
+            "2 folders reached again through a link, read once; \
+             1 image file reached again through a link, read once"
+        );
+    }
+
+    #[test]
+    fn tiff_webp_bmp_and_the_first_frame_of_a_gif_are_read_whatever_the_case_of_the_extension() {
+        use image::{codecs, ImageFormat};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let solid = |color: [u8; 3]| image::RgbImage::from_pixel(6, 4, image::Rgb(color));
+        let kinds = [
+            ("a.png", ImageFormat::Png, [10, 20, 30]),
+            ("b.tif", ImageFormat::Tiff, [40, 50, 60]),
+            ("c.TIFF", ImageFormat::Tiff, [70, 80, 90]),
+            ("d.bmp", ImageFormat::Bmp, [100, 110, 120]),
+        ];
+        for (name, format, color) in kinds {
+            solid(color)
+                .save_with_format(root.join(name), format)
+                .unwrap();
+        }
+        let webp = std::fs::File::create(root.join("e.webp")).unwrap();
+        solid([130, 140, 150])
+            .write_with_encoder(codecs::webp::WebPEncoder::new_lossless(webp))
+            .unwrap();
+        // Two frames: the first is the one read.
+        let gif = std::fs::File::create(root.join("f.Gif")).unwrap();
+        let frame = |color: [u8; 3]| {
+            let [r, g, b] = color;
+            image::Frame::new(image::RgbaImage::from_pixel(
+                6,
+                4,
+                image::Rgba([r, g, b, 255]),
+            ))
+        };
+        codecs::gif::GifEncoder::new(gif)
+            .encode_frames([frame([160, 170, 180]), frame([1, 2, 3])])
+            .unwrap();
+        let options = LoadOptions {
+            image_size: 4,
+            strict: true,
+        };
+        let splits = load(root, Labels::FromFolders, &options).unwrap();
+        let images = splits.unlabeled.unwrap();
+        assert_eq!(
+            images.names,
+            vec!["a.png", "b.tif", "c.TIFF", "d.bmp", "e.webp", "f.Gif"]
+        );
+        for (i, expected) in (10u8..=180).step_by(30).enumerate() {
+            let pixels = images.image(i);
+            assert_eq!(
+                (pixels[0], pixels[16], pixels[32]),
+                (expected, expected + 10, expected + 20),
+                "{}",
+                images.names[i]
+            );
+        }
+    }
+
+    #[test]
+    fn files_of_other_kinds_are_counted_by_extension_in_the_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        save(&root.join("a.png"), 4, 4, [1, 2, 3]);
+        for name in [
+            "notes.txt",
+            "more/notes.TXT",
+            "meta.json",
+            "README",
+            ".DS_Store",
+        ] {
+            let path = root.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"not an image").unwrap();
+        }
+        let mut walk = Walk::new(root).unwrap();
+        assert_eq!(
+            image_files(&mut walk, root).unwrap(),
+            vec![PathBuf::from("a.png")]
+        );
+        // Hidden files are passed over without a count.
+        let counts: Vec<(&str, usize)> = walk
+            .other_extensions
+            .iter()
+            .map(|(e, n)| (e.as_str(), *n))
+            .collect();
+        assert_eq!(counts, vec![("", 1), ("json", 1), ("txt", 2)]);
+        assert_eq!(
+            walk.summary().unwrap(),
+            "skipped 4 files with other extensions (no extension, .json, .txt)"
+        );
+        // A folder of nothing but other kinds: the error says which images are read.
+        std::fs::remove_file(root.join("a.png")).unwrap();
+        let err = load(root, Labels::FromFolders, &LoadOptions::default()).unwrap_err();
+        assert!(err.to_string().contains(".webp, .bmp, .gif"), "{err}");
+    }
+
     #[test]
     fn empty_and_unreadable_folders_are_errors_that_name_them() {
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path(), Labels::FromFolders, &LoadOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("no .png"), "{err}");
+        assert!(err.to_string().contains("no images (.png"), "{err}");
         std::fs::write(dir.path().join("bad.png"), b"not a png").unwrap();
         let err = load(dir.path(), Labels::FromFolders, &LoadOptions::default()).unwrap_err();
         assert!(
