@@ -19,16 +19,38 @@ fn keep_freed_memory() {
     }
 }
 
+/// The thread pool's size as rayon would choose it: `RAYON_NUM_THREADS`, else the cores this
+/// process may run on (its affinity mask: `taskset`, mpirun's binding, a container's CPU set).
+fn pool_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// With two threads or more, this thread joins the pool as one of its workers: the parallel
+/// parts of every kernel it starts then run as jobs the other workers steal, where from outside
+/// the pool each was handed over while this thread slept (two context switches per kernel).
+/// With one thread it stays outside: the pool's only worker must be free to run the jobs of the
+/// data loader's and the collective's threads while this thread waits on them (it would wait
+/// forever as that worker: one core under `taskset`, Slurm or mpirun's default binding).
+/// Harmless when it fails (a pool already built): the default pool runs as before.
+fn build_thread_pool() {
+    let threads = pool_threads();
+    let builder = rayon::ThreadPoolBuilder::new().num_threads(threads);
+    let builder = if threads > 1 {
+        builder.use_current_thread()
+    } else {
+        builder
+    };
+    let _ = builder.build_global();
+}
+
 fn main() {
     keep_freed_memory();
     let cli = trainer::cli::Cli::parse();
-    // This thread joins the thread pool as one of its workers: the parallel parts of every
-    // kernel it starts then run as jobs the other workers steal, where from outside the pool
-    // each was handed over while this thread slept (two context switches per kernel).
-    // Harmless when it fails (a pool already built): the default pool runs as before.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .use_current_thread()
-        .build_global();
+    build_thread_pool();
     use trainer::distributed::mpi;
     match trainer::cli::run(cli) {
         Ok(code) => {

@@ -138,3 +138,56 @@ pub fn small(kind: MethodKind, epochs: usize) -> TrainConfig {
     config.knn.k = 5;
     config
 }
+
+/// `command`'s output, or (as `Err`) what it had printed when it was killed after `limit`: a
+/// hang fails its test instead of blocking the suite.
+pub fn output_within(
+    mut command: std::process::Command,
+    limit: std::time::Duration,
+) -> Result<Output, String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    // Read both pipes on threads of their own, so a full pipe never stalls the child.
+    let mut pipes = [
+        child.stdout.take().map(as_reader),
+        child.stderr.take().map(as_reader),
+    ];
+    let readers = pipes.each_mut().map(|pipe| {
+        let mut pipe = pipe.take().unwrap();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let [stdout, stderr] = readers.map(|r| r.join().unwrap());
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(format!("{}{}", text(&stdout), text(&stderr))),
+    }
+}
+
+fn as_reader(pipe: impl std::io::Read + Send + 'static) -> Box<dyn std::io::Read + Send> {
+    Box::new(pipe)
+}
