@@ -3,13 +3,17 @@
 
 For each seed, PyTorch initialises the network (its default initialisation); the trainer starts
 from exactly those weights (`--init-weights`), so the kNN accuracy at initialisation is one
-number for both. Then each trains for the same number of steps on CIFAR-10 with the default
+number for both. With `--own-init` each side starts from its own default initialisation instead
+(the same distributions, torchvision's `resnet18` scheme, different draws): PyTorch's model is
+initialised by `torchvision_init`, the trainer by itself, as a user's default run is. Then each trains for the same number of steps on CIFAR-10 with the default
 recipe: torchvision's SimCLR augmentations (crop 0.08-1, flip, jitter 0.4/0.4/0.4/0.1 p 0.8,
 grayscale 0.2, no blur), NT-Xent T = 0.5, Adam lr 3e-4 / wd 1e-4 / eps 1e-8, global gradient
 clipping at 1.0, batches drawn from a fresh permutation of the 50,000 training images every
-`--steps-per-epoch` steps. kNN top-1 is the trainer's monitor in both: features h with BatchNorm
-in inference mode, bank = first 10,000 training images, queries = first 2,000 test images,
-cosine similarity, k = 200, votes exp(sim / 0.1).
+`--steps-per-epoch` steps. kNN top-1 is computed here for both, the same way (the trainer's
+monitor protocol): features h with BatchNorm in inference mode (the trainer's from its final
+checkpoint exported to ONNX, run by ONNX Runtime), bank = first 10,000 training images, queries =
+first 2,000 test images, cosine similarity, k = 200, votes exp(sim / 0.1). The trainer's own
+monitor (a seeded, class-stratified bank of the 50,000) is reported beside it.
 
   python3 bench/parity.py --trainer target/release/trainer --data CIFAR10_BIN_DIR \\
       --width 16 --epochs 10 --steps-per-epoch 40 --batch-size 128 --seeds 1 2 3
@@ -38,7 +42,7 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from golden_simclr import MEAN, STD, simclr_transform, state  # noqa: E402
-from torch_simclr import SimCLR, nt_xent  # noqa: E402
+from torch_simclr import SimCLR, nt_xent, torchvision_init  # noqa: E402
 
 
 def load_split(directory, files):
@@ -58,8 +62,19 @@ def features(model, images, batch=500):
     return F.normalize(torch.cat(out), dim=1)
 
 
+def onnx_features(path, images, batch=500):
+    """The exported encoder's features of uint8 images (it normalises them itself)."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = [session.run(["embedding"], {"images": images[i:i + batch].float().numpy() / 255})[0]
+           for i in range(0, len(images), batch)]
+    return F.normalize(torch.from_numpy(np.concatenate(out)), dim=1)
+
+
 def knn_top1(model, bank, bank_labels, queries, query_labels, k=200, t=0.1, classes=10):
-    bank_h, query_h = features(model, bank), features(model, queries)
+    """`model`: a PyTorch SimCLR, or the path of an exported encoder.onnx."""
+    embed = (lambda x: onnx_features(model, x)) if isinstance(model, str) else (lambda x: features(model, x))
+    bank_h, query_h = embed(bank), embed(queries)
     sim = query_h @ bank_h.t()
     top, index = sim.topk(k, dim=1)
     votes = torch.zeros(len(queries), classes).scatter_add_(1, bank_labels[index], (top / t).exp())
@@ -92,19 +107,25 @@ def train_torch(model, train, args, seed):
 
 
 def train_ours(weights, args, seed, scratch):
-    """The trainer from the same weights; returns (loss per epoch, final kNN, kNN per epoch)."""
+    """The trainer from `weights` (None: its own initialisation); returns (loss per epoch, its
+    monitor's final kNN, its monitor's kNN per epoch, the exported encoder.onnx)."""
     config = os.path.join(scratch, "parity.toml")
     with open(config, "w") as f:
         f.write(f"[model]\nwidth = {args.width}\n\n[model.head]\nhidden = {args.head_hidden}\nout = {args.head_out}\n")
     out = os.path.join(args.keep or scratch, f"ours-{seed}")
-    subprocess.run([args.trainer, "--data", args.data, "--config", config, "--init-weights", weights,
+    init = ["--init-weights", weights] if weights else []
+    subprocess.run([args.trainer, "--data", args.data, "--config", config, *init,
                     "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
                     "--batch-size", str(args.batch_size), "--seed", str(seed), "--out", out,
                     *args.trainer_arg],
                    check=True, stderr=subprocess.DEVNULL)
+    onnx = os.path.join(out, "encoder.onnx")
+    subprocess.run([args.trainer, "export", "--checkpoint", out, "--out", onnx], check=True,
+                   stderr=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
-    return [float(r["loss"]) for r in rows], float(rows[-1]["knn_top1"]), [float(r["knn_top1"]) for r in rows]
+    return ([float(r["loss"]) for r in rows], float(rows[-1]["knn_top1"]),
+            [float(r["knn_top1"]) for r in rows], onnx)
 
 
 def mean_spread(values):
@@ -126,6 +147,8 @@ def main():
     p.add_argument("--out", default="parity.json")
     p.add_argument("--ours-only", action="store_true", help="train only the trainer")
     p.add_argument("--keep", help="directory that keeps the trainer's runs (ours-SEED)")
+    p.add_argument("--own-init", action="store_true",
+                   help="each side starts from its own default initialisation (no --init-weights)")
     p.add_argument("--trainer-arg", action="append", default=[],
                    help="an extra trainer flag, repeatable (--trainer-arg=--no-winograd)")
     args = p.parse_args()
@@ -141,16 +164,23 @@ def main():
         for seed in args.seeds:
             torch.manual_seed(seed)
             model = SimCLR(args.width, args.head_hidden, args.head_out)
-            weights = os.path.join(scratch, f"init-{seed}.safetensors")
-            save_file(state(model), weights)
+            if args.own_init:
+                torchvision_init(model)
+                weights = None
+            else:
+                weights = os.path.join(scratch, f"init-{seed}.safetensors")
+                save_file(state(model), weights)
             init = knn_top1(model, bank, bank_labels, queries, query_labels)
-            print(f"seed {seed}: kNN at initialisation {100 * init:.2f} %", flush=True)
+            print(f"seed {seed}: kNN at initialisation {100 * init:.2f} % (PyTorch's draw)", flush=True)
             start = time.time()
-            ours_loss, ours_knn, ours_curve = train_ours(weights, args, seed, scratch)
+            ours_loss, monitor_knn, ours_curve, onnx = train_ours(weights, args, seed, scratch)
             ours_s = time.time() - start
-            print(f"  ours: kNN {100 * ours_knn:.2f} %, losses {ours_loss}, {ours_s:.0f} s", flush=True)
+            ours_knn = knn_top1(onnx, bank, bank_labels, queries, query_labels)
+            print(f"  ours: kNN {100 * ours_knn:.2f} % (monitor {100 * monitor_knn:.2f} %), "
+                  f"losses {ours_loss}, {ours_s:.0f} s", flush=True)
             result = {"seed": seed, "knn_init": init,
-                      "ours": {"knn": ours_knn, "knn_by_epoch": ours_curve, "loss_by_epoch": ours_loss, "seconds": ours_s}}
+                      "ours": {"knn": ours_knn, "monitor_knn": monitor_knn, "knn_by_epoch": ours_curve,
+                               "loss_by_epoch": ours_loss, "seconds": ours_s}}
             if not args.ours_only:
                 start = time.time()
                 torch_loss = train_torch(model, train, args, seed)
@@ -167,7 +197,8 @@ def main():
     print(f"\nwidth {args.width}, {steps} steps at batch {args.batch_size}, seeds {args.seeds}")
     print("| | kNN top-1 % (mean ± sd) | final epoch loss |")
     print("|---|---:|---:|")
-    print(f"| initialisation (same weights) | {mean_spread([r['knn_init'] for r in results])} | |")
+    start = "PyTorch's draw; the trainer's own" if args.own_init else "same weights"
+    print(f"| initialisation ({start}) | {mean_spread([r['knn_init'] for r in results])} | |")
     for name in ["ours"] + ([] if args.ours_only else ["torch"]):
         losses = [r[name]["loss_by_epoch"][-1] for r in results]
         print(f"| {name} | {mean_spread([r[name]['knn'] for r in results])} | "

@@ -55,6 +55,21 @@ class SimCLR(nn.Module):
         return self.head(self.encoder(x))
 
 
+def torchvision_init(model):
+    """torchvision's `resnet18` initialisation, which the trainer uses: every convolution
+    `kaiming_normal_(mode="fan_out", nonlinearity="relu")` but the CIFAR stem's 3x3 (it replaces
+    torchvision's `conv1` after construction, so it keeps PyTorch's default, as the Linear layers
+    do); BatchNorm weight 1 and bias 0 (already PyTorch's default)."""
+    stem = model.encoder[0]
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and not (module is stem and module.kernel_size == (3, 3)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
 def nt_xent(z, temperature):
     z = F.normalize(z, dim=1)
     n = z.shape[0] // 2

@@ -109,4 +109,49 @@ mod tests {
         assert_eq!(expander.forward(x.clone()).dims(), [5, 8]);
         assert_eq!(simclr.forward(x).dims(), [5, 128]);
     }
+
+    /// PyTorch's `nn.Linear` default, which every reference head keeps: weight and bias uniform
+    /// on `+-1/sqrt(fan_in)`. Checked on the widest values and the bounds, per layer.
+    #[test]
+    fn every_linear_is_initialised_as_pytorch_does() {
+        let device = Default::default();
+        let head = HeadConfig {
+            hidden: 512,
+            out: 128,
+            layers: 3,
+            batchnorm: true,
+        }
+        .init::<CpuBackend>(512, &device);
+        for (name, layer) in [("fc1", &head.fc1), ("fc2", &head.fc2)]
+            .into_iter()
+            .chain(head.fc3.iter().map(|fc3| ("fc3", fc3)))
+        {
+            let [fan_in, _] = layer.weight.dims();
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let weight: Vec<f32> = layer.weight.val().into_data().to_vec().unwrap();
+            let bias: Vec<f32> = layer
+                .bias
+                .as_ref()
+                .unwrap()
+                .val()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let n = weight.len() as f64;
+            let std = (weight.iter().map(|&w| (w as f64).powi(2)).sum::<f64>() / n).sqrt();
+            let expected = bound / 3f64.sqrt();
+            assert!(
+                (std / expected - 1.0).abs() < 0.02,
+                "{name}: std {std} vs {expected}"
+            );
+            let max = weight
+                .iter()
+                .chain(&bias)
+                .fold(0f64, |m, &w| m.max((w as f64).abs()));
+            assert!(
+                max <= bound && max > 0.95 * bound,
+                "{name}: max |w| {max} vs {bound}"
+            );
+        }
+    }
 }
