@@ -121,13 +121,14 @@ def nce(q, k, queue, temperature):
 
 
 def vicreg_loss(z):
-    """facebookresearch/vicreg's loss (weights 25 / 25 / 1)."""
+    """solo-learn's vicreg_loss_func (weights 25 / 25 / 1): the two views' variance hinges are
+    summed (facebookresearch/vicreg averages them, halving the term)."""
     x, y = split(z)
     n, d = x.shape
     repr_loss = F.mse_loss(x, y)
     x, y = x - x.mean(0), y - y.mean(0)
     std_x, std_y = torch.sqrt(x.var(0) + 1e-4), torch.sqrt(y.var(0) + 1e-4)
-    std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    std_loss = torch.mean(F.relu(1 - std_x)) + torch.mean(F.relu(1 - std_y))
     cov_x, cov_y = x.t() @ x / (n - 1), y.t() @ y / (n - 1)
     cov_loss = off_diagonal(cov_x).pow(2).sum() / d + off_diagonal(cov_y).pow(2).sum() / d
     return 25 * repr_loss + 25 * std_loss + cov_loss
