@@ -8,8 +8,9 @@
 //! RNG state, the full config (with the method) and the MD5 of the three records, so a truncated
 //! or corrupted file is reported as such instead of loading garbage. The method state is what a
 //! method keeps beside the trained model (BYOL's target network, MoCo's key encoder and queue).
-//! `OUT/checkpoints/latest` names the newest file. After each save, `prune` removes the
-//! checkpoints the run no longer needs (`keep_last`, `keep_every`).
+//! `OUT/checkpoints/latest` names the newest file; `--resume` takes the newest that reads back
+//! intact ([`resume_point`]), setting damaged ones aside as `*.ckpt.corrupt`. After each save,
+//! `prune` removes the checkpoints the run no longer needs (`keep_last`, `keep_every`).
 
 use crate::config::TrainConfig;
 use crate::methods::MethodKind;
@@ -73,6 +74,28 @@ pub struct Checkpoint {
     model: Vec<u8>,
     optimizer: Vec<u8>,
     pub method_state: Vec<u8>,
+}
+
+/// What makes a file unusable as a checkpoint whatever the trainer's version: truncated, bytes
+/// flipped, not a checkpoint at all. `--resume` passes over such a file to an older one.
+#[derive(Debug)]
+struct Damaged(String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// Fails with [`Damaged`] unless `ok`.
+fn ensure_intact(ok: bool, message: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Damaged(message.into()).into())
+    }
 }
 
 fn recorder() -> BinBytesRecorder<FullPrecisionSettings> {
@@ -250,6 +273,115 @@ pub fn latest_in(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
+/// What a damaged checkpoint's name gains: the file is kept for a look, and is no longer a
+/// `.ckpt`, so neither `--resume`, `latest` nor [`prune`] takes it again.
+pub const CORRUPT_SUFFIX: &str = ".corrupt";
+
+/// The checkpoint `--resume` continues from: the newest in `dir` that reads back intact, the
+/// one `latest` names first, then the others, newest first. A damaged one (truncated, bytes
+/// flipped) is passed over with a warning; where `quarantine` (the rank that writes the run's
+/// files), it is renamed `NAME.ckpt.corrupt`, never deleted, and `latest` then names the one
+/// chosen. `None`: no checkpoint at all. Fails listing each file and its problem when none is
+/// intact, and at once on a problem an older file would share (another format version).
+pub fn resume_point(dir: &Path, quarantine: bool) -> Result<Option<Checkpoint>> {
+    let mut candidates = Vec::new();
+    let mut problems = Vec::new();
+    match latest_in(dir) {
+        Ok(Some(path)) => candidates.push(path),
+        Ok(None) => {}
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    for path in checkpoints_newest_first(dir)? {
+        if !candidates.contains(&path) {
+            candidates.push(path);
+        }
+    }
+    if candidates.is_empty() && problems.is_empty() {
+        return Ok(None);
+    }
+    for path in candidates {
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            // Another rank of this run renamed it a moment ago, as damaged.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !quarantine => continue,
+            Err(e) => bail!("cannot read checkpoint {}: {e}", path.display()),
+        };
+        match Checkpoint::parse(&path, &bytes) {
+            Ok(ckpt) => {
+                if quarantine && !problems.is_empty() {
+                    let name = path.file_name().unwrap().to_string_lossy();
+                    write_atomically(&dir.join(LATEST), format!("{name}\n").as_bytes())?;
+                }
+                return Ok(Some(ckpt));
+            }
+            Err(e) if e.downcast_ref::<Damaged>().is_some() => {
+                let mut problem = format!("{}: {e:#}", path.display());
+                if quarantine {
+                    let kept = set_aside(&path)?;
+                    problem += &format!(" (kept as {})", kept.display());
+                    eprintln!("warning: checkpoint {problem}; trying the next older one");
+                }
+                problems.push(problem);
+            }
+            Err(e) => return Err(e.context(format!("checkpoint {}", path.display()))),
+        }
+    }
+    bail!(
+        "no intact checkpoint in {} to resume from:\n  {}\nstart a new run with another --out",
+        dir.display(),
+        problems.join("\n  ")
+    )
+}
+
+/// The `epoch-*.ckpt` files of `dir`, newest first (an epoch's Ctrl-C saves before its end).
+fn checkpoints_newest_first(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => bail!("cannot list {}: {e}", dir.display()),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name
+            .strip_prefix("epoch-")
+            .and_then(|n| n.strip_suffix(".ckpt"))
+        else {
+            continue;
+        };
+        // epoch-0004-step-000005 (inside epoch 4) comes before epoch-0004 (its end).
+        let order = match stem.split_once("-step-") {
+            Some((epoch, step)) => (epoch.parse::<usize>(), step.parse::<usize>()),
+            None => (stem.parse::<usize>(), Ok(usize::MAX)),
+        };
+        if let (Ok(epoch), Ok(step)) = order {
+            found.push(((epoch, step), dir.join(name)));
+        }
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Renames a damaged checkpoint `NAME.ckpt.corrupt` (`.corrupt-2`... if taken): kept, never
+/// overwriting an earlier one.
+fn set_aside(path: &Path) -> Result<PathBuf> {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut kept = path.with_file_name(format!("{name}{CORRUPT_SUFFIX}"));
+    let mut n = 2;
+    while kept.exists() {
+        kept = path.with_file_name(format!("{name}{CORRUPT_SUFFIX}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &kept).with_context(|| {
+        format!(
+            "cannot rename the damaged checkpoint {} to {} (no write permission?)",
+            path.display(),
+            kept.display()
+        )
+    })?;
+    Ok(kept)
+}
+
 impl Checkpoint {
     /// Reads and verifies a checkpoint file (or the `latest` of a checkpoints directory).
     pub fn read(path: &Path) -> Result<Self> {
@@ -268,27 +400,27 @@ impl Checkpoint {
     }
 
     fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
-        ensure!(
+        ensure_intact(
             bytes.starts_with(MAGIC),
-            "not a checkpoint written by this trainer (wrong magic bytes)"
-        );
+            "not a checkpoint written by this trainer (wrong magic bytes)",
+        )?;
         let rest = &bytes[MAGIC.len()..];
-        ensure!(
+        ensure_intact(
             rest.len() >= 8,
-            "truncated: the file ends inside its header"
-        );
+            "truncated: the file ends inside its header",
+        )?;
         let header_len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
         let rest = &rest[8..];
-        ensure!(
+        ensure_intact(
             rest.len() >= header_len,
-            "truncated: the file ends inside its header"
-        );
+            "truncated: the file ends inside its header",
+        )?;
         #[derive(Deserialize)]
         struct Format {
             format: u32,
         }
         let format = serde_json::from_slice::<Format>(&rest[..header_len])
-            .context("corrupt header")?
+            .map_err(|e| Damaged(format!("corrupt header: {e}")))?
             .format;
         ensure!(
             format == FORMAT_VERSION,
@@ -300,8 +432,8 @@ impl Checkpoint {
                 ""
             }
         );
-        let header: Header =
-            serde_json::from_slice(&rest[..header_len]).context("corrupt header")?;
+        let header: Header = serde_json::from_slice(&rest[..header_len])
+            .map_err(|e| Damaged(format!("corrupt header: {e}")))?;
         let payload = &rest[header_len..];
         let lengths = [
             header.model_bytes as usize,
@@ -309,17 +441,19 @@ impl Checkpoint {
             header.method_bytes as usize,
         ];
         let promised: usize = lengths.iter().sum();
-        ensure!(
+        ensure_intact(
             payload.len() == promised,
-            "truncated or padded: {} bytes of weights where the header promises {promised}",
-            payload.len(),
-        );
+            format!(
+                "truncated or padded: {} bytes of weights where the header promises {promised}",
+                payload.len()
+            ),
+        )?;
         let (model, rest) = payload.split_at(lengths[0]);
         let (optimizer, method_state) = rest.split_at(lengths[1]);
-        ensure!(
+        ensure_intact(
             payload_md5(&[model, optimizer, method_state]) == header.md5,
-            "corrupt: the weights do not match the checksum in the header"
-        );
+            "corrupt: the weights do not match the checksum in the header",
+        )?;
         Ok(Self {
             path: path.to_path_buf(),
             state: header.state,
@@ -501,6 +635,73 @@ mod tests {
         std::fs::write(&path, b"hello").unwrap();
         let err = format!("{:#}", Checkpoint::read(&path).err().unwrap());
         assert!(err.contains("not a checkpoint"), "{err}");
+    }
+
+    /// Checkpoints of epochs 1 to 3 in `dir`, `latest` naming epoch 3.
+    fn three_epochs(dir: &Path) {
+        let config = small_config();
+        let model = config.model.init::<CpuBackend>(&Default::default());
+        for epochs_done in 1..=3 {
+            let state = TrainState {
+                epochs_done,
+                ..state()
+            };
+            let record = model.clone().into_record();
+            save(dir, &model, record, b"method", &state, &config).unwrap();
+        }
+    }
+
+    #[test]
+    fn resume_passes_over_a_damaged_latest_and_keeps_it_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        three_epochs(dir.path());
+        let newest = dir.path().join("epoch-0003.ckpt");
+        let mut bytes = std::fs::read(&newest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff; // one flipped byte: fails the checksum
+        std::fs::write(&newest, &bytes).unwrap();
+
+        let ckpt = resume_point(dir.path(), true).unwrap().unwrap();
+        assert_eq!(ckpt.path, dir.path().join("epoch-0002.ckpt"));
+        assert_eq!(ckpt.state.epochs_done, 2);
+        let kept = dir.path().join("epoch-0003.ckpt.corrupt");
+        assert_eq!(std::fs::read(&kept).unwrap(), bytes, "kept as it was");
+        assert!(!newest.exists());
+        // `latest` names the good one now, and pruning leaves the damaged file alone.
+        assert_eq!(latest_in(dir.path()).unwrap().unwrap(), ckpt.path);
+        assert_eq!(prune(dir.path(), 1, 0).unwrap(), ["epoch-0001.ckpt"]);
+        assert!(kept.is_file());
+
+        // A truncated one next: set aside too, under a name of its own.
+        let good = std::fs::read(&ckpt.path).unwrap();
+        std::fs::write(&ckpt.path, &good[..good.len() / 2]).unwrap();
+        std::fs::copy(&ckpt.path, dir.path().join("epoch-0003.ckpt")).unwrap();
+        let err = format!("{:#}", resume_point(dir.path(), true).err().unwrap());
+        for expected in [
+            "no intact checkpoint",
+            "epoch-0003.ckpt: truncated",
+            "epoch-0002.ckpt: truncated",
+            "kept as",
+            "epoch-0003.ckpt.corrupt-2",
+            "another --out",
+        ] {
+            assert!(err.contains(expected), "{expected:?} in {err}");
+        }
+        assert!(kept.is_file() && dir.path().join("epoch-0002.ckpt.corrupt").is_file());
+    }
+
+    #[test]
+    fn a_reader_that_does_not_write_leaves_the_damaged_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        three_epochs(dir.path());
+        let newest = dir.path().join("epoch-0003.ckpt");
+        std::fs::write(&newest, b"SELFSUP-CKPT\n").unwrap();
+        let ckpt = resume_point(dir.path(), false).unwrap().unwrap();
+        assert_eq!(ckpt.state.epochs_done, 2);
+        assert!(newest.is_file());
+        assert!(resume_point(&dir.path().join("none"), true)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

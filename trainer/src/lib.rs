@@ -65,6 +65,7 @@ pub mod panics;
 pub mod plot;
 pub mod precision;
 pub mod progress;
+pub mod run_lock;
 pub mod tensorboard;
 
 pub use data::augment::AugmentConfig;

@@ -1,9 +1,10 @@
 //! Training runs end to end on a tiny network and synthetic images: outputs, checkpoints,
-//! resume (after an epoch and after Ctrl-C mid-epoch) and a non-finite loss.
+//! resume (after an epoch and after Ctrl-C mid-epoch, past a damaged checkpoint), a non-finite
+//! loss, and one writer per run folder.
 
 mod common;
 
-use common::assert_close;
+use common::{assert_close, text, Metrics};
 use std::path::Path;
 use std::sync::Mutex;
 use trainer::checkpoint::{latest_in, Checkpoint};
@@ -173,4 +174,81 @@ fn resume_with_another_architecture_is_refused() {
     other.model.width = 8;
     let err = format!("{:#}", train(other, dir.path(), true, false).unwrap_err());
     assert!(err.contains("architecture"), "{err}");
+}
+
+/// The trainer binary on CIFAR-10 with a width-4 network, 1 step of 8 per epoch, no kNN.
+fn tiny_run(out: &Path, epochs: &str) -> std::process::Output {
+    let data = e2e::cifar10_bin();
+    common::trainer(&[
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--width",
+        "4",
+        "--batch-size",
+        "8",
+        "--steps-per-epoch",
+        "1",
+        "--knn-every",
+        "0",
+        "--epochs",
+        epochs,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn a_second_run_on_a_folder_in_use_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // This test process holds the folder, as a first `trainer train --out run` would.
+    let held = trainer::run_lock::RunLock::acquire(&out).unwrap();
+    let second = tiny_run(&out, "1");
+    assert_eq!(second.status.code(), Some(1));
+    let err = text(&second.stderr);
+    let holder = format!("PID {} on host", std::process::id());
+    assert!(
+        err.contains(&holder) && err.contains(&out.display().to_string()),
+        "{err}"
+    );
+    for file in ["checkpoints", "metrics.csv", "config.toml", "tb"] {
+        assert!(!out.join(file).exists(), "the refused run wrote {file}");
+    }
+    // Once the first run ends (or dies), the folder is free again.
+    drop(held);
+    let first = tiny_run(&out, "1");
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(out.join("checkpoints/epoch-0001.ckpt").is_file());
+}
+
+#[test]
+fn resume_passes_over_a_damaged_newest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let first = tiny_run(&out, "2");
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let newest = out.join("checkpoints/epoch-0002.ckpt");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() - 100]).unwrap(); // a save cut short
+
+    let resumed = common::trainer(&["--resume", "--out", out.to_str().unwrap()]);
+    let (stdout, err) = (text(&resumed.stdout), text(&resumed.stderr));
+    assert!(resumed.status.success(), "{err}");
+    assert!(
+        err.contains("warning: checkpoint")
+            && err.contains("epoch-0002.ckpt: truncated")
+            && err.contains("resuming from")
+            && err.contains("epoch-0001.ckpt"),
+        "{err}"
+    );
+    assert!(
+        stdout.contains("epoch 2/2") && !stdout.contains("epoch 1/2"),
+        "{stdout}"
+    );
+    let kept = out.join("checkpoints/epoch-0002.ckpt.corrupt");
+    assert_eq!(std::fs::read(&kept).unwrap().len(), bytes.len() - 100);
+    Checkpoint::read(&newest).unwrap();
+    assert_eq!(Metrics::read(&out).column("epoch"), [1.0, 2.0]);
 }
