@@ -504,9 +504,27 @@ fn f16_overflow_skips_the_step_and_halves_the_loss_scale() {
     );
 }
 
-/// Bound on each gradient's relative L2 error of the methods' steps on the shipped kernels
-/// (measured worst: README, "Evidence").
-const SHIPPED_GRADIENT_BOUND: f64 = 5e-2;
+/// Bound on each gradient's relative L2 error of the methods' steps on the shipped kernels, but
+/// for the tensors of [`WINOGRAD_SENSITIVE`]: the im2col bound. Winograd F(4x4, 3x3) rounds its
+/// input and output transforms in float32, a few times im2col's error on a typical tensor
+/// (measured: at most 3.6e-5 over every other tensor of the four methods).
+const SHIPPED_GRADIENT_BOUND: f64 = 1e-3;
+
+/// Gradients whose error on the shipped kernels is far above the rest, each with its bound: 3x
+/// its measured error. These are tensors whose gradient is small next to the activations it
+/// sums over (a BatchNorm shift or scale late in the network, where most of the signal cancels),
+/// so the float32 rounding the Winograd transforms add, the same absolute size as everywhere,
+/// is a large relative error. A kernel change that loses accuracy elsewhere still fails at 1e-3,
+/// and here at 3x what the shipped kernels do today.
+const WINOGRAD_SENSITIVE: &[(&str, &str, f64)] = &[];
+
+/// The relative L2 bound of `tensor`'s gradient in `method`'s golden step.
+fn shipped_bound(method: &str, tensor: &str) -> f64 {
+    WINOGRAD_SENSITIVE
+        .iter()
+        .find(|(m, t, _)| *m == method && *t == tensor)
+        .map_or(SHIPPED_GRADIENT_BOUND, |(_, _, bound)| *bound)
+}
 
 /// One step of BYOL, MoCo v2, VICReg and Barlow Twins against PyTorch
 /// (`bench/golden_methods.py`): each method's heads at a small width, its loss as the reference
@@ -599,6 +617,14 @@ fn every_method_step_matches_pytorch() {
                 continue;
             }
             let error = relative_l2(&ours, theirs);
+            let gradient_bound = if winograd {
+                shipped_bound(kind.name(), &tensor.name)
+            } else {
+                gradient_bound
+            };
+            if winograd && error > 1e-4 {
+                eprintln!("{kind} (shipped kernels): {} {error:.3e}", tensor.name);
+            }
             assert!(
                 error < gradient_bound,
                 "{kind} ({kernels}): gradient of {}: relative L2 error {error:.2e} against PyTorch",

@@ -166,10 +166,11 @@ pub struct EvalArgs {
     /// Linear-probe learning rate [default: 1e-3 fast, 0.1 standard].
     #[arg(long)]
     pub probe_lr: Option<f64>,
-    /// Use only the first N train images (0 = all 50,000).
+    /// Use only N train images (0 = all), drawn with a fixed seed, each class in proportion:
+    /// the same subset on every call.
     #[arg(long, default_value_t = 0)]
     pub limit_train: usize,
-    /// Use only the first N test images (0 = all 10,000).
+    /// Use only N test images (0 = all), drawn as --limit-train's.
     #[arg(long, default_value_t = 0)]
     pub limit_test: usize,
     /// Images per forward pass while computing features.
@@ -338,7 +339,10 @@ pub struct TrainArgs {
     /// TOML file with any config keys (see `trainer train --print-config`); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Continue the run in --out from its latest checkpoint (its config.toml is reused).
+    /// Continue the run in --out from its newest intact checkpoint, with its recipe (its
+    /// config.toml, or --config if it is the same recipe). Flags or config keys that would change
+    /// the run are refused, naming each; only --epochs (with --extend-schedule), --knn-every,
+    /// --log-every, --keep-last, --keep-every, --device, --devices and --no-winograd may change.
     #[arg(long, requires = "out")]
     pub resume: bool,
     /// With --resume and a new --epochs: stretch the learning-rate and momentum schedules over
@@ -402,7 +406,22 @@ impl TrainArgs {
                 self.batch_size.unwrap_or(TrainConfig::default().batch_size),
             ),
         };
-        let saved = (self.resume && self.config.is_none()).then(|| config.clone());
+        // The run being resumed, as its config.toml records it, whether this recipe comes from
+        // there or from --config.
+        let saved = match (&self.out, self.resume) {
+            (Some(_), true) if self.config.is_none() => Some(config.clone()),
+            (Some(out), true) => {
+                let path = out.join("config.toml");
+                match path.exists() {
+                    true => {
+                        Some(TrainConfig::load(&path).context("--resume reads the run's recipe")?)
+                    }
+                    // A run that never started: the checkpoint, if any, is checked at load.
+                    false => None,
+                }
+            }
+            _ => None,
+        };
         if let Some(optimizer) = self.optimizer {
             if optimizer != config.optim.optimizer {
                 let batch = self.batch_size.unwrap_or(config.batch_size);
@@ -494,29 +513,8 @@ impl TrainArgs {
     /// --epochs keeps the schedules' horizon unless --extend-schedule.
     fn continue_the_run(&self, saved: &TrainConfig, config: &mut TrainConfig) -> Result<()> {
         let out = self.out.as_deref().unwrap_or(Path::new("")).display();
-        let same = |flag: &str, was: String, now: String| {
-            ensure!(
-                was == now,
-                "{out} was trained with {flag} {was}; {flag} {now} would change the run instead \
-                    of continuing it: drop {flag}, or start a new run with another --out"
-            );
-            Ok(())
-        };
-        same(
-            "--batch-size",
-            saved.batch_size.to_string(),
-            config.batch_size.to_string(),
-        )?;
-        same(
-            "--data",
-            format!("{:?}", saved.data),
-            format!("{:?}", config.data),
-        )?;
-        same(
-            "--image-size",
-            saved.image_size.to_string(),
-            config.image_size.to_string(),
-        )?;
+        config.adopt_resolved(saved);
+        config.ensure_continues(saved, &out.to_string())?;
         if config.epochs != saved.epochs || self.extend_schedule {
             let horizon = saved.horizon_epochs();
             if self.extend_schedule {

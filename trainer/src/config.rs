@@ -339,6 +339,128 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// Keys of the recipe that a resumed run may change: how long it runs and how it is watched,
+/// kept and executed, never what it trains (`schedule_epochs` follows `--epochs` and
+/// `--extend-schedule`; `device`, `winograd` and `prefetch_batches` change where and how fast
+/// the same arithmetic runs).
+pub const CHANGEABLE_ON_RESUME: [&str; 9] = [
+    "epochs",
+    "schedule_epochs",
+    "knn.every",
+    "log_every",
+    "keep_last",
+    "keep_every",
+    "device",
+    "winograd",
+    "prefetch_batches",
+];
+
+/// The command-line flag that sets a recipe key, for messages.
+fn flag_of(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "data" => "--data",
+        "image_size" => "--image-size",
+        "eval_data" => "--eval-data",
+        "strict_data" => "--strict-data",
+        "batch_size" => "--batch-size",
+        "steps_per_epoch" => "--steps-per-epoch",
+        "seed" => "--seed",
+        "init_weights" => "--init-weights",
+        "precision" => "--precision",
+        "method.name" => "--method",
+        "method.temperature" => "--temperature",
+        "model.width" => "--width",
+        "optim.optimizer" => "--optimizer",
+        "optim.lr" => "--lr",
+        "optim.weight_decay" => "--weight-decay",
+        "optim.warmup_epochs" => "--warmup-epochs",
+        _ => return None,
+    })
+}
+
+/// Every leaf of `value` as `dotted.key = value`.
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_string(), leaf.to_string());
+        }
+    }
+}
+
+impl TrainConfig {
+    /// What the data decides (`image_size` 0, `model.stem` auto, `augment.mean`/`std` unset),
+    /// taken from `saved`, the run being resumed: "auto" in a config file is the value the run
+    /// resolved.
+    pub fn adopt_resolved(&mut self, saved: &TrainConfig) {
+        if self.image_size == 0 {
+            self.image_size = saved.image_size;
+        }
+        if self.model.stem == crate::model::Stem::Auto {
+            self.model.stem = saved.model.stem;
+        }
+        if self.augment.mean.is_none() && self.augment.std.is_none() {
+            self.augment.mean = saved.augment.mean;
+            self.augment.std = saved.augment.std;
+        }
+    }
+
+    /// Fails unless this recipe continues `saved` (a run's config.toml, or a checkpoint's
+    /// recipe): every key other than [`CHANGEABLE_ON_RESUME`] must be the same. The error names
+    /// each key that differs, with its flag, old and new value.
+    pub fn ensure_continues(&self, saved: &TrainConfig, run: &str) -> Result<()> {
+        let as_keys = |config: &TrainConfig| {
+            let value = toml::Value::try_from(config).expect("a TrainConfig always serialises");
+            let mut keys = std::collections::BTreeMap::new();
+            flatten("", &value, &mut keys);
+            keys
+        };
+        let (was, now) = (as_keys(saved), as_keys(self));
+        let unset = "(unset)".to_string();
+        let differences: Vec<String> = was
+            .keys()
+            .chain(now.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|key| !CHANGEABLE_ON_RESUME.contains(&key.as_str()))
+            .filter_map(|key| {
+                let (old, new) = (
+                    was.get(key).unwrap_or(&unset),
+                    now.get(key).unwrap_or(&unset),
+                );
+                (old != new).then(|| match flag_of(key) {
+                    Some(flag) => format!("  {key} ({flag}): {old} -> {new}"),
+                    None => format!("  {key}: {old} -> {new}"),
+                })
+            })
+            .collect();
+        if differences.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "{run} was trained with another recipe; resuming continues a run as it was, and \
+             these would change it:\n{}\ndrop those flags (or config-file changes), or start a \
+             new run with another --out. A resumed run may change only: --epochs (with \
+             --extend-schedule), --knn-every, --log-every, --keep-last, --keep-every, --device, \
+             --devices, --no-winograd",
+            differences.join("\n")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,3 +225,93 @@ fn stl10_at_96_px_trains_with_the_imagenet_stem_and_evaluates() {
     assert_eq!(report["test_images"], 10);
     assert_eq!(report["train_images"], 20);
 }
+
+/// `PATH/train/<class>` and `PATH/val/<class>` of 10 classes, each a colour of its own with a
+/// little per-image texture: classes any encoder tells apart, sorted by name as a user's are.
+fn class_sorted_folder(dir: &Path, train_per_class: usize, val_per_class: usize) {
+    for class in 0..10u32 {
+        // Ten well-separated colours: a hue wheel at two brightness levels.
+        let hue = (class % 5) as f32 / 5.0 * 6.0;
+        let level = if class < 5 { 230.0 } else { 110.0 };
+        let channel = |offset: f32| {
+            let x = ((hue + offset) % 6.0 - 3.0).abs() - 1.0;
+            (x.clamp(0.0, 1.0) * level) as u32
+        };
+        let colour = [channel(0.0), channel(4.0), channel(2.0)];
+        for (split, count) in [("train", train_per_class), ("val", val_per_class)] {
+            let folder = dir.join(split).join(format!("class{class}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..count as u32 {
+                let image = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let texture = (x * 3 + y * 5 + i * 7) % 16;
+                    image::Rgb(colour.map(|c| (c + texture) as u8))
+                });
+                image.save(folder.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// The kNN monitor and `eval --limit-train` on a class-sorted folder larger than the bank: a
+/// bank of the first 24 images would hold two of the ten classes (top-1 at most 0.2 over all
+/// queries); the seeded, stratified bank holds every class, and the colours make the classes
+/// easy even for a network trained one step.
+#[test]
+fn the_knn_bank_of_a_class_sorted_folder_holds_every_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    class_sorted_folder(&images, 12, 4);
+    let config = dir.path().join("knn.toml");
+    std::fs::write(
+        &config,
+        "[model]\nwidth = 4\n\n[model.head]\nhidden = 16\nout = 8\n\n\
+         [knn]\nbank_size = 24\nquery_size = 0\nk = 3\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let data = format!("folder:{}", images.display());
+    let run = trainer(&[
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--steps-per-epoch",
+        "1",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let knn = Metrics::read(&out).column("knn_top1")[0];
+    assert!(
+        knn >= 0.6,
+        "kNN top-1 {knn} on 40 queries of 10 colour classes"
+    );
+
+    let eval = trainer(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--limit-train",
+        "24",
+        "--probe-epochs",
+        "1",
+        "--k",
+        "3",
+    ]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("checkpoints/eval.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            report["train_images"].as_u64(),
+            report["test_images"].as_u64()
+        ),
+        (Some(24), Some(40))
+    );
+    let top1 = report["knn_top1"].as_f64().unwrap();
+    assert!(top1 >= 0.6, "eval kNN top-1 {top1}: {report}");
+}

@@ -113,6 +113,73 @@ impl ImageDataset {
         }
     }
 
+    /// `n` images drawn with `seed` (all when `n` is 0 or too large), in their order here: the
+    /// same subset for the same `seed` on every call. Labelled data is sampled per class, each
+    /// class in proportion to its share of the images (largest remainders take the rest), so a
+    /// subset of a class-sorted folder holds every class, where the first `n` would hold the
+    /// first few classes only.
+    pub fn sample(&self, n: usize, seed: u64) -> ImageDataset {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        if n == 0 || n >= self.len() {
+            return self.clone();
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let groups: Vec<Vec<usize>> = if self.is_labelled() {
+            let mut groups = vec![Vec::new(); self.classes.len()];
+            for (index, &label) in self.labels.iter().enumerate() {
+                groups[label as usize].push(index);
+            }
+            groups
+        } else {
+            vec![(0..self.len()).collect()]
+        };
+        // Each group's share of n: the floor of its proportional quota, then one more for the
+        // groups with the largest remainders (the first group on ties).
+        let total = self.len();
+        let mut shares: Vec<usize> = groups.iter().map(|g| n * g.len() / total).collect();
+        let mut by_remainder: Vec<usize> = (0..groups.len()).collect();
+        by_remainder.sort_by_key(|&c| std::cmp::Reverse((n * groups[c].len()) % total));
+        let missing = n - shares.iter().sum::<usize>();
+        for &c in by_remainder.iter().take(missing) {
+            shares[c] += 1;
+        }
+        let mut chosen = Vec::with_capacity(n);
+        for (mut group, share) in groups.into_iter().zip(shares) {
+            group.shuffle(&mut rng);
+            chosen.extend_from_slice(&group[..share]);
+        }
+        chosen.sort_unstable();
+        self.select(&chosen)
+    }
+
+    /// The images at `indices`, in that order (a copy).
+    pub fn select(&self, indices: &[usize]) -> ImageDataset {
+        let bytes = self.image_bytes();
+        let mut pixels = Vec::with_capacity(indices.len() * bytes);
+        for &i in indices {
+            pixels.extend_from_slice(self.image(i));
+        }
+        let pick = |values: &[_]| -> Vec<_> {
+            if values.is_empty() {
+                Vec::new()
+            } else {
+                indices.iter().map(|&i| values[i]).collect()
+            }
+        };
+        ImageDataset {
+            side: self.side,
+            pixels: pixels.into(),
+            labels: pick(&self.labels),
+            classes: self.classes.clone(),
+            names: if self.names.is_empty() {
+                Vec::new()
+            } else {
+                indices.iter().map(|&i| self.names[i].clone()).collect()
+            },
+        }
+    }
+
     /// The same images at `side` (bilinear, in memory); itself when already that size.
     pub fn resized(&self, side: usize) -> ImageDataset {
         if side == self.side {
@@ -440,6 +507,43 @@ mod tests {
         );
         assert!((mean[1] - 0.5).abs() < 1e-6 && (std[1] - 0.5).abs() < 1e-6);
         assert!((mean[2] - 0.2).abs() < 1e-6);
+    }
+
+    /// 3 classes of 60 / 30 / 10 images, sorted by class, each image's first byte its index.
+    fn class_sorted() -> ImageDataset {
+        let labels: Vec<u8> = [(0u8, 60), (1, 30), (2, 10)]
+            .iter()
+            .flat_map(|&(c, n)| std::iter::repeat_n(c, n))
+            .collect();
+        let pixels: Vec<u8> = (0..100u8).flat_map(|i| [i, 0, 0]).collect();
+        ImageDataset::new(1, pixels, labels, vec!["a".into(), "b".into(), "c".into()])
+    }
+
+    #[test]
+    fn a_sample_keeps_each_class_share_and_is_the_same_for_a_seed() {
+        let data = class_sorted();
+        let sample = data.sample(20, 7);
+        let count = |c: u8| sample.labels.iter().filter(|&&l| l == c).count();
+        assert_eq!((count(0), count(1), count(2)), (12, 6, 2));
+        // In dataset order, each image with its own label.
+        let firsts: Vec<u8> = (0..20).map(|i| sample.image(i)[0]).collect();
+        assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
+        for (i, &first) in firsts.iter().enumerate() {
+            assert_eq!(sample.labels[i], data.labels[first as usize]);
+        }
+        assert_eq!(data.sample(20, 7), sample);
+        assert_ne!(data.sample(20, 8), sample);
+        // 7 of 100: quotas 4.2 / 2.1 / 0.7, the largest remainder (class c) takes the 7th.
+        let small = data.sample(7, 1);
+        let count = |c: u8| small.labels.iter().filter(|&&l| l == c).count();
+        assert_eq!((count(0), count(1), count(2)), (4, 2, 1));
+        // The first 20 would have been class a only.
+        assert!(data.head(20).labels.iter().all(|&l| l == 0));
+        assert_eq!(data.sample(0, 1), data);
+        assert_eq!(data.sample(500, 1), data);
+        // Unlabelled: a plain seeded subset.
+        let unlabelled = ImageDataset::new(1, data.pixels.to_vec(), vec![], vec![]);
+        assert_eq!(unlabelled.sample(10, 3).len(), 10);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::eval::standard_linear::{standard_linear_eval, StandardLinearConfig};
 use crate::eval::{
     ari, kmeans, knn_top1, linear_probe, nmi, EvalReport, Features, ProbeConfig, ProbeProtocol,
 };
+use crate::jobs::train::KNN_SUBSET_SEED;
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use std::time::Instant;
@@ -32,8 +33,9 @@ impl BackendTask for EvalJob {
              PATH/train + PATH/val, CIFAR-10 or STL-10)",
             splits.origin
         );
-        let train = splits.train.head(args.limit_train);
-        let test = splits.test.head(args.limit_test);
+        // Seeded, class-stratified subsets (the kNN monitor's seed): every class is in them.
+        let train = splits.train.sample(args.limit_train, KNN_SUBSET_SEED);
+        let test = splits.test.sample(args.limit_test, KNN_SUBSET_SEED);
         let classes = splits.train.classes.len();
         eprintln!(
             "evaluating {} (epoch {}) on {} ({} train, {} test images), device {name}",

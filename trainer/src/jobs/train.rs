@@ -4,7 +4,7 @@
 
 use crate::backend::BackendTask;
 use crate::backend::TrainBackend;
-use crate::checkpoint::{self, Checkpoint, TrainState};
+use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::data::augment::side_of;
 use crate::data::loader::{EpochPlan, PairBatch, PrefetchLoader, Shard};
@@ -22,6 +22,7 @@ use crate::optim::{with_optimizer, OptimizerTask, Schedule};
 use crate::plot;
 use crate::precision::{self, GradScaler, Precision};
 use crate::progress::steps_bar;
+use crate::run_lock::RunLock;
 use crate::tensorboard::EventWriter;
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::AutodiffModule;
@@ -124,6 +125,13 @@ impl BackendTask for TrainJob {
     type Output = (Outcome, Vec<EpochMetrics>);
 
     fn run<B: TrainBackend>(mut self, device: B::Device, name: &str) -> Result<Self::Output> {
+        // One writer per run: the process of rank 0 writes the run's files, so it alone locks
+        // the folder, before loading data (a second run is refused at once) and until the end.
+        let _lock = if self.topology.process_rank == 0 {
+            Some(RunLock::acquire(&self.out)?)
+        } else {
+            None
+        };
         let splits = match self.data.take() {
             Some(splits) => splits,
             None => self.config.load_data()?,
@@ -490,13 +498,14 @@ impl TrainJob {
             precision::check_supported::<B>(config.precision, &device)?;
         }
         let (mut model, mut method, mut state) = if self.resume {
-            let ckpt = checkpoint::latest_in(&self.checkpoints_dir())?.with_context(|| {
-                format!(
-                    "--resume: no checkpoint in {}; start without --resume",
-                    self.checkpoints_dir().display()
-                )
-            })?;
-            let ckpt = Checkpoint::read(&ckpt)?;
+            // The newest intact checkpoint; rank 0 sets damaged ones aside.
+            let ckpt =
+                checkpoint::resume_point(&self.checkpoints_dir(), main)?.with_context(|| {
+                    format!(
+                        "--resume: no checkpoint in {}; start without --resume",
+                        self.checkpoints_dir().display()
+                    )
+                })?;
             ckpt.ensure_method(config.method.kind())?;
             ckpt.ensure_architecture(&config.model)?;
             anyhow::ensure!(
@@ -506,6 +515,8 @@ impl TrainJob {
                 ckpt.config.optim.optimizer,
                 config.optim.optimizer
             );
+            // The whole recipe, against the checkpoint's own (config.toml may have been edited).
+            config.ensure_continues(&ckpt.config, &ckpt.path.display().to_string())?;
             let model = ckpt.model::<B>(&device)?;
             if main {
                 eprintln!("resuming from {}", ckpt.path.display());
@@ -597,6 +608,9 @@ impl TrainJob {
             world: p.world,
         });
 
+        // Drawn once: the monitor classifies the same images after every epoch.
+        let knn_subsets = (main && splits.has_labels() && config.knn.every > 0)
+            .then(|| KnnSubsets::new(&splits.train, &splits.test, &config));
         let train = Arc::new(splits.pretraining().clone());
         let steps_per_epoch =
             EpochPlan::new(train.len(), config.batch_size, config.steps_per_epoch, 0).steps;
@@ -776,12 +790,12 @@ impl TrainJob {
                 );
             }
             // The monitor and the files are rank 0's; the others wait at their next step.
-            let knn_top1 =
-                if main && splits.has_labels() && config.knn.runs_after(epoch, config.epochs) {
-                    knn_monitor(&model, &splits.train, &splits.test, &config, &device)
-                } else {
-                    f64::NAN
-                };
+            let knn_top1 = match &knn_subsets {
+                Some(subsets) if config.knn.runs_after(epoch, config.epochs) => {
+                    knn_monitor(&model, subsets, &config, &device)
+                }
+                _ => f64::NAN,
+            };
             state.epochs_done = epoch;
             state.step_in_epoch = 0;
             let path = self.save(&model, &optimizer, method.as_ref(), &state)?;
@@ -847,17 +861,35 @@ impl TrainJob {
     }
 }
 
-/// kNN top-1 of the current encoder (BatchNorm in inference mode) on the configured subsets.
+/// The seed of the kNN monitor's subsets: one for every run and epoch, so that the monitor of
+/// two runs (of any `--seed`) classifies the same images against the same bank.
+pub const KNN_SUBSET_SEED: u64 = 0;
+
+/// The kNN monitor's images: `bank_size` training and `query_size` test images, each drawn once
+/// per run with [`KNN_SUBSET_SEED`], stratified by class ([`ImageDataset::sample`]).
+pub struct KnnSubsets {
+    pub bank: ImageDataset,
+    pub queries: ImageDataset,
+}
+
+impl KnnSubsets {
+    pub fn new(train: &ImageDataset, test: &ImageDataset, config: &TrainConfig) -> Self {
+        Self {
+            bank: train.sample(config.knn.bank_size, KNN_SUBSET_SEED),
+            queries: test.sample(config.knn.query_size, KNN_SUBSET_SEED),
+        }
+    }
+}
+
+/// kNN top-1 of the current encoder (BatchNorm in inference mode) on the monitor's subsets.
 pub fn knn_monitor<B: TrainBackend>(
     model: &SslModel<B>,
-    train: &ImageDataset,
-    test: &ImageDataset,
+    subsets: &KnnSubsets,
     config: &TrainConfig,
     device: &B::Device,
 ) -> f64 {
     let encoder = model.encoder.valid();
-    let bank = train.head(config.knn.bank_size);
-    let queries = test.head(config.knn.query_size);
+    let KnnSubsets { bank, queries } = subsets;
     if bank.is_empty() || queries.is_empty() {
         return f64::NAN;
     }
@@ -880,7 +912,7 @@ pub fn knn_monitor<B: TrainBackend>(
         &bank.labels,
         query_features,
         &queries.labels,
-        train.classes.len(),
+        bank.classes.len(),
     )
 }
 

@@ -69,7 +69,9 @@ impl MocoV2Config {
 
 /// solo-learn's CIFAR-10 MoCo V2+ (`scripts/pretrain/cifar/mocov2plus.yaml`): projector
 /// 2048 -> 256 without BatchNorm, temperature 0.2, queue 32768, tau 0.99 -> 0.999, SGD lr 0.3
-/// (batch 256) with weight decay 1e-4 and warm-up + cosine, blur p 0.5 on both views.
+/// (batch 256) with weight decay 1e-4 and warm-up + cosine, blur p 0.5 on both views. The blur
+/// is torchvision's (3 taps at 32 px), weaker than solo-learn's PIL blur of radius sigma
+/// (docs/training.md says by how much).
 pub fn preset(config: &mut TrainConfig) {
     config.method = super::MethodConfig::Mocov2(MocoV2Config::default());
     config.model.head = HeadConfig {
