@@ -215,36 +215,43 @@ pub fn save<B: Backend, R: Record<B>>(
         encode_record::<B, _>(model.clone().into_record()).context("cannot serialise the model")?;
     let optimizer_bytes =
         encode_record::<B, _>(optimizer).context("cannot serialise the optimizer state")?;
-    let header = Header {
-        format: FORMAT_VERSION,
-        state: state.clone(),
-        config: config.clone(),
-        model_bytes: model_bytes.len() as u64,
-        optimizer_bytes: optimizer_bytes.len() as u64,
-        method_bytes: method_state.len() as u64,
-        md5: payload_md5(&[&model_bytes, &optimizer_bytes, method_state]),
-        saved_at: chrono::Local::now().to_rfc3339(),
-    };
-    let header = serde_json::to_vec(&header)?;
-    let mut bytes = Vec::with_capacity(
-        MAGIC.len()
-            + 8
-            + header.len()
-            + model_bytes.len()
-            + optimizer_bytes.len()
-            + method_state.len(),
-    );
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&header);
-    bytes.extend_from_slice(&model_bytes);
-    bytes.extend_from_slice(&optimizer_bytes);
-    bytes.extend_from_slice(method_state);
+    let bytes = file_bytes(state, config, &model_bytes, &optimizer_bytes, method_state)?;
     let name = checkpoint_name(state);
     let path = dir.join(&name);
     write_atomically(&path, &bytes)?;
     write_atomically(&dir.join(LATEST), format!("{name}\n").as_bytes())?;
     Ok(path)
+}
+
+/// A checkpoint file's bytes: magic, header length, header (with the records' MD5), records.
+fn file_bytes(
+    state: &TrainState,
+    config: &TrainConfig,
+    model: &[u8],
+    optimizer: &[u8],
+    method_state: &[u8],
+) -> Result<Vec<u8>> {
+    let header = Header {
+        format: FORMAT_VERSION,
+        state: state.clone(),
+        config: config.clone(),
+        model_bytes: model.len() as u64,
+        optimizer_bytes: optimizer.len() as u64,
+        method_bytes: method_state.len() as u64,
+        md5: payload_md5(&[model, optimizer, method_state]),
+        saved_at: chrono::Local::now().to_rfc3339(),
+    };
+    let header = serde_json::to_vec(&header)?;
+    let mut bytes = Vec::with_capacity(
+        MAGIC.len() + 8 + header.len() + model.len() + optimizer.len() + method_state.len(),
+    );
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(model);
+    bytes.extend_from_slice(optimizer);
+    bytes.extend_from_slice(method_state);
+    Ok(bytes)
 }
 
 fn payload_md5(parts: &[&[u8]]) -> String {
@@ -383,6 +390,19 @@ fn set_aside(path: &Path) -> Result<PathBuf> {
 }
 
 impl Checkpoint {
+    /// Writes this checkpoint back to its `path` (atomically), with a new checksum: for tools
+    /// that edit a run's state or recipe, which `--resume` then continues from.
+    pub fn write(&self) -> Result<()> {
+        let bytes = file_bytes(
+            &self.state,
+            &self.config,
+            &self.model,
+            &self.optimizer,
+            &self.method_state,
+        )?;
+        write_atomically(&self.path, &bytes)
+    }
+
     /// Reads and verifies a checkpoint file (or the `latest` of a checkpoints directory).
     pub fn read(path: &Path) -> Result<Self> {
         let path = if path.is_dir() {

@@ -452,11 +452,11 @@ fn resume_keeps_the_schedule_horizon_and_refuses_flags_that_change_the_run() {
         ("--batch-size", "64", "batch_size", "256"),
         ("--data", "/elsewhere", "data", "\"\""),
         ("--lr", "0.5", "optim.lr", "1.0"),
-        ("--weight-decay", "0.1", "optim.weight_decay", "1e-5"),
+        ("--weight-decay", "0.1", "optim.weight_decay", "0.00001"),
         ("--warmup-epochs", "3", "optim.warmup_epochs", "10.0"),
         ("--steps-per-epoch", "7", "steps_per_epoch", "0"),
         ("--seed", "5", "seed", "42"),
-        ("--precision", "bf16", "precision", "\"fp32\""),
+        ("--precision", "bf16", "precision", "\"f32\""),
     ] {
         let (run, _) = resumed(&[flag, value]);
         assert_eq!(run.status.code(), Some(1), "{flag}");

@@ -100,8 +100,9 @@ fn a_checkpoint_resumed_with_another_method_is_an_error_naming_both() {
 
 /// The first 2,000 training and 500 test images of the real CIFAR-10.
 ///
-/// Measured (24 steps of 32 pairs, width 8, heads 128 -> 64): loss SimCLR 4.10 -> 3.94, BYOL
-/// 2.20 -> 1.39, MoCo v2 4.26 -> 5.46 (chance log 257 = 5.55 once its queue holds real keys).
+/// Measured (24 steps of 32 pairs, width 8, heads 128 -> 64): loss SimCLR 4.12 -> 4.08, BYOL
+/// 2.31 -> 1.55, VICReg 38.29 -> 35.54, Barlow Twins 4.88 -> 3.39; MoCo v2 (48 steps, lr 0.12)
+/// 5.35 in its last epoch against 5.48 for the same network untrained.
 fn real_subset() -> Splits {
     let splits = data::load_cifar10_dir(&cifar10_bin()).unwrap();
     Splits {
@@ -130,6 +131,13 @@ fn every_method_lowers_its_loss_on_real_images() {
         config.optim.warmup_epochs = 0.0;
         if let MethodConfig::Mocov2(moco) = &mut config.method {
             moco.queue_size = 256;
+            // 48 steps at lr 0.12: with the preset's 0.3 scaled to batch 32 (0.0375), 24 steps
+            // leave the loss where the untrained network's is (measured 5.4787 vs 5.4775); at
+            // 0.3 unscaled the projections collapse (z_std 0.0033). Measured here: 5.3536
+            // trained vs 5.4815 untrained.
+            config.optim.scale_lr_by_batch = false;
+            config.optim.lr = 0.12;
+            config.steps_per_epoch = 16;
         }
         config.knn.bank_size = 500;
         config.knn.query_size = 200;
@@ -241,18 +249,18 @@ fn the_collapse_monitor_catches_byol_without_its_guards() {
     B::seed(&device, 5);
     let model = config.init::<B>(&device);
     let mut byol = Byol::new(ByolConfig::default(), &config, &model, &device);
-    let healthy = adam_steps(&mut byol, model, &data, 80);
+    let healthy = adam_steps(&mut byol, model, &data, 120);
     B::seed(&device, 5);
-    let broken = adam_steps(&mut BrokenByol, config.init::<B>(&device), &data, 80);
+    let broken = adam_steps(&mut BrokenByol, config.init::<B>(&device), &data, 120);
     let d = config.head.out;
     eprintln!("healthy z_std {healthy:?}\nbroken z_std {broken:?}");
     assert!(!is_collapsed(healthy[0], d) && !is_collapsed(broken[0], d));
     assert!(
-        healthy[60..].iter().all(|&s| !is_collapsed(s, d)),
+        healthy[100..].iter().all(|&s| !is_collapsed(s, d)),
         "{healthy:?}"
     );
     assert!(
-        broken[60..].iter().all(|&s| is_collapsed(s, d)),
+        broken[100..].iter().all(|&s| is_collapsed(s, d)),
         "{broken:?}"
     );
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use trainer::checkpoint::{latest_in, Checkpoint};
 use trainer::config::TrainConfig;
-use trainer::jobs::train::{EpochMetrics, Outcome};
+use burn::backend::Autodiff;
+use trainer::backend::{BackendTask, CpuBackend, TrainBackend};
+use trainer::jobs::train::{knn_monitor, EpochMetrics, KnnSubsets, Outcome};
 use trainer::methods::simclr::NtXentLoss;
 use trainer::methods::MethodConfig;
 use trainer::model::ModelConfig;
@@ -31,6 +33,19 @@ fn config(epochs: usize) -> TrainConfig {
     config
 }
 
+/// The kNN monitor's top-1 for a checkpoint's encoder, on the data the tests train on.
+struct KnnOfCheckpoint(Checkpoint);
+
+impl BackendTask for KnnOfCheckpoint {
+    type Output = f64;
+    fn run<B: TrainBackend>(self, device: B::Device, _name: &str) -> anyhow::Result<f64> {
+        let model = self.0.model::<B>(&device)?;
+        let data = common::synthetic();
+        let subsets = KnnSubsets::new(&data.train, &data.test, &self.0.config);
+        Ok(knn_monitor(&model, &subsets, &self.0.config, &device))
+    }
+}
+
 fn train(
     config: TrainConfig,
     out: &Path,
@@ -48,7 +63,17 @@ fn run_writes_checkpoints_metrics_and_config() {
     assert_eq!(outcome, Outcome::Finished);
     assert_eq!(metrics.len(), 2);
     assert!(metrics.iter().all(|m| m.loss.is_finite() && m.loss > 0.0));
-    assert!(metrics.iter().all(|m| (0.0..=1.0).contains(&m.knn_top1)));
+    // Each epoch's kNN is the monitor's value for that epoch's saved encoder: recomputed from
+    // the checkpoint, it is the same number (a monitor of the wrong weights, BatchNorm mode or
+    // images would differ), and a multiple of 1/12 (12 queries).
+    for m in &metrics {
+        let saved = dir.path().join(format!("checkpoints/epoch-{:04}.ckpt", m.epoch));
+        let again = KnnOfCheckpoint(Checkpoint::read(&saved).unwrap())
+            .run::<Autodiff<CpuBackend>>(Default::default(), "cpu")
+            .unwrap();
+        assert_eq!(m.knn_top1, again, "epoch {}", m.epoch);
+        assert!(((m.knn_top1 * 12.0).round() - m.knn_top1 * 12.0).abs() < 1e-9);
+    }
     let ckpts = dir.path().join("checkpoints");
     assert!(ckpts.join("epoch-0001.ckpt").is_file());
     assert!(ckpts.join("epoch-0002.ckpt").is_file());
@@ -151,6 +176,12 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     train(config(1), dir.path(), false, false).unwrap();
     let mut broken = config(2);
     broken.method = MethodConfig::Simclr(NtXentLoss::new(1e-300)); // logits overflow: NaN loss
+    // Resuming continues a run's own recipe only: the checkpoint is given the broken one, as if
+    // the run had been trained with it.
+    let first = dir.path().join("checkpoints/epoch-0001.ckpt");
+    let mut ckpt = Checkpoint::read(&first).unwrap();
+    ckpt.config.method = broken.method;
+    ckpt.write().unwrap();
     let err = train(broken, dir.path(), true, false).unwrap_err();
     let msg = err.to_string();
     assert!(
