@@ -4,13 +4,13 @@
 
 mod common;
 
+use burn::backend::Autodiff;
 use common::{assert_close, text, Metrics};
 use std::path::Path;
 use std::sync::Mutex;
+use trainer::backend::{BackendTask, CpuBackend, TrainBackend};
 use trainer::checkpoint::{latest_in, Checkpoint};
 use trainer::config::TrainConfig;
-use burn::backend::Autodiff;
-use trainer::backend::{BackendTask, CpuBackend, TrainBackend};
 use trainer::jobs::train::{knn_monitor, EpochMetrics, KnnSubsets, Outcome};
 use trainer::methods::simclr::NtXentLoss;
 use trainer::methods::MethodConfig;
@@ -67,7 +67,9 @@ fn run_writes_checkpoints_metrics_and_config() {
     // the checkpoint, it is the same number (a monitor of the wrong weights, BatchNorm mode or
     // images would differ), and a multiple of 1/12 (12 queries).
     for m in &metrics {
-        let saved = dir.path().join(format!("checkpoints/epoch-{:04}.ckpt", m.epoch));
+        let saved = dir
+            .path()
+            .join(format!("checkpoints/epoch-{:04}.ckpt", m.epoch));
         let again = KnnOfCheckpoint(Checkpoint::read(&saved).unwrap())
             .run::<Autodiff<CpuBackend>>(Default::default(), "cpu")
             .unwrap();
@@ -176,8 +178,8 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     train(config(1), dir.path(), false, false).unwrap();
     let mut broken = config(2);
     broken.method = MethodConfig::Simclr(NtXentLoss::new(1e-300)); // logits overflow: NaN loss
-    // Resuming continues a run's own recipe only: the checkpoint is given the broken one, as if
-    // the run had been trained with it.
+                                                                   // Resuming continues a run's own recipe only: the checkpoint is given the broken one, as if
+                                                                   // the run had been trained with it.
     let first = dir.path().join("checkpoints/epoch-0001.ckpt");
     let mut ckpt = Checkpoint::read(&first).unwrap();
     ckpt.config.method = broken.method;
