@@ -159,10 +159,7 @@ pub fn prune(dir: &Path, keep_last: usize, keep_every: usize) -> Result<Vec<Stri
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name
-            .strip_prefix("epoch-")
-            .and_then(|n| n.strip_suffix(".ckpt"))
-        else {
+        let Some(stem) = checkpoint_stem(&name) else {
             continue;
         };
         match stem.parse::<usize>() {
@@ -340,6 +337,12 @@ pub fn resume_point(dir: &Path, quarantine: bool) -> Result<Option<Checkpoint>> 
     )
 }
 
+/// `0004` or `0004-step-000005` of a checkpoint's file name; `None` for any other file.
+fn checkpoint_stem(name: &str) -> Option<&str> {
+    name.strip_prefix("epoch-")
+        .and_then(|n| n.strip_suffix(".ckpt"))
+}
+
 /// The `epoch-*.ckpt` files of `dir`, newest first (an epoch's Ctrl-C saves before its end).
 fn checkpoints_newest_first(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
@@ -350,10 +353,7 @@ fn checkpoints_newest_first(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in entries {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name
-            .strip_prefix("epoch-")
-            .and_then(|n| n.strip_suffix(".ckpt"))
-        else {
+        let Some(stem) = checkpoint_stem(&name) else {
             continue;
         };
         // epoch-0004-step-000005 (inside epoch 4) comes before epoch-0004 (its end).

@@ -410,16 +410,11 @@ impl TrainArgs {
         // there or from --config.
         let saved = match (&self.out, self.resume) {
             (Some(_), true) if self.config.is_none() => Some(config.clone()),
-            (Some(out), true) => {
-                let path = out.join("config.toml");
-                match path.exists() {
-                    true => {
-                        Some(TrainConfig::load(&path).context("--resume reads the run's recipe")?)
-                    }
-                    // A run that never started: the checkpoint, if any, is checked at load.
-                    false => None,
-                }
-            }
+            // Without one (a run that never started) the checkpoint, if any, is checked at load.
+            (Some(out), true) if out.join("config.toml").exists() => Some(
+                TrainConfig::load(&out.join("config.toml"))
+                    .context("--resume reads the run's recipe")?,
+            ),
             _ => None,
         };
         if let Some(optimizer) = self.optimizer {
