@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const LOCK_FILE: &str = ".lock";
 
@@ -16,12 +16,31 @@ pub const LOCK_FILE: &str = ".lock";
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+    /// The run folder, when this lock created it: removed again on drop if the run left
+    /// nothing in it but the lock file (a run refused for bad input leaves no empty folder).
+    created: Option<PathBuf>,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let Some(dir) = &self.created else { return };
+        let only_the_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|entry| entry.file_name() == LOCK_FILE)
+        });
+        if only_the_lock {
+            let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 impl RunLock {
     /// Creates `run_dir` if needed and locks it for this process, or fails naming the PID and
     /// host that hold it.
     pub fn acquire(run_dir: &Path) -> Result<Self> {
+        let created = (!run_dir.exists()).then(|| run_dir.to_path_buf());
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("cannot create output directory {}", run_dir.display()))?;
         let path = run_dir.join(LOCK_FILE);
@@ -55,7 +74,10 @@ impl RunLock {
                     path.display(),
                     run_dir.display()
                 );
-                return Ok(Self { _file: file });
+                return Ok(Self {
+                    _file: file,
+                    created,
+                });
             }
         }
         let me = format!("pid {}\nhost {}\n", std::process::id(), host_name());
@@ -63,7 +85,10 @@ impl RunLock {
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(me.as_bytes()))
             .with_context(|| format!("cannot write {} (disk full?)", path.display()))?;
-        Ok(Self { _file: file })
+        Ok(Self {
+            _file: file,
+            created,
+        })
     }
 }
 
@@ -109,8 +134,13 @@ mod tests {
         );
         assert!(err.contains("--resume") && err.contains("--out"), "{err}");
         drop(first);
-        let _second = RunLock::acquire(&run).unwrap();
+        // The folder it created held nothing else: it is gone with the lock.
+        assert!(!run.exists());
+        let second = RunLock::acquire(&run).unwrap();
         assert!(run.join(LOCK_FILE).is_file());
+        std::fs::write(run.join("metrics.csv"), b"epoch\n").unwrap();
+        drop(second);
+        assert!(run.join("metrics.csv").is_file() && run.join(LOCK_FILE).is_file());
     }
 
     #[test]
