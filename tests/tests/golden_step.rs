@@ -643,7 +643,7 @@ fn every_method_step_matches_pytorch() {
                 let queue = Tensor::from_data(TensorData::new(queue, queue_shape), &device);
                 Box::new(MocoV2::new(moco, &config.model, &model, &device).with_queue(queue))
             }
-            _ => build(&config, &model, &device),
+            _ => build(&config.method, &config.model, &model, &device),
         };
         let views =
             Tensor::<B, 4>::from_data(TensorData::new(views.clone(), shape.clone()), &device);

@@ -4,7 +4,7 @@ use burn::tensor::{Distribution, Tensor};
 use std::time::Instant;
 use trainer::backend::CpuBackend;
 use trainer::model::prepared::InferenceEncoder;
-use trainer::model::ResNet18;
+use trainer::model::{BackboneKind, Stem};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -12,7 +12,7 @@ fn main() {
     let seconds: f64 = args.next().map(|a| a.parse().unwrap()).unwrap_or(5.0);
     let only: Option<String> = args.next();
     let device = Default::default();
-    let encoder = ResNet18::<CpuBackend>::new(64, &device);
+    let encoder = BackboneKind::Resnet18.init::<CpuBackend>(64, Stem::Cifar, &device);
     let images = Tensor::<CpuBackend, 4>::random(
         [batch, 3, 32, 32],
         Distribution::Normal(0.0, 1.0),

@@ -207,7 +207,12 @@ impl TrainConfig {
             batch_size,
             ..Self::default()
         };
-        kind.apply_preset(&mut config);
+        let preset = kind.preset();
+        config.method = preset.method;
+        config.model.head = preset.head;
+        config.model.predictor = preset.predictor;
+        config.optim = preset.optim;
+        config.augment = preset.augment;
         config
     }
 
@@ -311,7 +316,8 @@ impl TrainConfig {
                 .is_none_or(|p| p.out == self.model.head.out),
             "model.predictor.out must equal model.head.out (it predicts a projection)"
         );
-        self.method.validate(self)?;
+        self.method
+            .validate(self.batch_size, &self.model, &self.augment.view_recipes())?;
         anyhow::ensure!(self.model.width >= 1, "model.width must be at least 1");
         anyhow::ensure!(
             self.image_size == 0 || self.image_size >= 8,
@@ -369,6 +375,7 @@ fn flag_of(key: &str) -> Option<&'static str> {
         "precision" => "--precision",
         "method.name" => "--method",
         "method.temperature" => "--temperature",
+        "model.backbone" => "--backbone",
         "model.width" => "--width",
         "optim.optimizer" => "--optimizer",
         "optim.lr" => "--lr",

@@ -32,19 +32,21 @@
 //!
 //! The modules follow the data path:
 //!
-//! - `data`: datasets, augmentations, the prefetching loader (images -> pairs of views);
-//! - `model`: the encoder and the MLP heads (views -> embeddings -> projections);
+//! - `data`: datasets (one table of `--data` formats), augmentations, the prefetching loader
+//!   (images -> views: two by default, or a list of multi-crop groups);
+//! - `model`: the encoder, a backbone chosen by name (`model/backbone/`: ResNet-18), and the MLP
+//!   heads (views -> embeddings -> projections);
 //! - `methods`: one file per self-supervised method (SimCLR, BYOL, MoCo v2, VICReg, Barlow
 //!   Twins) behind the `Method` trait: projections -> loss, and per-step updates (EMA, queue);
 //! - `optim`: optimizers (Adam, SGD, LARS), learning-rate schedule, gradient clipping;
 //! - `kernels`: the CPU backend extension (fast convolution and BatchNorm);
 //! - `eval`: kNN, linear probe, k-means on frozen features;
 //! - `distributed`: data-parallel training over devices and machines (burn-collective);
-//! - `jobs`: what the commands run (train, eval, export, bench);
+//! - `jobs`: what the commands run (train, eval, export, embed, bench), each with plain options;
 //!
 //! and shared plumbing: `precision` (mixed precision), `config` (the recipe and presets), `checkpoint`, `backend` (device
-//! choice), `named_params`, `progress`, `panics`, `cli`, and the run's logs: `tensorboard` (event
-//! files) and `plot` (`metrics.svg`).
+//! choice), `named_params`, `records` (bytes on disk), `progress`, `panics`, `cli` (clap only), and the
+//! run's logs: `metrics`, `tensorboard` (event files) and `plot` (`metrics.svg`).
 
 pub mod backend;
 pub mod checkpoint;
@@ -58,6 +60,7 @@ pub mod gpu_memory;
 pub mod jobs;
 pub mod kernels;
 pub mod methods;
+pub mod metrics;
 pub mod model;
 pub mod named_params;
 pub mod optim;
@@ -65,11 +68,12 @@ pub mod panics;
 pub mod plot;
 pub mod precision;
 pub mod progress;
+pub mod records;
 pub mod run_lock;
 pub mod tensorboard;
 
 pub use data::augment::AugmentConfig;
-pub use data::loader::{augment_pairs, PairBatch};
+pub use data::loader::{augment_pairs, PairBatch, ViewBatch, Views};
 pub use methods::barlow::BarlowTwinsLoss;
 pub use methods::byol::byol_loss;
 pub use methods::mocov2::info_nce;

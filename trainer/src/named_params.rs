@@ -44,11 +44,17 @@ pub fn gradient_values<B: burn::tensor::backend::AutodiffBackend>(
 struct ModulePath(Vec<String>);
 
 impl ModulePath {
-    fn enter(&mut self, name: &str) {
-        self.0.push(name.to_string());
+    /// Enters module `name` of a container of `container_type`. An enum's variant (a backbone's
+    /// name) is not a level of the path: the backbone's parameters keep their own paths.
+    fn enter(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.push(name.to_string());
+        }
     }
-    fn exit(&mut self) {
-        self.0.pop();
+    fn exit(&mut self, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.pop();
+        }
     }
     fn dotted(&self) -> String {
         self.0.join(".")
@@ -61,11 +67,11 @@ struct Reader {
 }
 
 impl<B: Backend> ModuleVisitor<B> for Reader {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.path.exit(container_type);
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let tensor = param.val();
@@ -101,11 +107,11 @@ struct Writer<'a, B: Backend> {
 }
 
 impl<B: Backend> ModuleMapper<B> for Writer<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.enter(name);
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.path.exit(container_type);
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let name = self.path.dotted();

@@ -2,7 +2,7 @@
 //! can be looked at in any browser without Python. Plain SVG (lines and text), no fonts or
 //! plotting library needed.
 
-use crate::jobs::train::EpochMetrics;
+use crate::metrics::EpochMetrics;
 use anyhow::Result;
 use std::fmt::Write;
 use std::path::Path;
@@ -43,7 +43,7 @@ pub fn write_metrics_svg(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
         "no kNN monitor (no labelled split, or knn.every = 0)",
     )?;
     svg.push_str("</svg>\n");
-    crate::checkpoint::write_atomically(path, svg.as_bytes())
+    crate::records::write_atomically(path, svg.as_bytes())
 }
 
 /// One panel at horizontal offset `x0`: frame, axis ranges, the line and its points.

@@ -20,7 +20,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trainer::backend::CpuBackend;
-use trainer::checkpoint::{decode_record, encode_record, Checkpoint};
+use trainer::checkpoint::Checkpoint;
 use trainer::config::TrainConfig;
 use trainer::data::loader::{make_shard, EpochPlan, Shard};
 use trainer::distributed::sync::average_gradients;
@@ -30,6 +30,7 @@ use trainer::methods::momentum::Initialise;
 use trainer::methods::{self, MethodKind};
 use trainer::model::SslModel;
 use trainer::named_params::{gradient_values, named_tensors};
+use trainer::records::{decode_record, encode_record};
 
 type B = burn::backend::Autodiff<CpuBackend>;
 
@@ -53,7 +54,7 @@ fn step(config: &TrainConfig, model_bytes: &[u8], method_state: &[u8], shard: Sh
         .model
         .init::<B>(&device)
         .load_record(decode_record::<B, _>(model_bytes, &device).unwrap());
-    let mut method = methods::build(config, &model, &device);
+    let mut method = methods::build(&config.method, &config.model, &model, &device);
     method.load_state(method_state).unwrap();
     let data = synthetic();
     let plan = EpochPlan::new(data.train.len(), config.batch_size, 0, 11);
@@ -140,7 +141,7 @@ fn start(config: &TrainConfig) -> (Vec<u8>, Vec<u8>) {
     <B as burn::tensor::backend::Backend>::seed(&device, 3);
     let model = config.model.init::<B>(&device);
     model.visit(&mut Initialise);
-    let method = methods::build(config, &model, &device);
+    let method = methods::build(&config.method, &config.model, &model, &device);
     (
         encode_record::<B, _>(model.into_record()).unwrap(),
         method.save_state().unwrap(),

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use trainer::backend::{CpuBackend, TrainBackend};
 use trainer::checkpoint::Checkpoint;
 use trainer::config::TrainConfig;
-use trainer::data::loader::{make_batch, EpochPlan};
+use trainer::data::loader::{make_batch, EpochPlan, Views};
 use trainer::data::{self, ImageDataset, Splits};
 use trainer::jobs::train::{batch_tensor, loss_and_gradients, Outcome};
 use trainer::methods::byol::{byol_loss, Byol, ByolConfig};
@@ -180,8 +180,8 @@ fn every_method_lowers_its_loss_on_real_images() {
 struct BrokenByol;
 
 impl<B: TrainBackend> Method<B> for BrokenByol {
-    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
-        let z = model.forward(images);
+    fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B> {
+        let z = model.forward(views.two_views());
         StepOutput {
             loss: byol_loss(z.clone(), z.clone()),
             projections: z,

@@ -285,3 +285,101 @@ fn resume_passes_over_a_damaged_newest_checkpoint() {
     Checkpoint::read(&newest).unwrap();
     assert_eq!(Metrics::read(&out).column("epoch"), [1.0, 2.0]);
 }
+
+/// `.npy` float32 values (format 1.0, little-endian).
+fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(
+        bytes.starts_with(b"\x93NUMPY\x01\x00"),
+        "{}",
+        path.display()
+    );
+    let start = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[start..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Checkpoints written before backbones had names still work. The fixtures
+/// (`tests/fixtures/checkpoint-v2/{byol,mocov2}`) are runs of the trainer at commit 1243bdb
+/// (checkpoint format 2): `trainer train --config C --data CIFAR10 --epochs 1 --steps-per-epoch 2
+/// --batch-size 16 --knn-every 0` with width 2 and heads 32 -> 16, then that trainer's `embed
+/// --limit 8` of the CIFAR-10 test split (`embeddings-test8.npy`). BYOL's and MoCo v2's method
+/// state holds a momentum encoder, so both the model and the method state take the old layout.
+/// Today's trainer embeds the same images into the same vectors, resumes the run for another
+/// epoch and exports it.
+#[test]
+fn checkpoints_from_before_named_backbones_embed_resume_and_export() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cifar = e2e::cifar10_bin();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/checkpoint-v2");
+    for method in ["byol", "mocov2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join(method);
+        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+        for file in [
+            "config.toml",
+            "checkpoints/epoch-0001.ckpt",
+            "checkpoints/latest",
+        ] {
+            std::fs::copy(fixtures.join(method).join(file), run.join(file)).unwrap();
+        }
+        assert_eq!(Checkpoint::read(&run).unwrap().format, 2, "{method}");
+
+        let npy = dir.path().join("e.npy");
+        let embed = common::trainer(&[
+            "embed",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            cifar.to_str().unwrap(),
+            "--limit",
+            "8",
+            "--out",
+            npy.to_str().unwrap(),
+        ]);
+        assert!(embed.status.success(), "{method}: {}", text(&embed.stderr));
+        let (ours, before) = (
+            read_npy(&npy),
+            read_npy(&fixtures.join(method).join("embeddings-test8.npy")),
+        );
+        assert_eq!(ours.len(), 8 * 16, "{method}");
+        let scale = before.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = e2e::max_abs_diff(&ours, &before);
+        assert!(
+            scale > 1e-3 && worst <= 1e-5 * scale,
+            "{method}: embeddings differ from the old trainer's by {worst} (scale {scale})"
+        );
+
+        let mut config = TrainConfig::load(&run.join("config.toml")).unwrap();
+        config.epochs = 2;
+        let (outcome, metrics) =
+            common::train(config, &run, true, false, common::synthetic()).unwrap();
+        assert_eq!(outcome, Outcome::Finished, "{method}");
+        assert_eq!(metrics.len(), 1, "{method}: one more epoch");
+        assert!(metrics[0].loss.is_finite(), "{method}: {:?}", metrics[0]);
+        let resumed = Checkpoint::read(&run).unwrap();
+        assert_eq!(
+            (resumed.state.epochs_done, resumed.format),
+            (2, 3),
+            "{method}"
+        );
+
+        let onnx = dir.path().join("e.onnx");
+        let export = common::trainer(&[
+            "export",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--out",
+            onnx.to_str().unwrap(),
+        ]);
+        assert!(
+            export.status.success(),
+            "{method}: {}",
+            text(&export.stderr)
+        );
+        let size = std::fs::metadata(&onnx).unwrap().len();
+        assert!(size > 10_000, "{method}: {size} bytes of ONNX");
+    }
+}

@@ -10,26 +10,34 @@
 //! method keeps beside the trained model (BYOL's target network, MoCo's key encoder and queue).
 //! `OUT/checkpoints/latest` names the newest file; `--resume` takes the newest that reads back
 //! intact ([`resume_point`]), setting damaged ones aside as `*.ckpt.corrupt`. After each save,
-//! `prune` removes the checkpoints the run no longer needs (`keep_last`, `keep_every`).
+//! `prune` removes the checkpoints the run no longer needs (`keep_last`, `keep_every`); which
+//! checkpoint a run continues from and which it keeps is `runs.rs`.
 
 use crate::config::TrainConfig;
 use crate::methods::MethodKind;
-use crate::model::{ModelConfig, SslModel};
+use crate::model::{LegacySslModelRecord, ModelConfig, SslModel};
 use crate::precision::GradScaler;
-use anyhow::{bail, ensure, Context, Result};
+use crate::records::{decode_record, encode_record, write_atomically};
+
+mod runs;
+use anyhow::{ensure, Context, Result};
 use burn::module::Module;
 use burn::prelude::Backend;
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
+use burn::record::Record;
 use md5::{Digest, Md5};
 use rand_chacha::ChaCha8Rng;
+pub use runs::{latest_in, prune, resume_point, CORRUPT_SUFFIX};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8] = b"SELFSUP-CKPT\n";
 /// 2: several methods (method state section, heads with BatchNorm, predictor). Version 1 files
 /// (SimCLR only) are refused with a message.
-const FORMAT_VERSION: u32 = 2;
+/// 3: the encoder is a named backbone (its record is the backbone's variant around the
+/// network's). Version 2 files still load: their encoder is the ResNet-18 it always was.
+const FORMAT_VERSION: u32 = 3;
+/// The oldest format this trainer reads.
+const OLDEST_READABLE: u32 = 2;
 pub const LATEST: &str = "latest";
 
 /// Where training stands: enough to continue exactly where it stopped.
@@ -74,6 +82,8 @@ pub struct Checkpoint {
     model: Vec<u8>,
     optimizer: Vec<u8>,
     pub method_state: Vec<u8>,
+    /// The file's format version ([`FORMAT_VERSION`], or an older one this trainer reads).
+    pub format: u32,
 }
 
 /// What makes a file unusable as a checkpoint whatever the trainer's version: truncated, bytes
@@ -98,10 +108,6 @@ fn ensure_intact(ok: bool, message: impl Into<String>) -> Result<()> {
     }
 }
 
-fn recorder() -> BinBytesRecorder<FullPrecisionSettings> {
-    BinBytesRecorder::default()
-}
-
 pub fn checkpoint_name(state: &TrainState) -> String {
     if state.step_in_epoch == 0 {
         format!("epoch-{:04}.ckpt", state.epochs_done)
@@ -112,89 +118,6 @@ pub fn checkpoint_name(state: &TrainState) -> String {
             state.step_in_epoch
         )
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash or a full disk
-/// never leaves a half-written file under the final name.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_parent_dir(path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!(
-            "cannot write {}: {e} (disk full or no permission?)",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// Makes a rename in `path`'s folder durable: without it a power cut can lose the new name
-/// although the file's bytes were synced. Folders cannot be opened for syncing on Windows.
-fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
-/// Removes, from the checkpoints folder `dir`, the files a run no longer needs: Ctrl-C
-/// (mid-epoch) checkpoints and all but the newest `keep_last` end-of-epoch ones (0: keep them
-/// all), except epochs that are multiples of `keep_every` and the file `latest` names, which
-/// stay. Returns the names removed.
-pub fn prune(dir: &Path, keep_last: usize, keep_every: usize) -> Result<Vec<String>> {
-    let latest = latest_in(dir)?.and_then(|p| p.file_name().map(|n| n.to_os_string()));
-    let mut epochs = Vec::new();
-    let mut mid_epoch = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(stem) = checkpoint_stem(&name) else {
-            continue;
-        };
-        match stem.parse::<usize>() {
-            Ok(epoch) => epochs.push((epoch, name)),
-            Err(_) if stem.contains("-step-") => mid_epoch.push(name),
-            Err(_) => {}
-        }
-    }
-    epochs.sort();
-    let keep_from = match keep_last {
-        0 => 0,
-        n => epochs.len().saturating_sub(n),
-    };
-    let mut doomed: Vec<String> = epochs
-        .iter()
-        .enumerate()
-        .filter(|&(i, &(epoch, _))| i < keep_from && !(keep_every > 0 && epoch % keep_every == 0))
-        .map(|(_, (_, name))| name.clone())
-        .chain(mid_epoch)
-        .filter(|name| latest.as_deref() != Some(std::ffi::OsStr::new(name)))
-        .collect();
-    doomed.sort();
-    for name in &doomed {
-        let path = dir.join(name);
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove the old checkpoint {}", path.display()))?;
-    }
-    Ok(doomed)
-}
-
-/// A Burn record as bytes (what checkpoints store).
-pub fn encode_record<B: Backend, R: Record<B>>(record: R) -> Result<Vec<u8>> {
-    recorder()
-        .record(record, ())
-        .map_err(|e| anyhow::anyhow!("cannot serialise a record: {e:?}"))
 }
 
 /// Saves model, optimizer record, method state and training state into `dir`, then points
@@ -259,136 +182,6 @@ fn payload_md5(parts: &[&[u8]]) -> String {
     format!("{:x}", hasher.finalize())
 }
 
-/// The checkpoint `latest` names in `dir`, if any.
-pub fn latest_in(dir: &Path) -> Result<Option<PathBuf>> {
-    let pointer = dir.join(LATEST);
-    if !pointer.exists() {
-        return Ok(None);
-    }
-    let name = std::fs::read_to_string(&pointer)
-        .with_context(|| format!("cannot read {}", pointer.display()))?;
-    let path = dir.join(name.trim());
-    ensure!(
-        path.is_file(),
-        "{} names {}, which does not exist",
-        pointer.display(),
-        path.display()
-    );
-    Ok(Some(path))
-}
-
-/// What a damaged checkpoint's name gains: the file is kept for a look, and is no longer a
-/// `.ckpt`, so neither `--resume`, `latest` nor [`prune`] takes it again.
-pub const CORRUPT_SUFFIX: &str = ".corrupt";
-
-/// The checkpoint `--resume` continues from: the newest in `dir` that reads back intact, the
-/// one `latest` names first, then the others, newest first. A damaged one (truncated, bytes
-/// flipped) is passed over with a warning; where `quarantine` (the rank that writes the run's
-/// files), it is renamed `NAME.ckpt.corrupt`, never deleted, and `latest` then names the one
-/// chosen. `None`: no checkpoint at all. Fails listing each file and its problem when none is
-/// intact, and at once on a problem an older file would share (another format version).
-pub fn resume_point(dir: &Path, quarantine: bool) -> Result<Option<Checkpoint>> {
-    let mut candidates = Vec::new();
-    let mut problems = Vec::new();
-    match latest_in(dir) {
-        Ok(Some(path)) => candidates.push(path),
-        Ok(None) => {}
-        Err(e) => problems.push(format!("{e:#}")),
-    }
-    for path in checkpoints_newest_first(dir)? {
-        if !candidates.contains(&path) {
-            candidates.push(path);
-        }
-    }
-    if candidates.is_empty() && problems.is_empty() {
-        return Ok(None);
-    }
-    for path in candidates {
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            // Another rank of this run renamed it a moment ago, as damaged.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !quarantine => continue,
-            Err(e) => bail!("cannot read checkpoint {}: {e}", path.display()),
-        };
-        match Checkpoint::parse(&path, &bytes) {
-            Ok(ckpt) => {
-                if quarantine && !problems.is_empty() {
-                    let name = path.file_name().unwrap().to_string_lossy();
-                    write_atomically(&dir.join(LATEST), format!("{name}\n").as_bytes())?;
-                }
-                return Ok(Some(ckpt));
-            }
-            Err(e) if e.downcast_ref::<Damaged>().is_some() => {
-                let mut problem = format!("{}: {e:#}", path.display());
-                if quarantine {
-                    let kept = set_aside(&path)?;
-                    problem += &format!(" (kept as {})", kept.display());
-                    eprintln!("warning: checkpoint {problem}; trying the next older one");
-                }
-                problems.push(problem);
-            }
-            Err(e) => return Err(e.context(format!("checkpoint {}", path.display()))),
-        }
-    }
-    bail!(
-        "no intact checkpoint in {} to resume from:\n  {}\nstart a new run with another --out",
-        dir.display(),
-        problems.join("\n  ")
-    )
-}
-
-/// `0004` or `0004-step-000005` of a checkpoint's file name; `None` for any other file.
-fn checkpoint_stem(name: &str) -> Option<&str> {
-    name.strip_prefix("epoch-")
-        .and_then(|n| n.strip_suffix(".ckpt"))
-}
-
-/// The `epoch-*.ckpt` files of `dir`, newest first (an epoch's Ctrl-C saves before its end).
-fn checkpoints_newest_first(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => bail!("cannot list {}: {e}", dir.display()),
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(stem) = checkpoint_stem(&name) else {
-            continue;
-        };
-        // epoch-0004-step-000005 (inside epoch 4) comes before epoch-0004 (its end).
-        let order = match stem.split_once("-step-") {
-            Some((epoch, step)) => (epoch.parse::<usize>(), step.parse::<usize>()),
-            None => (stem.parse::<usize>(), Ok(usize::MAX)),
-        };
-        if let (Ok(epoch), Ok(step)) = order {
-            found.push(((epoch, step), dir.join(name)));
-        }
-    }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
-    Ok(found.into_iter().map(|(_, path)| path).collect())
-}
-
-/// Renames a damaged checkpoint `NAME.ckpt.corrupt` (`.corrupt-2`... if taken): kept, never
-/// overwriting an earlier one.
-fn set_aside(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    let mut kept = path.with_file_name(format!("{name}{CORRUPT_SUFFIX}"));
-    let mut n = 2;
-    while kept.exists() {
-        kept = path.with_file_name(format!("{name}{CORRUPT_SUFFIX}-{n}"));
-        n += 1;
-    }
-    std::fs::rename(path, &kept).with_context(|| {
-        format!(
-            "cannot rename the damaged checkpoint {} to {} (no write permission?)",
-            path.display(),
-            kept.display()
-        )
-    })?;
-    Ok(kept)
-}
-
 impl Checkpoint {
     /// Writes this checkpoint back to its `path` (atomically), with a new checksum: for tools
     /// that edit a run's state or recipe, which `--resume` then continues from.
@@ -443,8 +236,9 @@ impl Checkpoint {
             .map_err(|e| Damaged(format!("corrupt header: {e}")))?
             .format;
         ensure!(
-            format == FORMAT_VERSION,
-            "format version {format} is not supported by this trainer (expects {FORMAT_VERSION}){}",
+            (OLDEST_READABLE..=FORMAT_VERSION).contains(&format),
+            "format version {format} is not supported by this trainer (reads {OLDEST_READABLE} to \
+             {FORMAT_VERSION}){}",
             if format == 1 {
                 ": version 1 checkpoints come from the SimCLR-only trainer before several methods \
                  were added; export or evaluate them with that version, or train again"
@@ -481,6 +275,7 @@ impl Checkpoint {
             model: model.to_vec(),
             optimizer: optimizer.to_vec(),
             method_state: method_state.to_vec(),
+            format,
         })
     }
 
@@ -510,7 +305,13 @@ impl Checkpoint {
 
     /// The model (encoder, heads), rebuilt from the checkpoint's own architecture.
     pub fn model<B: Backend>(&self, device: &B::Device) -> Result<SslModel<B>> {
-        let record = decode_record(&self.model, device).with_context(|| {
+        let record = if self.format == 2 {
+            decode_record::<B, LegacySslModelRecord<B>>(&self.model, device)
+                .map(LegacySslModelRecord::upgrade)
+        } else {
+            decode_record(&self.model, device)
+        };
+        let record = record.with_context(|| {
             format!(
                 "{}: the model weights do not fit this trainer's network (written by another version?)",
                 self.path.display()
@@ -527,14 +328,6 @@ impl Checkpoint {
             )
         })
     }
-}
-
-/// Decodes a record; one of another layout (an older version of this trainer) makes Burn panic,
-/// which becomes an error here.
-pub fn decode_record<B: Backend, R: Record<B>>(bytes: &[u8], device: &B::Device) -> Result<R> {
-    crate::panics::catch_quietly(|| recorder().load(bytes.to_vec(), device))
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 #[cfg(test)]
@@ -566,7 +359,7 @@ mod tests {
         let config = small_config();
         let model = config.model.init::<CpuBackend>(&Default::default());
         // Parameters are initialised lazily; read one so the saved copy and `model` agree.
-        let _ = model.encoder.stem_conv.weight.val();
+        let _ = crate::named_params::named_tensors(&model);
         let record = model.clone().into_record();
         let path = save(dir, &model, record, b"method", &state(), &config).unwrap();
         (path, model)
@@ -629,8 +422,14 @@ mod tests {
         assert_eq!(ckpt.state, state());
         assert_eq!(ckpt.method_state, b"method");
         let back = ckpt.model::<CpuBackend>(&Default::default()).unwrap();
-        let weights = |m: &SslModel<CpuBackend>| onnx::values(m.encoder.stem_conv.weight.val());
+        let weights = |m: &SslModel<CpuBackend>| {
+            crate::named_params::named_tensors(m)
+                .into_iter()
+                .map(|t| (t.name, t.values))
+                .collect::<Vec<_>>()
+        };
         let (a, b) = (weights(&model), weights(&back));
+        assert!(a.iter().any(|(name, _)| name == "encoder.stem_conv.weight"));
         assert_eq!(a, b);
         assert!(!dir.path().join("epoch-0003.tmp").exists());
     }
@@ -733,6 +532,7 @@ mod tests {
             model: vec![7; 64],
             optimizer: vec![],
             method_state: vec![],
+            format: FORMAT_VERSION,
         };
         let err = format!(
             "{:#}",
@@ -770,7 +570,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = saved(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        let key = b"\"format\":2";
+        let key = format!("\"format\":{FORMAT_VERSION}");
+        let key = key.as_bytes();
         let at = bytes.windows(key.len()).position(|w| w == key).unwrap();
         bytes[at + key.len() - 1] = b'1';
         std::fs::write(&path, &bytes).unwrap();

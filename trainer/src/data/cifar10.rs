@@ -8,8 +8,16 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::data::augment::{CIFAR10_MEAN, CIFAR10_STD, SIDE};
-use crate::data::{ImageDataset, Splits, IMAGE_BYTES};
+use crate::data::{ImageDataset, Splits};
+
+/// Side of CIFAR-10's images.
+pub const SIDE: usize = 32;
+pub const PIXELS: usize = SIDE * SIDE;
+/// Bytes of one CIFAR-10 image: 3 planes of 32 x 32.
+pub const IMAGE_BYTES: usize = 3 * PIXELS;
+/// CIFAR-10's per-channel mean and standard deviation (of the training set, in [0, 1]).
+pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
 const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
 const RECORDS_PER_BATCH: usize = 10_000;

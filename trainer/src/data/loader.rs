@@ -1,10 +1,11 @@
-//! The prefetching loader: a background thread builds batches of two augmented views, spreading
-//! the images of a batch over all cores (rayon), while the training step runs on the current one.
+//! The prefetching loader: a background thread builds batches of augmented views (the list of
+//! `augment.views`: two views by default, or multi-crop groups of several sizes), spreading the
+//! images of a batch over all cores (rayon), while the training step runs on the current one.
 //!
 //! Each image's views depend only on (epoch seed, position in the epoch), never on thread timing,
 //! so a run is reproducible and a resumed epoch can skip straight to its next batch.
 
-use crate::data::augment::{side_of, AugmentConfig};
+use crate::data::augment::{side_of, AugmentConfig, ViewParams};
 use crate::data::ImageDataset;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -23,6 +24,99 @@ pub struct PairBatch {
     /// Side of the (square) views.
     pub side: usize,
     pub views: Vec<f32>,
+}
+
+/// The views of `size` images, grouped by side: each group holds `count` views of every image
+/// (`count * size` rows, view-major: row `v * size + i` is the group's view `v` of image `i`),
+/// planar f32 `3 x side x side` each, normalised. Two views of one size (the default) are one
+/// group laid out as [`PairBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewBatch {
+    pub size: usize,
+    pub groups: Vec<ViewGroup>,
+}
+
+/// Views of one side in a [`ViewBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewGroup {
+    pub side: usize,
+    /// Views per image.
+    pub count: usize,
+    pub views: Vec<f32>,
+}
+
+impl ViewBatch {
+    /// Views in all, per image.
+    pub fn views_per_image(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    /// The groups as tensors on `device`.
+    pub fn into_views<B: Backend>(self, device: &B::Device) -> Views<B> {
+        let size = self.size;
+        Views {
+            images: size,
+            groups: self
+                .groups
+                .into_iter()
+                .map(|g| {
+                    let shape = [g.count * size, 3, g.side, g.side];
+                    Tensor::from_data(TensorData::new(g.views, shape), device)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<PairBatch> for ViewBatch {
+    fn from(pair: PairBatch) -> Self {
+        Self {
+            size: pair.size,
+            groups: vec![ViewGroup {
+                side: pair.side,
+                count: 2,
+                views: pair.views,
+            }],
+        }
+    }
+}
+
+/// A batch of views on the device, grouped by side as [`ViewBatch`]: `groups[g]` is
+/// `[count_g * images, 3, S_g, S_g]`, view-major.
+#[derive(Debug, Clone)]
+pub struct Views<B: Backend> {
+    pub images: usize,
+    pub groups: Vec<Tensor<B, 4>>,
+}
+
+impl<B: Backend> Views<B> {
+    /// The two views of one size of a two-view method, `[2N, 3, S, S]` (first views, then
+    /// second views). Panics otherwise: the config's validation refuses other view lists for
+    /// such methods.
+    pub fn two_views(self) -> Tensor<B, 4> {
+        let rows: Vec<usize> = self.groups.iter().map(|g| g.dims()[0]).collect();
+        assert!(
+            rows == [2 * self.images],
+            "a two-view method got views of {} images in groups of {rows:?} rows",
+            self.images
+        );
+        self.groups.into_iter().next().expect("one group")
+    }
+}
+
+/// A `[2N, 3, S, S]` tensor as the two views of N images (the two-view layout).
+impl<B: Backend> From<Tensor<B, 4>> for Views<B> {
+    fn from(pair: Tensor<B, 4>) -> Self {
+        let rows = pair.dims()[0];
+        assert!(
+            rows % 2 == 0,
+            "two views of each image: an even number of rows, got {rows}"
+        );
+        Self {
+            images: rows / 2,
+            groups: vec![pair],
+        }
+    }
 }
 
 /// Which images an epoch visits, in which order, and how many steps it makes.
@@ -73,7 +167,30 @@ impl Shard {
     pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
 }
 
-/// Makes both views of batch `step` of `plan`.
+/// Makes every view of `shard`'s rows of batch `step` of `plan` (the images' views depend only
+/// on their position in the global batch).
+pub fn make_views(
+    dataset: &ImageDataset,
+    augment: &AugmentConfig,
+    plan: &EpochPlan,
+    step: usize,
+    shard: Shard,
+) -> ViewBatch {
+    let size = plan.batch_size / shard.world;
+    let first_row = shard.rank * size;
+    let indices = &plan.batch_indices(step)[first_row..first_row + size];
+    let first_stream = (step * plan.batch_size + first_row) as u64;
+    views_of(
+        |i| dataset.image(indices[i]),
+        size,
+        dataset.side,
+        augment,
+        plan.seed,
+        first_stream,
+    )
+}
+
+/// Makes both views of batch `step` of `plan` (two views of one size).
 pub fn make_batch(
     dataset: &ImageDataset,
     augment: &AugmentConfig,
@@ -92,18 +209,7 @@ pub fn make_shard(
     step: usize,
     shard: Shard,
 ) -> PairBatch {
-    let size = plan.batch_size / shard.world;
-    let first_row = shard.rank * size;
-    let indices = &plan.batch_indices(step)[first_row..first_row + size];
-    let first_stream = (step * plan.batch_size + first_row) as u64;
-    pairs_of(
-        |i| dataset.image(indices[i]),
-        size,
-        dataset.side,
-        augment,
-        plan.seed,
-        first_stream,
-    )
+    make_views(dataset, augment, plan, step, shard).into_pair()
 }
 
 /// Two augmented views of each of `images` (planar RGB bytes, `3 x side x side`, all the same
@@ -129,37 +235,74 @@ pub fn augment_pairs(images: &[&[u8]], augment: &AugmentConfig, seed: u64) -> Pa
             "augment_pairs: image {i} is not {side}x{side} like image 0"
         );
     }
-    pairs_of(|i| images[i], images.len(), side, augment, seed, 0)
+    views_of(|i| images[i], images.len(), side, augment, seed, 0).into_pair()
 }
 
-/// Both views of `count` images of `side` pixels (`image_at(i)`, i < count), each image `i`
-/// from random stream `first_stream + i` of `seed`.
-fn pairs_of<'a>(
+/// Every view of `count` images of `side` pixels (`image_at(i)`, i < count), each image `i`
+/// drawing its views' random choices, in order, from random stream `first_stream + i` of
+/// `seed`; consecutive views of one side form a group.
+fn views_of<'a>(
     image_at: impl Fn(usize) -> &'a [u8] + Sync,
     count: usize,
     side: usize,
     augment: &AugmentConfig,
     seed: u64,
     first_stream: u64,
-) -> PairBatch {
-    let image_bytes = 3 * side * side;
-    let mut views = vec![0.0f32; 2 * count * image_bytes];
-    let (first, second) = views.split_at_mut(count * image_bytes);
-    first
-        .par_chunks_mut(image_bytes.max(1))
-        .zip(second.par_chunks_mut(image_bytes.max(1)))
-        .enumerate()
-        .for_each(|(i, (view1, view2))| {
+) -> ViewBatch {
+    let recipes = augment.view_recipes();
+    // The random choices first (cheap, one stream per image), then the pixels in parallel.
+    let params: Vec<Vec<ViewParams>> = (0..count)
+        .into_par_iter()
+        .map(|i| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(first_stream + i as u64);
-            let image = image_at(i);
-            augment.view(image, 0, &mut rng, view1);
-            augment.view(image, 1, &mut rng, view2);
+            recipes
+                .iter()
+                .map(|recipe| augment.sample(side, recipe, &mut rng))
+                .collect()
+        })
+        .collect();
+    let mut groups = Vec::new();
+    let mut first_view = 0;
+    while first_view < recipes.len() {
+        let view_side = recipes[first_view].side_for(side);
+        let views_in_group = recipes[first_view..]
+            .iter()
+            .take_while(|r| r.side_for(side) == view_side)
+            .count();
+        let view_len = 3 * view_side * view_side;
+        let mut views = vec![0.0f32; views_in_group * count * view_len];
+        views
+            .par_chunks_mut(view_len.max(1))
+            .enumerate()
+            .for_each(|(row, out)| {
+                let (view, image) = (first_view + row / count, row % count);
+                params[image][view].apply(image_at(image), augment, out);
+            });
+        groups.push(ViewGroup {
+            side: view_side,
+            count: views_in_group,
+            views,
         });
-    PairBatch {
+        first_view += views_in_group;
+    }
+    ViewBatch {
         size: count,
-        side,
-        views,
+        groups,
+    }
+}
+
+impl ViewBatch {
+    /// The batch as two views of one size; panics for any other view list.
+    pub fn into_pair(self) -> PairBatch {
+        let [group] = <[ViewGroup; 1]>::try_from(self.groups)
+            .unwrap_or_else(|g| panic!("two views of one size expected, got {} groups", g.len()));
+        assert_eq!(group.count, 2, "two views of one size expected");
+        PairBatch {
+            size: self.size,
+            side: group.side,
+            views: group.views,
+        }
     }
 }
 
@@ -173,7 +316,7 @@ impl PairBatch {
 
 /// Batches `first_step..plan.steps` of an epoch, made ahead of time on a background thread.
 pub struct PrefetchLoader {
-    receiver: Option<Receiver<PairBatch>>,
+    receiver: Option<Receiver<ViewBatch>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -189,7 +332,7 @@ impl PrefetchLoader {
         let (sender, receiver) = sync_channel(prefetch);
         let worker = std::thread::spawn(move || {
             for step in first_step..plan.steps {
-                let batch = make_shard(&dataset, &augment, &plan, step, shard);
+                let batch = make_views(&dataset, &augment, &plan, step, shard);
                 if sender.send(batch).is_err() {
                     return; // the trainer stopped early
                 }
@@ -203,9 +346,9 @@ impl PrefetchLoader {
 }
 
 impl Iterator for PrefetchLoader {
-    type Item = PairBatch;
+    type Item = ViewBatch;
 
-    fn next(&mut self) -> Option<PairBatch> {
+    fn next(&mut self) -> Option<ViewBatch> {
         self.receiver.as_ref()?.recv().ok()
     }
 }
@@ -258,12 +401,15 @@ mod tests {
             0,
             2,
         )
+        .map(ViewBatch::into_pair)
         .collect();
         assert_eq!(all.len(), 3);
         let direct = make_batch(&data, &augment, &plan, 2);
         assert_eq!(all[2].views, direct.views);
         let resumed: Vec<PairBatch> =
-            PrefetchLoader::spawn(data, augment, plan, Shard::WHOLE, 2, 2).collect();
+            PrefetchLoader::spawn(data, augment, plan, Shard::WHOLE, 2, 2)
+                .map(ViewBatch::into_pair)
+                .collect();
         assert_eq!(resumed.len(), 1);
         assert_eq!(resumed[0].views, direct.views);
         assert_ne!(
@@ -295,6 +441,47 @@ mod tests {
                 "second views of rank {rank}"
             );
         }
+    }
+
+    /// A view list of two plain views is the two-view default, draw for draw; multi-crop adds
+    /// a group per size, and its local views are drawn after the global ones, so the global
+    /// views stay those of the two-view batch.
+    #[test]
+    fn view_lists_group_views_by_size_and_keep_the_two_view_draws() {
+        use crate::data::augment::ViewSpec;
+        let data = dataset(8);
+        let plan = EpochPlan::new(8, 4, 0, 5);
+        let two = make_batch(&data, &AugmentConfig::default(), &plan, 1);
+        let spec = |count, size, scale| ViewSpec {
+            count,
+            size,
+            crop_scale: scale,
+            blur_prob: None,
+            solarize_prob: None,
+        };
+        let listed = AugmentConfig {
+            views: vec![spec(2, 0, None)],
+            ..Default::default()
+        };
+        assert_eq!(make_batch(&data, &listed, &plan, 1).views, two.views);
+        let multi_crop = AugmentConfig {
+            views: vec![spec(2, 0, None), spec(3, 16, Some([0.05, 0.4]))],
+            ..Default::default()
+        };
+        let batch = make_views(&data, &multi_crop, &plan, 1, Shard::WHOLE);
+        assert_eq!(batch.views_per_image(), 5);
+        let shapes: Vec<_> = batch
+            .groups
+            .iter()
+            .map(|g| (g.side, g.count, g.views.len()))
+            .collect();
+        assert_eq!(
+            shapes,
+            [(32, 2, 2 * 4 * IMAGE_BYTES), (16, 3, 3 * 4 * 3 * 16 * 16)]
+        );
+        assert_eq!(batch.groups[0].views, two.views);
+        let views = batch.into_views::<crate::backend::CpuBackend>(&Default::default());
+        assert_eq!(views.groups[1].dims(), [12, 3, 16, 16]);
     }
 
     #[test]

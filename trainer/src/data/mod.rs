@@ -8,26 +8,24 @@
 
 pub mod augment;
 pub mod cifar10;
+pub mod datasets;
 pub mod folder;
 pub mod loader;
 pub mod pixels;
 pub mod stl10;
+pub mod transforms;
 
 pub use cifar10::{
     download_cifar10, load_cifar10_archive, load_cifar10_dir, parse_cifar10_batch, CIFAR10_CLASSES,
-    CIFAR10_MD5, CIFAR10_URL,
+    CIFAR10_MD5, CIFAR10_URL, IMAGE_BYTES,
 };
+pub use datasets::{cache_dir, data_help, load, load_with, DatasetFormat, DATASETS};
 pub use folder::load_image_folder;
 pub use pixels::Pixels;
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-
-use crate::data::augment::PIXELS;
-
-/// Bytes of one CIFAR-10 image: 3 planes of 32 x 32.
-pub const IMAGE_BYTES: usize = 3 * PIXELS;
 
 /// Square images, `3 x side x side` planar RGB bytes each, with labels when the data has them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -338,61 +336,6 @@ pub struct LoadOptions {
     pub image_size: usize,
     /// An unreadable image file is an error instead of a skipped file with a warning.
     pub strict: bool,
-}
-
-/// Loads the dataset `--data` names at its own resolution (see [`load_with`]).
-pub fn load(source: &str) -> Result<Splits> {
-    load_with(source, &LoadOptions::default())
-}
-
-/// Loads the dataset that `--data` names (see [`crate::config::TrainConfig::data`]).
-pub fn load_with(source: &str, options: &LoadOptions) -> Result<Splits> {
-    if let Some(folder) = source.strip_prefix("folder:") {
-        return folder::load(Path::new(folder), folder::Labels::FromFolders, options);
-    }
-    if let Some(folder) = source.strip_prefix("images:") {
-        return folder::load(Path::new(folder), folder::Labels::None, options);
-    }
-    if let Some(dir) = source.strip_prefix("stl10:") {
-        let dir = if dir.is_empty() {
-            stl10::download(&cache_dir())?
-        } else {
-            PathBuf::from(dir)
-        };
-        return stl10::load(&dir, options);
-    }
-    let path = if source.is_empty() {
-        download_cifar10(&cache_dir())?
-    } else {
-        PathBuf::from(source)
-    };
-    let splits = if path.is_file() {
-        load_cifar10_archive(&path)?
-    } else if path.is_dir() {
-        load_cifar10_dir(&path)?
-    } else {
-        bail!(
-            "--data {}: no such file or directory (expected a cifar-10-batches-bin directory, \
-             cifar-10-binary.tar.gz, stl10:DIR, folder:PATH or images:PATH)",
-            path.display()
-        )
-    };
-    Ok(match options.image_size {
-        0 => splits,
-        side => splits.resized(side),
-    })
-}
-
-/// `$SELFSUP_CACHE`, else `$XDG_CACHE_HOME/selfsup`, else `~/.cache/selfsup`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SELFSUP_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("selfsup")
 }
 
 /// Per-channel mean and standard deviation of `dataset`'s pixels in [0, 1], over at most 10,000

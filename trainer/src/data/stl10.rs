@@ -26,6 +26,16 @@ const IMAGE_BYTES: usize = 3 * STL10_SIDE * STL10_SIDE;
 
 /// Reads `DIR/stl10_binary/` (or `DIR` itself when it holds the `.bin` files) at
 /// `options.image_size` (0: 96).
+/// `stl10:DIR`: the official binary in `DIR`, or (`DIR` empty) the official download.
+pub fn load_source(dir: &str, options: &LoadOptions) -> Result<Splits> {
+    let dir = if dir.is_empty() {
+        download(&super::cache_dir())?
+    } else {
+        std::path::PathBuf::from(dir)
+    };
+    load(&dir, options)
+}
+
 pub fn load(dir: &Path, options: &LoadOptions) -> Result<Splits> {
     let dir = if dir.join("stl10_binary").is_dir() {
         dir.join("stl10_binary")

@@ -1,7 +1,7 @@
 //! Who started this process: a launcher's ranks, read from the environment it sets. The trainer
 //! never opens a port of its own: several processes (on one machine or many) form one run only
 //! when MPI started them (`mpirun`/`mpiexec`, or `srun` under Slurm), and then MPI carries
-//! every exchange ([`super::mpi`]).
+//! every exchange (`mpi`); [`super::detect_launch`] starts it.
 
 use anyhow::{bail, Result};
 
@@ -78,20 +78,6 @@ pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Launch> {
         });
     }
     Ok(Launch::SINGLE)
-}
-
-/// This process's launch; with more than one process, MPI is started ([`super::mpi::start`]),
-/// which needs a binary built with `--features mpi` and an MPI launcher.
-pub fn detect() -> Result<Launch> {
-    let launch = from_vars(|name| std::env::var(name).ok())?;
-    if launch.processes == 1 {
-        return Ok(launch);
-    }
-    if launch.launcher == TORCHRUN {
-        // Checked against the device by the caller ([`torchrun_needs_cuda`]).
-        return Ok(launch);
-    }
-    super::mpi::start(launch)
 }
 
 /// A torchrun-style launch runs on CUDA GPUs through NCCL only: anything else is refused with

@@ -14,6 +14,8 @@
 //! trainer opens no port of its own.
 
 pub mod collective;
+pub mod deadline;
+pub mod generic_reduce;
 pub mod launch;
 pub mod mpi;
 #[cfg(feature = "cuda")]
@@ -160,6 +162,18 @@ impl Topology {
     pub fn collective_config(&self) -> CollectiveConfig {
         CollectiveConfig::default().with_num_devices(self.devices)
     }
+}
+
+/// This process's launch; with more than one process, MPI is started ([`mpi::start`]),
+/// which needs a binary built with `--features mpi` and an MPI launcher.
+pub fn detect_launch() -> Result<launch::Launch> {
+    let found = launch::from_vars(|name| std::env::var(name).ok())?;
+    if found.processes == 1 || found.launcher == launch::TORCHRUN {
+        // A torchrun launch is checked against the device by the caller
+        // ([`launch::torchrun_needs_cuda`]).
+        return Ok(found);
+    }
+    mpi::start(found)
 }
 
 #[cfg(test)]

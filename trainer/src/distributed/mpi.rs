@@ -7,7 +7,7 @@
 //!
 //! A process that fails calls `MPI_Abort`, so the launcher stops the others; one that dies is
 //! noticed by the launcher (mpirun ends the job). A rank whose peers stop answering for
-//! `--peer-timeout` seconds stops with an error too ([`super::collective::with_deadline`]).
+//! `--peer-timeout` seconds stops with an error too ([`super::deadline::with_deadline`]).
 
 use super::launch::Launch;
 use anyhow::Result;

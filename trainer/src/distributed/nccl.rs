@@ -12,7 +12,8 @@
 //! device buffer. libnccl is loaded at run time: a build without it runs, and a run whose
 //! machines lack it exchanges through the host as before, saying so.
 
-use super::collective::{all_reduce_inner, with_deadline};
+use super::deadline::{with_deadline, PEER_FAILURE};
+use super::generic_reduce::all_reduce_inner;
 use super::rendezvous::{Published, Rendezvous};
 use super::Peer;
 use anyhow::{bail, ensure, Context, Result};
@@ -442,9 +443,7 @@ pub fn all_reduce(
         Ok(summed) => summed,
         Err(error) => panic!(
             "{}: rank {} of {}: {what} through NCCL: {error:#}",
-            super::collective::PEER_FAILURE,
-            peer.rank,
-            peer.world
+            PEER_FAILURE, peer.rank, peer.world
         ),
     };
     match op {

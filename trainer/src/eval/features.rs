@@ -3,7 +3,7 @@
 use crate::data::augment::{normalize_into, to_float, AugmentConfig};
 use crate::data::ImageDataset;
 use crate::model::prepared::InferenceEncoder;
-use crate::model::{NetworkOps, ResNet18};
+use crate::model::{Backbone, NetworkOps};
 use crate::progress::items_bar;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -31,7 +31,7 @@ pub fn normalized_batch<B: Backend>(
 /// `valid()` module), so that BatchNorm uses its running statistics; on the CPU it runs
 /// prepared ([`InferenceEncoder`]: BatchNorm folded, weights packed once for all batches).
 pub fn encode_dataset<B: NetworkOps>(
-    encoder: &ResNet18<B>,
+    encoder: &Backbone<B>,
     dataset: &ImageDataset,
     augment: &AugmentConfig,
     batch_size: usize,

@@ -11,7 +11,7 @@ use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, PerView};
 use crate::data::ImageDataset;
 use crate::model::prepared::InferenceEncoder;
-use crate::model::ResNet18;
+use crate::model::Backbone;
 use crate::progress::items_bar;
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
@@ -65,7 +65,7 @@ pub fn crop_and_flip(augment: &AugmentConfig) -> AugmentConfig {
 /// on `test_features` (features of the un-augmented test images).
 #[allow(clippy::too_many_arguments)]
 pub fn standard_linear_eval<B: TrainBackend>(
-    encoder: &ResNet18<B::InnerBackend>,
+    encoder: &Backbone<B::InnerBackend>,
     train: &ImageDataset,
     test_features: &Features,
     test_labels: &[u8],

@@ -201,6 +201,7 @@ impl BackendTask for TrainStepTiming<'_> {
 /// `batch_size` images, on one backend: warm-up passes, then at least `min_passes` and about
 /// `min_seconds` of timed passes. The features are read back, as `eval` does.
 struct InferenceTiming {
+    backbone: crate::model::BackboneKind,
     width: usize,
     stem: crate::model::Stem,
     image_size: usize,
@@ -216,8 +217,9 @@ impl BackendTask for InferenceTiming {
     fn run<B: TrainBackend>(self, device: B::Device, _name: &str) -> Result<Vec<f64>> {
         use burn::tensor::{Distribution, Tensor};
         B::seed(&device, 0);
-        let module =
-            crate::model::ResNet18::<B::InnerBackend>::with_stem(self.width, self.stem, &device);
+        let module = self
+            .backbone
+            .init::<B::InnerBackend>(self.width, self.stem, &device);
         // As `eval` and `embed` run it: prepared once (on the CPU), then batch after batch.
         let encoder = crate::model::prepared::InferenceEncoder::new(&module);
         let images = Tensor::<B::InnerBackend, 4>::random(
@@ -274,8 +276,10 @@ fn onnx_images_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
     use crate::backend::CpuBackend;
     let device = Default::default();
     let stem = options.model.stem.for_size(options.image_size);
-    let encoder =
-        crate::model::ResNet18::<CpuBackend>::with_stem(options.model.width, stem, &device);
+    let encoder = options
+        .model
+        .backbone
+        .init::<CpuBackend>(options.model.width, stem, &device);
     let proto = crate::jobs::export::encoder_to_onnx(
         &encoder,
         options.model.embedding_dim(),
@@ -388,6 +392,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         let seconds = crate::backend::run_on(
             options.device,
             InferenceTiming {
+                backbone: options.model.backbone,
                 width: options.model.width,
                 stem: options.model.stem.for_size(options.image_size),
                 image_size: options.image_size,
@@ -468,7 +473,7 @@ pub fn table(report: &BenchReport) -> String {
 
 pub fn write_json(report: &BenchReport, path: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(report)?;
-    crate::checkpoint::write_atomically(path, json.as_bytes())
+    crate::records::write_atomically(path, json.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

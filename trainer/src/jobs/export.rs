@@ -9,52 +9,23 @@
 use crate::data::augment::AugmentConfig;
 use crate::data::ImageDataset;
 use crate::methods::MethodKind;
-use crate::model::{BasicBlock, ResNet18};
+use crate::model::Backbone;
+use anyhow::ensure;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use onnx::proto::ModelProto;
 use onnx::{tensor_value, ExportOptions, GraphBuilder, ToOnnx};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const INPUT: &str = "images";
 pub const OUTPUT: &str = "embedding";
-
-impl<B: Backend> ToOnnx for BasicBlock<B> {
-    fn to_onnx(&self, g: &mut GraphBuilder, x: &str, options: &ExportOptions) -> String {
-        let shortcut = match &self.downsample {
-            Some(down) => g.conv_batch_norm(x, &down.conv, &down.bn, options),
-            None => x.to_string(),
-        };
-        let out = g.conv_batch_norm(x, &self.conv1, &self.bn1, options);
-        let out = g.relu(&out);
-        let out = g.conv_batch_norm(&out, &self.conv2, &self.bn2, options);
-        let out = g.add(&out, &shortcut);
-        g.relu(&out)
-    }
-}
-
-impl<B: Backend> ToOnnx for ResNet18<B> {
-    fn to_onnx(&self, g: &mut GraphBuilder, x: &str, options: &ExportOptions) -> String {
-        let stem = g.conv_batch_norm(x, &self.stem_conv, &self.stem_bn, options);
-        let mut x = g.relu(&stem);
-        if self.stem_pool {
-            let (k, s, p) = crate::model::encoder::STEM_POOL;
-            x = g.max_pool(&x, k, s, p);
-        }
-        for block in &self.blocks {
-            x = block.to_onnx(g, &x, options);
-        }
-        let pooled = g.global_average_pool(&x);
-        g.flatten(&pooled)
-    }
-}
 
 /// The ONNX model of `encoder` (trained by `method` on `image_size` px images) with the
 /// normalisation of `augment` in front.
 #[allow(clippy::too_many_arguments)]
 pub fn encoder_to_onnx<B: Backend>(
-    encoder: &ResNet18<B>,
+    encoder: &Backbone<B>,
     embedding_dim: usize,
     image_size: usize,
     augment: &AugmentConfig,
@@ -121,7 +92,7 @@ pub fn write_npy(path: &Path, values: &[f32], rows: usize, cols: usize) -> Resul
     for v in values {
         bytes.write_all(&v.to_le_bytes())?;
     }
-    crate::checkpoint::write_atomically(path, &bytes)
+    crate::records::write_atomically(path, &bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -144,7 +115,7 @@ pub fn write_rows_csv(path: &Path, dataset: &ImageDataset, split: &str) -> Resul
         };
         text.push_str(&format!("{i},{name},{label}\n"));
     }
-    crate::checkpoint::write_atomically(path, text.as_bytes())
+    crate::records::write_atomically(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -184,4 +155,239 @@ mod tests {
             "index,image,label\n0,all/0,\n"
         );
     }
+}
+
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(group(clap::ArgGroup::new("viewer_files").args(["viewer", "demo"]))))]
+pub struct ExportJobOptions {
+    /// Checkpoint file, or a run directory / checkpoints directory (its latest checkpoint).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub checkpoint: PathBuf,
+    /// Where to write the ONNX file [default: encoder.onnx, or only DIR/encoder.onnx with --viewer].
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub out: Option<PathBuf>,
+    /// Fold every BatchNorm into the convolution before it (same outputs within 1e-5).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub fold_bn: bool,
+    /// Also write what the browser viewer loads into DIR: encoder.onnx plus a sample of images
+    /// (samples.bin, samples.json): class-balanced test images of labelled data, evenly spaced
+    /// images of an unlabeled folder. `trunk serve` in viewer/ then shows them.
+    #[cfg_attr(feature = "cli", arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        default_missing_value = "viewer/assets",
+        conflicts_with = "demo"
+    ))]
+    pub viewer: Option<PathBuf>,
+    /// Write a self-contained demo site into DIR for any static host (`python3 -m http.server`
+    /// in DIR works): the built viewer page (--page) plus, in DIR/assets, the model, the whole
+    /// test split (at most 10,000 images; --samples N) and their f16 embeddings.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
+    pub demo: Option<PathBuf>,
+    /// The built viewer page that --demo copies (`trunk build --release` in viewer/ writes it).
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            value_name = "DIR",
+            default_value = "viewer/dist",
+            requires = "demo"
+        )
+    )]
+    pub page: PathBuf,
+    /// Dataset the viewer's sample images come from (test split), as `train --data` (default:
+    /// the run's --eval-data, else its --data).
+    #[cfg_attr(feature = "cli", arg(long, requires = "viewer_files"))]
+    pub data: Option<String>,
+    /// Number of sample images for the viewer, balanced over the classes (at most all of an
+    /// unlabeled folder) [default: 1000 with --viewer, the whole split up to 10,000 with --demo].
+    #[cfg_attr(feature = "cli", arg(long, requires = "viewer_files"))]
+    pub samples: Option<usize>,
+    /// Also compute the samples' embeddings here (CPU) and write them into DIR/embeddings.bin
+    /// as f16 or f32: the page then draws the map at once instead of embedding every image in
+    /// the browser, and re-embeds 32 of them there to check they belong to this model
+    /// [default with --demo: f16].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_enum, value_name = "DTYPE", requires = "viewer_files")
+    )]
+    pub embeddings: Option<crate::jobs::viewer_assets::EmbeddingDtype>,
+}
+
+/// `trainer export`: the ONNX file, and with `--viewer` / `--demo` the viewer's files.
+pub fn run_export(args: ExportJobOptions) -> Result<()> {
+    use crate::backend::CpuBackend;
+    use crate::jobs::viewer_assets as va;
+    check_destinations(&args)?;
+    // The demo ships embeddings (the map at once) of as many images as make a useful map.
+    let viewer_dir = match (&args.viewer, &args.demo) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(demo)) => Some(demo.join("assets")),
+        (None, None) => None,
+    };
+    let embeddings = args
+        .embeddings
+        .or(args.demo.as_ref().map(|_| va::EmbeddingDtype::F16));
+    let ckpt = crate::checkpoint::Checkpoint::read(&args.checkpoint)?;
+    let model = ckpt.model::<CpuBackend>(&Default::default())?;
+    let proto = crate::jobs::export::encoder_to_onnx(
+        &model.encoder,
+        ckpt.config.model.embedding_dim(),
+        ckpt.config.input_size(),
+        &ckpt.config.augment,
+        ckpt.config.method.kind(),
+        &ckpt.config.to_toml(),
+        &onnx::ExportOptions {
+            fold_batch_norm: args.fold_bn,
+        },
+    );
+    let nodes = proto.graph.as_ref().map_or(0, |g| g.node.len());
+    let report = |path: &Path| {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "wrote {} ({:.1} MB, {nodes} nodes, opset {}) from {}",
+            path.display(),
+            size as f64 / 1e6,
+            onnx::OPSET,
+            ckpt.path.display()
+        );
+    };
+    let out = match (&args.out, &viewer_dir) {
+        (Some(out), _) => Some(out.clone()),
+        (None, None) => Some(PathBuf::from("encoder.onnx")),
+        (None, Some(_)) => None,
+    };
+    if let Some(out) = &out {
+        onnx::write_model(&proto, out)?;
+        report(out);
+    }
+    if let Some(dir) = &viewer_dir {
+        write_viewer_files(&args, &ckpt, &model, &proto, dir, embeddings, &report)?;
+    }
+    Ok(())
+}
+
+/// The viewer folder's parent and the demo's page exist: checked before the slow part, so a
+/// typo costs nothing.
+fn check_destinations(args: &ExportJobOptions) -> Result<()> {
+    use crate::jobs::viewer_assets as va;
+    if let Some(dir) = &args.viewer {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            ensure!(
+                parent.is_dir(),
+                "--viewer {}: {} does not exist (run from the repository root, or give \
+--viewer DIR with an existing parent folder)",
+                dir.display(),
+                parent.display()
+            );
+        }
+    }
+    if args.demo.is_some() {
+        va::check_page(&args.page)?;
+    }
+    Ok(())
+}
+
+/// The viewer's files in `dir`: the model, a sample of the data's images (a demo: the page
+/// too) and, with `embeddings`, their embeddings.
+fn write_viewer_files(
+    args: &ExportJobOptions,
+    ckpt: &crate::checkpoint::Checkpoint,
+    model: &crate::model::SslModel<crate::backend::CpuBackend>,
+    proto: &ModelProto,
+    dir: &Path,
+    embeddings: Option<crate::jobs::viewer_assets::EmbeddingDtype>,
+    report: &dyn Fn(&Path),
+) -> Result<()> {
+    use crate::jobs::viewer_assets as va;
+    let splits = ckpt.config.load_data_for(args.data.as_deref())?;
+    // Labelled data: a class-balanced sample of the test split (a demo: the whole split,
+    // when it is small enough). An unlabeled folder: evenly spaced images of the folder.
+    let (images, indices) = match (splits.has_labels(), args.samples) {
+        (true, None) if args.demo.is_some() && splits.test.len() <= va::DEMO_SAMPLES => {
+            (&splits.test, (0..splits.test.len()).collect())
+        }
+        (true, samples) => {
+            let n = samples.unwrap_or(match args.demo {
+                Some(_) => va::DEMO_SAMPLES,
+                None => va::VIEWER_SAMPLES,
+            });
+            (&splits.test, va::balanced_sample(&splits.test, n)?)
+        }
+        (false, samples) => {
+            let images = splits.pretraining();
+            let n = samples.unwrap_or(match args.demo {
+                Some(_) => va::DEMO_SAMPLES,
+                None => va::VIEWER_SAMPLES,
+            });
+            (images, va::evenly_spaced(images.len(), n)?)
+        }
+    };
+    if let Some(demo) = &args.demo {
+        let files = va::copy_page(&args.page, demo)?;
+        println!(
+            "copied the viewer page ({files} files) from {} into {}",
+            args.page.display(),
+            demo.display()
+        );
+    }
+    let values = embeddings.map(|_| {
+        let encoder = &model.encoder;
+        let features = crate::eval::features::encode_dataset(
+            encoder,
+            &va::picked(images, &indices),
+            &ckpt.config.augment,
+            64,
+            &Default::default(),
+            "embedding the samples",
+        );
+        onnx::values(features)
+    });
+    let dim = ckpt.config.model.embedding_dim();
+    let shipped = embeddings
+        .zip(values.as_deref())
+        .map(|(dtype, values)| va::Embeddings { values, dim, dtype });
+    va::write(
+        dir,
+        &proto.to_bytes(),
+        images,
+        &indices,
+        &splits.origin,
+        &ckpt.path,
+        shipped,
+    )?;
+    report(&dir.join(va::MODEL_FILE));
+    if let Some(dtype) = embeddings {
+        println!(
+            "wrote their embeddings ({} x {dim}, {}) into {}",
+            indices.len(),
+            dtype.name(),
+            dir.join(va::EMBEDDINGS_FILE).display()
+        );
+    }
+    println!(
+        "wrote {} sample images ({}) from {} into {}{}",
+        indices.len(),
+        match images.is_labelled() {
+            true => format!("{} classes", images.classes.len()),
+            false => "unlabeled".to_string(),
+        },
+        splits.origin,
+        dir.display(),
+        match args.demo {
+            Some(_) => "",
+            None => "; view them with `trunk serve` in viewer/",
+        }
+    );
+    if let Some(demo) = &args.demo {
+        println!(
+            "the demo site is ready: `python3 -m http.server -d {}` (or any static host) \
+             serves it",
+            demo.display()
+        );
+    }
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! benchmark. Each job only wires rooms together; the work is in data, model, methods, eval.
 
 pub mod bench;
-#[cfg(feature = "cli")]
+pub mod embed;
 pub mod eval;
 pub mod export;
+pub mod nccl_check;
 pub mod train;
 pub mod viewer_assets;

@@ -25,7 +25,8 @@ pub const SAMPLES_FORMAT: &str = "selfsup-viewer-samples/1";
 
 /// The number type of `embeddings.bin`: f16 halves the download for a page with many points
 /// (its rounding, 2^-11 relative, is far below what moves a point on the map).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum EmbeddingDtype {
     F32,
     F16,
@@ -239,7 +240,7 @@ pub fn write(
         }),
     };
     let json = serde_json::to_vec_pretty(&meta)?;
-    use crate::checkpoint::write_atomically;
+    use crate::records::write_atomically;
     write_atomically(&dir.join(MODEL_FILE), onnx_bytes)?;
     write_atomically(&dir.join(SAMPLES_FILE), &pixels)?;
     let embeddings_path = dir.join(EMBEDDINGS_FILE);

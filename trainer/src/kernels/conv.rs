@@ -6,7 +6,8 @@
 //! Only how the output and the two gradients are computed changes: the parameters are Burn's
 //! `Conv2d` weights, so checkpoints, ONNX export and the optimizer see the same model.
 
-use crate::kernels::conv_kernels::{self, ConvShape};
+use crate::kernels::conv_kernels;
+use crate::kernels::conv_shape::ConvShape;
 use crate::kernels::winograd;
 use crate::precision;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -39,7 +40,7 @@ impl ConvGeometry {
 /// where it has faster kernels.
 pub trait ConvBackend: Backend {
     /// Whether inference runs the encoder prepared for the CPU kernels
-    /// ([`crate::model::prepared::PreparedEncoder`]) instead of the module's forward pass.
+    /// ([`crate::model::prepared::InferenceEncoder`]) instead of the module's forward pass.
     const PREPARED_INFERENCE: bool = false;
 
     fn conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, g: ConvGeometry) -> FloatTensor<Self> {

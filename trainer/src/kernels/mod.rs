@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod conv_kernels;
+pub mod conv_shape;
 pub mod matmul;
 pub mod norm;
 pub mod norm_kernels;

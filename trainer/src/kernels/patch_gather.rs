@@ -7,7 +7,7 @@
 //! `kernel * kernel` rows is computed once per convolution ([`PatchSources`]) and each row is one
 //! gather of `out_plane` values (AVX-512 gathers of 16, padding masked to zero).
 
-use crate::kernels::conv_kernels::ConvShape;
+use crate::kernels::conv_shape::ConvShape;
 
 /// For one input channel's `kernel * kernel` im2col rows: the index in the channel's input
 /// plane that each value comes from, `-1` for padding (zero).

@@ -11,7 +11,8 @@
 //!   transformed once, or [`conv_kernels::conv2d`]), whose chunks of several images keep the
 //!   products wide.
 
-use crate::kernels::conv_kernels::{self, ConvShape, Scratch};
+use crate::kernels::conv_kernels::{self, Scratch};
+use crate::kernels::conv_shape::ConvShape;
 use crate::kernels::packed_gemm::{self, PackedRows};
 use crate::kernels::{winograd, winograd_f2};
 use rayon::prelude::*;

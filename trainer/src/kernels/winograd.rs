@@ -18,7 +18,8 @@
 //! single-threaded unless there are fewer chunks than cores, as in
 //! [`crate::kernels::conv_kernels`].
 
-use crate::kernels::conv_kernels::{few, sized, ConvShape, Scratch};
+use crate::kernels::conv_kernels::{few, sized, Scratch};
+use crate::kernels::conv_shape::ConvShape;
 use crate::kernels::matmul::{matmul, Matrix};
 use crate::kernels::packed_gemm::{self, PackedRows};
 use rayon::prelude::*;

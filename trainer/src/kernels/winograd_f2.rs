@@ -13,7 +13,8 @@
 //! `B^T = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]]`, `G = [[1,0,0], [1/2,1/2,1/2],
 //! [1/2,-1/2,1/2], [0,0,1]]`, `A^T = [[1,1,1,0], [0,1,-1,-1]]`.
 
-use crate::kernels::conv_kernels::{ConvShape, Scratch};
+use crate::kernels::conv_kernels::Scratch;
+use crate::kernels::conv_shape::ConvShape;
 use crate::kernels::packed_gemm::{self, PackedRows};
 use crate::kernels::winograd;
 use rayon::prelude::*;

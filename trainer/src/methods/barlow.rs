@@ -6,8 +6,8 @@
 
 use super::{centred, off_diagonal_mask, two_view_step, Method, StepOutput};
 use crate::backend::TrainBackend;
-use crate::config::TrainConfig;
 use crate::data::augment::AugmentConfig;
+use crate::data::loader::Views;
 use crate::model::{HeadConfig, SslModel};
 use crate::optim::OptimConfig;
 use burn::prelude::*;
@@ -35,27 +35,30 @@ impl Default for BarlowTwinsLoss {
 /// solo-learn's CIFAR-10 Barlow Twins (`scripts/pretrain/cifar/barlow.yaml`): projector
 /// 2048-2048-2048 with BatchNorm, lambda 0.0051, loss scale 0.1, LARS lr 0.3 (batch 256) and
 /// weight decay 1e-4, asymmetric augmentations.
-pub fn preset(config: &mut TrainConfig) {
-    config.method = super::MethodConfig::Barlow(BarlowTwinsLoss {
-        scale: 0.1,
-        ..Default::default()
-    });
-    config.model.head = HeadConfig {
-        hidden: 2048,
-        out: 2048,
-        layers: 3,
-        batchnorm: true,
-    };
-    config.model.predictor = None;
-    config.optim = OptimConfig::lars_preset(0.3, 1e-4);
-    config.augment = AugmentConfig::asymmetric();
+pub fn preset() -> super::Preset {
+    super::Preset {
+        method: super::MethodConfig::Barlow(BarlowTwinsLoss {
+            scale: 0.1,
+            ..Default::default()
+        }),
+        head: HeadConfig {
+            hidden: 2048,
+            out: 2048,
+            layers: 3,
+            batchnorm: true,
+        },
+        predictor: None,
+        optim: OptimConfig::lars_preset(0.3, 1e-4),
+        augment: AugmentConfig::asymmetric(),
+    }
 }
 
 /// Barlow Twins on the projections of the two views.
 pub struct BarlowTwins(pub BarlowTwinsLoss);
 
 impl<B: TrainBackend> Method<B> for BarlowTwins {
-    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+    fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B> {
+        let images = views.two_views();
         two_view_step(model, images, |z_a, z_b| self.0.forward(z_a, z_b))
     }
 }

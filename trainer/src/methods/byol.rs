@@ -4,16 +4,16 @@
 //! `loss = (2 - 2 cos(p_a, t_b)) + (2 - 2 cos(p_b, t_a))`, each averaged over the batch
 //! (solo-learn's `byol_loss_func`, summed over both directions), so it lies in [0, 8].
 
-use super::momentum::{tau_at, MomentumNetwork};
+use super::momentum::{tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
 use super::{split_views, Method, StepOutput};
 use crate::backend::TrainBackend;
-use crate::checkpoint::{decode_record, encode_record};
-use crate::config::TrainConfig;
 use crate::data::augment::AugmentConfig;
+use crate::data::loader::Views;
 use crate::distributed::sync::gather_views;
 use crate::eval::knn::l2_normalize;
 use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::{OptimConfig, Schedule};
+use crate::records::{decode_record, encode_record};
 use anyhow::{ensure, Result};
 use burn::module::Module;
 use burn::prelude::*;
@@ -39,13 +39,13 @@ impl Default for ByolConfig {
 }
 
 impl ByolConfig {
-    pub fn validate(&self, config: &TrainConfig) -> Result<()> {
+    pub fn validate(&self, model: &ModelConfig) -> Result<()> {
         ensure!(
             (0.0..=1.0).contains(&self.tau_base) && (0.0..=1.0).contains(&self.tau_final),
             "method.tau_base and method.tau_final must be in [0, 1]"
         );
         ensure!(
-            config.model.predictor.is_some(),
+            model.predictor.is_some(),
             "BYOL needs a predictor ([model.predictor]): without it the online network can match \
              the target by collapsing. `--method byol` sets the published one"
         );
@@ -56,18 +56,20 @@ impl ByolConfig {
 /// solo-learn's CIFAR-10 BYOL (`scripts/pretrain/cifar/byol.yaml`): projector and predictor
 /// 4096 -> 256 with BatchNorm, tau 0.99 -> 1, LARS lr 1.0 (batch 256) and weight decay 1e-5,
 /// asymmetric augmentations.
-pub fn preset(config: &mut TrainConfig) {
-    config.method = super::MethodConfig::Byol(ByolConfig::default());
+pub fn preset() -> super::Preset {
     let mlp = HeadConfig {
         hidden: 4096,
         out: 256,
         layers: 2,
         batchnorm: true,
     };
-    config.model.head = mlp;
-    config.model.predictor = Some(mlp);
-    config.optim = OptimConfig::lars_preset(1.0, 1e-5);
-    config.augment = AugmentConfig::asymmetric();
+    super::Preset {
+        method: super::MethodConfig::Byol(ByolConfig::default()),
+        head: mlp,
+        predictor: Some(mlp),
+        optim: OptimConfig::lars_preset(1.0, 1e-5),
+        augment: AugmentConfig::asymmetric(),
+    }
 }
 
 /// `2 - 2 cos(p, t)` averaged over the rows, `[1]`.
@@ -125,7 +127,8 @@ impl<B: TrainBackend> Byol<B> {
 }
 
 impl<B: TrainBackend> Method<B> for Byol<B> {
-    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+    fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B> {
+        let images = views.two_views();
         let z = model.forward(images.clone());
         let p = match &model.predictor {
             Some(predictor) => predictor.forward(z.clone()),
@@ -154,7 +157,12 @@ impl<B: TrainBackend> Method<B> for Byol<B> {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
-        let record = decode_record::<B, _>(bytes, &self.device)?;
+        // A file from before backbones had names holds the legacy layout.
+        let record = decode_record::<B, _>(bytes, &self.device).or_else(|error| {
+            decode_record::<B, LegacyMomentumNetworkRecord<B>>(bytes, &self.device)
+                .map(LegacyMomentumNetworkRecord::upgrade)
+                .map_err(|_| error)
+        })?;
         self.target = self.target.clone().load_record(record).no_grad();
         Ok(())
     }

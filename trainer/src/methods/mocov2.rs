@@ -5,16 +5,16 @@
 //! keys replace the oldest entries of their view's queue (queue size a multiple of the batch).
 //! The queue starts as random unit vectors and is saved in every checkpoint.
 
-use super::momentum::{tau_at, MomentumNetwork};
+use super::momentum::{tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
 use super::{split_views, Method, StepOutput};
 use crate::backend::TrainBackend;
-use crate::checkpoint::{decode_record, encode_record};
-use crate::config::TrainConfig;
 use crate::data::augment::{AugmentConfig, PerView};
+use crate::data::loader::Views;
 use crate::distributed::sync::{from_rank0, gather_views};
 use crate::eval::knn::l2_normalize;
 use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::{OptimConfig, OptimizerKind, Schedule};
+use crate::records::{decode_record, encode_record};
 use anyhow::{ensure, Result};
 use burn::module::{Module, Param};
 use burn::prelude::*;
@@ -47,7 +47,7 @@ impl Default for MocoV2Config {
 }
 
 impl MocoV2Config {
-    pub fn validate(&self, config: &TrainConfig) -> Result<()> {
+    pub fn validate(&self, batch_size: usize) -> Result<()> {
         ensure!(
             self.temperature > 0.0,
             "method.temperature must be positive"
@@ -57,11 +57,11 @@ impl MocoV2Config {
             "method.tau_base and method.tau_final must be in [0, 1]"
         );
         ensure!(
-            self.queue_size >= config.batch_size && self.queue_size % config.batch_size == 0,
+            self.queue_size >= batch_size && self.queue_size % batch_size == 0,
             "method.queue_size ({}) must be a multiple of batch_size ({}): each step replaces \
              one batch of keys",
             self.queue_size,
-            config.batch_size
+            batch_size
         );
         Ok(())
     }
@@ -72,24 +72,26 @@ impl MocoV2Config {
 /// (batch 256) with weight decay 1e-4 and warm-up + cosine, blur p 0.5 on both views. The blur
 /// is torchvision's (3 taps at 32 px), weaker than solo-learn's PIL blur of radius sigma
 /// (docs/training.md says by how much).
-pub fn preset(config: &mut TrainConfig) {
-    config.method = super::MethodConfig::Mocov2(MocoV2Config::default());
-    config.model.head = HeadConfig {
-        hidden: 2048,
-        out: 256,
-        layers: 2,
-        batchnorm: false,
-    };
-    config.model.predictor = None;
-    config.optim = OptimConfig {
-        optimizer: OptimizerKind::Sgd,
-        weight_decay: 1e-4,
-        ..OptimConfig::lars_preset(0.3, 1e-4)
-    };
-    config.augment = AugmentConfig {
-        blur_prob: PerView([0.5, 0.5]),
-        ..Default::default()
-    };
+pub fn preset() -> super::Preset {
+    super::Preset {
+        method: super::MethodConfig::Mocov2(MocoV2Config::default()),
+        head: HeadConfig {
+            hidden: 2048,
+            out: 256,
+            layers: 2,
+            batchnorm: false,
+        },
+        predictor: None,
+        optim: OptimConfig {
+            optimizer: OptimizerKind::Sgd,
+            weight_decay: 1e-4,
+            ..OptimConfig::lars_preset(0.3, 1e-4)
+        },
+        augment: AugmentConfig {
+            blur_prob: PerView([0.5, 0.5]),
+            ..Default::default()
+        },
+    }
 }
 
 /// InfoNCE of queries `q` (`[n, d]`) whose positives are `k` (`[n, d]`) and whose negatives
@@ -127,6 +129,22 @@ pub struct MocoState<B: Backend> {
     pub key_encoder: MomentumNetwork<B>,
     /// `[2, queue_size, d]`: one queue of keys per view.
     pub queue: Param<Tensor<B, 3>>,
+}
+
+/// A [`MocoState`]'s record in files from before backbones had names (checkpoint format 2).
+#[derive(burn::record::Record)]
+pub struct LegacyMocoStateRecord<B: Backend> {
+    pub key_encoder: LegacyMomentumNetworkRecord<B>,
+    pub queue: <Param<Tensor<B, 3>> as Module<B>>::Record,
+}
+
+impl<B: Backend> LegacyMocoStateRecord<B> {
+    fn upgrade(self) -> MocoStateRecord<B> {
+        MocoStateRecord {
+            key_encoder: self.key_encoder.upgrade(),
+            queue: self.queue,
+        }
+    }
 }
 
 impl<B: Backend> MocoState<B> {
@@ -197,7 +215,8 @@ impl<B: TrainBackend> MocoV2<B> {
 }
 
 impl<B: TrainBackend> Method<B> for MocoV2<B> {
-    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+    fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B> {
+        let images = views.two_views();
         let z = gather_views(model.forward(images.clone()));
         let (q_a, q_b) = split_views(l2_normalize(z.clone()));
         // Each view through the key encoder on its own, as solo-learn does: in one forward,
@@ -259,7 +278,12 @@ impl<B: TrainBackend> Method<B> for MocoV2<B> {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
-        let record = decode_record::<B, _>(bytes, &self.device)?;
+        // A file from before backbones had names holds the legacy layout.
+        let record = decode_record::<B, _>(bytes, &self.device).or_else(|error| {
+            decode_record::<B, LegacyMocoStateRecord<B>>(bytes, &self.device)
+                .map(LegacyMocoStateRecord::upgrade)
+                .map_err(|_| error)
+        })?;
         self.state = self.state.clone().load_record(record).no_grad();
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! Self-supervised methods, one file each, behind one trait: the training loop hands a batch of
-//! two views to a [`Method`] and gets the loss back; after the optimizer's update it lets the
+//! views ([`Views`]: two of one size for the methods here, or multi-crop groups) to a [`Method`]
+//! and gets the loss back; after the optimizer's update it lets the
 //! method update its own state (a momentum network, a queue of negatives). Encoder, heads,
 //! augmentations, loop, checkpoints, kNN monitor, eval and export are shared.
 //!
@@ -14,10 +15,11 @@ pub mod simclr;
 pub mod vicreg;
 
 use crate::backend::TrainBackend;
-use crate::config::TrainConfig;
+use crate::data::augment::{AugmentConfig, ViewRecipe};
+use crate::data::loader::Views;
 use crate::distributed::sync::gather_views;
-use crate::model::SslModel;
-use crate::optim::Schedule;
+use crate::model::{HeadConfig, ModelConfig, SslModel};
+use crate::optim::{OptimConfig, Schedule};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -32,11 +34,12 @@ pub struct StepOutput<B: Backend> {
 
 /// A self-supervised method on backend `B`.
 pub trait Method<B: TrainBackend> {
-    /// The loss of `model` on `images`, `[2N, 3, 32, 32]`: the first views of N images, then
-    /// their second views. BatchNorm runs in training mode. In a data-parallel run `images` are
+    /// The loss of `model` on `views` (a two-view method takes [`Views::two_views`], `[2N, 3,
+    /// S, S]`: the first views of N images, then their second views). BatchNorm runs in
+    /// training mode. In a data-parallel run `images` are
     /// this rank's share, and the loss is over the global batch: projections go through
     /// [`gather_views`] before the loss.
-    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B>;
+    fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B>;
 
     /// Called after the optimizer updated `model` at 0-based step `step` of the run (momentum
     /// networks follow the online one, keys enter the queue).
@@ -118,14 +121,14 @@ impl MethodKind {
     }
 
     /// The method's published CIFAR-10 ResNet-18 configuration (SimCLR: this project's seed
-    /// recipe), applied to `config`: method settings, heads, optimizer and augmentations.
-    pub fn apply_preset(self, config: &mut TrainConfig) {
+    /// recipe): method settings, heads, optimizer and augmentations.
+    pub fn preset(self) -> Preset {
         match self {
-            Self::Simclr => simclr::preset(config),
-            Self::Byol => byol::preset(config),
-            Self::Mocov2 => mocov2::preset(config),
-            Self::Vicreg => vicreg::preset(config),
-            Self::Barlow => barlow::preset(config),
+            Self::Simclr => simclr::preset(),
+            Self::Byol => byol::preset(),
+            Self::Mocov2 => mocov2::preset(),
+            Self::Vicreg => vicreg::preset(),
+            Self::Barlow => barlow::preset(),
         }
     }
 }
@@ -161,27 +164,67 @@ impl MethodConfig {
         Ok(())
     }
 
-    /// Rejects settings that would only fail later, deep in training.
-    pub fn validate(&self, config: &TrainConfig) -> Result<()> {
+    /// Rejects settings that would only fail later, deep in training, for a run of
+    /// `batch_size` images per step with the network `model` and the views `views`.
+    pub fn validate(
+        &self,
+        batch_size: usize,
+        model: &ModelConfig,
+        views: &[ViewRecipe],
+    ) -> Result<()> {
+        // Every method here compares two views of one size.
+        anyhow::ensure!(
+            views.len() == 2 && views[0].size == views[1].size,
+            "{} takes two views of one size, but [[augment.views]] gives {} views of sizes {:?}: \
+             leave [[augment.views]] out for this method",
+            self.kind(),
+            views.len(),
+            views.iter().map(|v| v.size).collect::<Vec<_>>()
+        );
         match self {
-            Self::Simclr(c) => c.validate(config),
-            Self::Byol(c) => c.validate(config),
-            Self::Mocov2(c) => c.validate(config),
+            Self::Simclr(c) => c.validate(batch_size),
+            Self::Byol(c) => c.validate(model),
+            Self::Mocov2(c) => c.validate(batch_size),
             Self::Vicreg(_) | Self::Barlow(_) => Ok(()),
         }
     }
 }
 
-/// The method `config` describes, for the freshly built or loaded `model`.
+/// What a method's published recipe sets: its own settings and, of the rest of the config, the
+/// heads, the optimizer and the augmentations (everything else keeps its default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub method: MethodConfig,
+    pub head: HeadConfig,
+    pub predictor: Option<HeadConfig>,
+    pub optim: OptimConfig,
+    pub augment: AugmentConfig,
+}
+
+impl Preset {
+    /// `method` with the defaults of every other section (SimCLR's recipe).
+    pub fn with_defaults(method: MethodConfig) -> Self {
+        Self {
+            method,
+            head: HeadConfig::default(),
+            predictor: None,
+            optim: OptimConfig::default(),
+            augment: AugmentConfig::default(),
+        }
+    }
+}
+
+/// The method `method` describes, for the freshly built or loaded `model` (of `model_config`).
 pub fn build<B: TrainBackend>(
-    config: &TrainConfig,
+    method: &MethodConfig,
+    model_config: &ModelConfig,
     model: &SslModel<B>,
     device: &B::Device,
 ) -> Box<dyn Method<B>> {
-    match config.method {
+    match *method {
         MethodConfig::Simclr(loss) => Box::new(simclr::SimClr(loss)),
-        MethodConfig::Byol(c) => Box::new(byol::Byol::new(c, &config.model, model, device)),
-        MethodConfig::Mocov2(c) => Box::new(mocov2::MocoV2::new(c, &config.model, model, device)),
+        MethodConfig::Byol(c) => Box::new(byol::Byol::new(c, model_config, model, device)),
+        MethodConfig::Mocov2(c) => Box::new(mocov2::MocoV2::new(c, model_config, model, device)),
         MethodConfig::Vicreg(loss) => Box::new(vicreg::VicReg(loss)),
         MethodConfig::Barlow(loss) => Box::new(barlow::BarlowTwins(loss)),
     }

@@ -5,7 +5,8 @@
 //! layers run in training mode and keep their own running statistics, as in solo-learn.
 
 use crate::backend::TrainBackend;
-use crate::model::{MlpHead, ModelConfig, ResNet18, SslModel};
+use crate::model::backbone::{upgrade_legacy_record, LegacyEncoderRecord};
+use crate::model::{Backbone, MlpHead, ModelConfig, SslModel};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -23,8 +24,24 @@ pub fn tau_at(base: f64, end: f64, step: usize, total_steps: usize) -> f64 {
 /// The momentum copy of the online encoder and projector.
 #[derive(Module, Debug)]
 pub struct MomentumNetwork<B: Backend> {
-    pub encoder: ResNet18<B>,
+    pub encoder: Backbone<B>,
     pub head: MlpHead<B>,
+}
+
+/// A [`MomentumNetwork`]'s record in files from before backbones had names (checkpoint format 2).
+#[derive(burn::record::Record)]
+pub struct LegacyMomentumNetworkRecord<B: Backend> {
+    pub encoder: LegacyEncoderRecord<B>,
+    pub head: <MlpHead<B> as Module<B>>::Record,
+}
+
+impl<B: Backend> LegacyMomentumNetworkRecord<B> {
+    pub fn upgrade(self) -> MomentumNetworkRecord<B> {
+        MomentumNetworkRecord {
+            encoder: upgrade_legacy_record(self.encoder),
+            head: self.head,
+        }
+    }
 }
 
 impl<B: TrainBackend> MomentumNetwork<B> {

@@ -7,7 +7,7 @@
 
 use super::{Method, StepOutput};
 use crate::backend::TrainBackend;
-use crate::config::TrainConfig;
+use crate::data::loader::Views;
 use crate::distributed::sync::gather_views;
 use crate::eval::knn::l2_normalize;
 use crate::model::SslModel;
@@ -33,15 +33,16 @@ impl Default for NtXentLoss {
 
 /// SimCLR's preset is this project's seed recipe: the defaults of every config section (Adam
 /// 3e-4, weight decay 1e-4, clipping at 1, head 512 -> 512 -> 128, symmetric augmentations).
-pub fn preset(config: &mut TrainConfig) {
-    config.method = super::MethodConfig::Simclr(NtXentLoss::default());
+pub fn preset() -> super::Preset {
+    super::Preset::with_defaults(super::MethodConfig::Simclr(NtXentLoss::default()))
 }
 
 /// SimCLR: NT-Xent on the projections of both views.
 pub struct SimClr(pub NtXentLoss);
 
 impl<B: TrainBackend> Method<B> for SimClr {
-    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+    fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B> {
+        let images = views.two_views();
         let z = gather_views(model.forward(images));
         StepOutput {
             loss: self.0.forward(z.clone()),
@@ -55,13 +56,13 @@ impl NtXentLoss {
         Self { temperature }
     }
 
-    pub fn validate(&self, config: &TrainConfig) -> Result<()> {
+    pub fn validate(&self, batch_size: usize) -> Result<()> {
         ensure!(
             self.temperature > 0.0,
             "method.temperature must be positive"
         );
         ensure!(
-            config.batch_size >= 2,
+            batch_size >= 2,
             "batch_size must be at least 2: NT-Xent needs other images as negatives"
         );
         Ok(())

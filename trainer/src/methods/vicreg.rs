@@ -13,8 +13,8 @@
 
 use super::{centred, off_diagonal_mask, two_view_step, Method, StepOutput};
 use crate::backend::TrainBackend;
-use crate::config::TrainConfig;
 use crate::data::augment::{AugmentConfig, PerView};
+use crate::data::loader::Views;
 use crate::model::{HeadConfig, SslModel};
 use crate::optim::OptimConfig;
 use burn::prelude::*;
@@ -46,29 +46,32 @@ impl Default for VicRegLoss {
 /// solo-learn's CIFAR-10 VICReg (`scripts/pretrain/cifar/vicreg.yaml`): expander
 /// 2048-2048-2048 with BatchNorm, weights 25/25/1, LARS lr 0.3 (batch 256) and weight decay
 /// 1e-4, crops from 20 % of the area, solarization p 0.1 on both views.
-pub fn preset(config: &mut TrainConfig) {
-    config.method = super::MethodConfig::Vicreg(VicRegLoss::default());
-    config.model.head = HeadConfig {
-        hidden: 2048,
-        out: 2048,
-        layers: 3,
-        batchnorm: true,
-    };
-    config.model.predictor = None;
-    config.optim = OptimConfig::lars_preset(0.3, 1e-4);
-    config.augment = AugmentConfig {
-        crop_scale: [0.2, 1.0],
-        saturation: 0.2,
-        solarize_prob: PerView([0.1, 0.1]),
-        ..Default::default()
-    };
+pub fn preset() -> super::Preset {
+    super::Preset {
+        method: super::MethodConfig::Vicreg(VicRegLoss::default()),
+        head: HeadConfig {
+            hidden: 2048,
+            out: 2048,
+            layers: 3,
+            batchnorm: true,
+        },
+        predictor: None,
+        optim: OptimConfig::lars_preset(0.3, 1e-4),
+        augment: AugmentConfig {
+            crop_scale: [0.2, 1.0],
+            saturation: 0.2,
+            solarize_prob: PerView([0.1, 0.1]),
+            ..Default::default()
+        },
+    }
 }
 
 /// VICReg on the projections of the two views.
 pub struct VicReg(pub VicRegLoss);
 
 impl<B: TrainBackend> Method<B> for VicReg {
-    fn step(&mut self, model: &SslModel<B>, images: Tensor<B, 4>) -> StepOutput<B> {
+    fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B> {
+        let images = views.two_views();
         two_view_step(model, images, |z_a, z_b| self.0.forward(z_a, z_b))
     }
 }

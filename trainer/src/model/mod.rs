@@ -1,4 +1,5 @@
-//! The network: a ResNet-18 encoder and the method's MLP heads.
+//! The network: an encoder (the backbone: a ResNet-18 today, `model.backbone`) and the method's
+//! MLP heads.
 //!
 //! ```text
 //! image [N,3,32,32] -> conv3x3(64) -> BN -> ReLU              (CIFAR stem: stride 1, no max-pool)
@@ -14,11 +15,11 @@
 //! ```
 //! `width` scales every stage (64 is the standard network); tests use a small width.
 
-pub mod encoder;
+pub mod backbone;
 pub mod heads;
 pub mod prepared;
 
-pub use encoder::{BasicBlock, Downsample, ResNet18};
+pub use backbone::{Backbone, BackboneKind};
 pub use heads::{HeadConfig, MlpHead};
 
 use crate::distributed::collective::CollectiveBackend;
@@ -63,6 +64,8 @@ impl Stem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// The encoder, by name (`resnet18`).
+    pub backbone: BackboneKind,
     /// Channels of the stem and first stage; later stages use 2x, 4x, 8x this.
     pub width: usize,
     /// `cifar`, `imagenet`, or `auto` (by the image size; what a run's config.toml records is
@@ -77,6 +80,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            backbone: BackboneKind::Resnet18,
             width: 64,
             stem: Stem::Auto,
             head: HeadConfig::default(),
@@ -89,6 +93,7 @@ impl ModelConfig {
     /// A network of `width` with SimCLR's head of `hidden` -> `out` (what small tests use).
     pub fn small(width: usize, hidden: usize, out: usize) -> Self {
         Self {
+            backbone: BackboneKind::Resnet18,
             width,
             stem: Stem::Auto,
             head: HeadConfig {
@@ -102,15 +107,36 @@ impl ModelConfig {
 
     /// Size of the encoder feature h.
     pub fn embedding_dim(&self) -> usize {
-        self.width * 8
+        self.backbone.embedding_dim(self.width)
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> SslModel<B> {
         SslModel {
             // `Auto` here is a config from before stems could be chosen: all were CIFAR's.
-            encoder: ResNet18::with_stem(self.width, self.stem.for_size(32), device),
+            encoder: self
+                .backbone
+                .init(self.width, self.stem.for_size(32), device),
             head: self.head.init(self.embedding_dim(), device),
             predictor: self.predictor.map(|p| p.init(self.head.out, device)),
+        }
+    }
+}
+
+/// An [`SslModel`]'s record in checkpoints from before backbones had names (format 2): the
+/// encoder's record without the backbone's variant around it.
+#[derive(burn::record::Record)]
+pub struct LegacySslModelRecord<B: Backend> {
+    pub encoder: backbone::LegacyEncoderRecord<B>,
+    pub head: <MlpHead<B> as Module<B>>::Record,
+    pub predictor: <Option<MlpHead<B>> as Module<B>>::Record,
+}
+
+impl<B: Backend> LegacySslModelRecord<B> {
+    pub fn upgrade(self) -> SslModelRecord<B> {
+        SslModelRecord {
+            encoder: backbone::upgrade_legacy_record(self.encoder),
+            head: self.head,
+            predictor: self.predictor,
         }
     }
 }
@@ -119,7 +145,7 @@ impl ModelConfig {
 /// momentum network keep it themselves (`methods::momentum`).
 #[derive(Module, Debug)]
 pub struct SslModel<B: Backend> {
-    pub encoder: ResNet18<B>,
+    pub encoder: Backbone<B>,
     pub head: MlpHead<B>,
     pub predictor: Option<MlpHead<B>>,
 }
