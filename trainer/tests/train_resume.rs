@@ -286,21 +286,6 @@ fn resume_passes_over_a_damaged_newest_checkpoint() {
     assert_eq!(Metrics::read(&out).column("epoch"), [1.0, 2.0]);
 }
 
-/// `.npy` float32 values (format 1.0, little-endian).
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    assert!(
-        bytes.starts_with(b"\x93NUMPY\x01\x00"),
-        "{}",
-        path.display()
-    );
-    let start = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytes[start..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
 /// Checkpoints written before backbones had names still work. The fixtures
 /// (`tests/fixtures/checkpoint-v2/{byol,mocov2}`) are runs of the trainer at commit 1243bdb
 /// (checkpoint format 2): `trainer train --config C --data CIFAR10 --epochs 1 --steps-per-epoch 2
@@ -341,8 +326,8 @@ fn checkpoints_from_before_named_backbones_embed_resume_and_export() {
         ]);
         assert!(embed.status.success(), "{method}: {}", text(&embed.stderr));
         let (ours, before) = (
-            read_npy(&npy),
-            read_npy(&fixtures.join(method).join("embeddings-test8.npy")),
+            common::read_npy(&npy),
+            common::read_npy(&fixtures.join(method).join("embeddings-test8.npy")),
         );
         assert_eq!(ours.len(), 8 * 16, "{method}");
         let scale = before.iter().fold(0.0f32, |m, v| m.max(v.abs()));

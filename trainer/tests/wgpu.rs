@@ -243,12 +243,7 @@ fn embed(run: &Path, data: &str, device: &str, limit: usize, out: &Path) -> Vec<
         "--out",
         out.to_str().unwrap(),
     ]));
-    let bytes = std::fs::read(out).unwrap();
-    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytes[header..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
+    common::read_npy(out)
 }
 
 /// A checkpoint trained on wgpu: its features on wgpu equal the CPU's, its ONNX export computes

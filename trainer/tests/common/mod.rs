@@ -191,3 +191,18 @@ pub fn output_within(
 fn as_reader(pipe: impl std::io::Read + Send + 'static) -> Box<dyn std::io::Read + Send> {
     Box::new(pipe)
 }
+
+/// `.npy` float32 values (format 1.0, little-endian).
+pub fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(
+        bytes.starts_with(b"\x93NUMPY\x01\x00"),
+        "{}",
+        path.display()
+    );
+    let start = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[start..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
