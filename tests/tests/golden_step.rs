@@ -594,7 +594,7 @@ const MOCO_SHIPPED_ERRORS: &[(&str, f64)] = &[
 #[test]
 fn every_method_step_matches_pytorch() {
     use trainer::methods::mocov2::MocoV2;
-    use trainer::methods::{build, MethodKind};
+    use trainer::methods::MethodKind;
     type B = Autodiff<CpuBackend>;
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -643,7 +643,7 @@ fn every_method_step_matches_pytorch() {
                 let queue = Tensor::from_data(TensorData::new(queue, queue_shape), &device);
                 Box::new(MocoV2::new(moco, &config.model, &model, &device).with_queue(queue))
             }
-            _ => build(&config.method, &config.model, &model, &device),
+            _ => config.method.build(&config.model, &model, &device),
         };
         let views =
             Tensor::<B, 4>::from_data(TensorData::new(views.clone(), shape.clone()), &device);

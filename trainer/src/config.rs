@@ -177,7 +177,7 @@ impl TrainConfig {
                 Some(MethodKind::from_name(name).with_context(|| {
                     format!(
                         "unknown method \"{name}\" in [method] name; one of: {}",
-                        MethodKind::ALL.map(|k| k.name()).join(", ")
+                        MethodKind::names()
                     )
                 })?)
             }
@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn every_preset_is_valid_and_round_trips() {
-        for kind in MethodKind::ALL {
+        for &kind in MethodKind::ALL {
             let preset = TrainConfig::preset(kind, 256);
             preset.validate().unwrap();
             assert_eq!(preset.method.kind(), kind);

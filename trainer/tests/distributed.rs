@@ -27,7 +27,7 @@ use trainer::distributed::sync::average_gradients;
 use trainer::distributed::{self, Peer};
 use trainer::jobs::train::{batch_tensor, loss_and_gradients};
 use trainer::methods::momentum::Initialise;
-use trainer::methods::{self, MethodKind};
+use trainer::methods::MethodKind;
 use trainer::model::SslModel;
 use trainer::named_params::{gradient_values, named_tensors};
 use trainer::records::{decode_record, encode_record};
@@ -54,7 +54,7 @@ fn step(config: &TrainConfig, model_bytes: &[u8], method_state: &[u8], shard: Sh
         .model
         .init::<B>(&device)
         .load_record(decode_record::<B, _>(model_bytes, &device).unwrap());
-    let mut method = methods::build(&config.method, &config.model, &model, &device);
+    let mut method = config.method.build(&config.model, &model, &device);
     method.load_state(method_state).unwrap();
     let data = synthetic();
     let plan = EpochPlan::new(data.train.len(), config.batch_size, 0, 11);
@@ -141,7 +141,7 @@ fn start(config: &TrainConfig) -> (Vec<u8>, Vec<u8>) {
     <B as burn::tensor::backend::Backend>::seed(&device, 3);
     let model = config.model.init::<B>(&device);
     model.visit(&mut Initialise);
-    let method = methods::build(&config.method, &config.model, &model, &device);
+    let method = config.method.build(&config.model, &model, &device);
     (
         encode_record::<B, _>(model.into_record()).unwrap(),
         method.save_state().unwrap(),
@@ -151,7 +151,7 @@ fn start(config: &TrainConfig) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn two_ranks_over_half_batches_make_the_one_device_step_for_every_method() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for kind in MethodKind::ALL {
+    for &kind in MethodKind::ALL {
         let config = small(kind, 1);
         let (model, state) = start(&config);
         let one = step(&config, &model, &state, Shard::WHOLE);

@@ -117,7 +117,7 @@ fn real_subset() -> Splits {
 fn every_method_lowers_its_loss_on_real_images() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let data = real_subset();
-    for kind in MethodKind::ALL {
+    for &kind in MethodKind::ALL {
         let mut config = small(kind, 3);
         config.batch_size = 32;
         config.steps_per_epoch = 8;

@@ -4,11 +4,14 @@
 //! the identity: `loss = scale * (sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2)`.
 //! Defaults: the paper's lambda 0.0051 and scale 1 (solo-learn's CIFAR-10 preset scales by 0.1).
 
-use super::{centred, off_diagonal_mask, two_view_step, Method, StepOutput};
+use super::{
+    centred, off_diagonal_mask, two_view_step, Method, MethodConfig, MethodSettings, Preset,
+    StepOutput,
+};
 use crate::backend::TrainBackend;
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::Views;
-use crate::model::{HeadConfig, SslModel};
+use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::OptimConfig;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -32,24 +35,30 @@ impl Default for BarlowTwinsLoss {
     }
 }
 
-/// solo-learn's CIFAR-10 Barlow Twins (`scripts/pretrain/cifar/barlow.yaml`): projector
-/// 2048-2048-2048 with BatchNorm, lambda 0.0051, loss scale 0.1, LARS lr 0.3 (batch 256) and
-/// weight decay 1e-4, asymmetric augmentations.
-pub fn preset() -> super::Preset {
-    super::Preset {
-        method: super::MethodConfig::Barlow(BarlowTwinsLoss {
-            scale: 0.1,
-            ..Default::default()
-        }),
-        head: HeadConfig {
-            hidden: 2048,
-            out: 2048,
-            layers: 3,
-            batchnorm: true,
-        },
-        predictor: None,
-        optim: OptimConfig::lars_preset(0.3, 1e-4),
-        augment: AugmentConfig::asymmetric(),
+impl MethodSettings for BarlowTwinsLoss {
+    /// solo-learn's CIFAR-10 Barlow Twins (`scripts/pretrain/cifar/barlow.yaml`): projector
+    /// 2048-2048-2048 with BatchNorm, lambda 0.0051, loss scale 0.1, LARS lr 0.3 (batch 256) and
+    /// weight decay 1e-4, asymmetric augmentations.
+    fn preset() -> Preset {
+        Preset {
+            method: MethodConfig::Barlow(BarlowTwinsLoss {
+                scale: 0.1,
+                ..Default::default()
+            }),
+            head: HeadConfig::expander_2048(),
+            predictor: None,
+            optim: OptimConfig::lars_preset(0.3, 1e-4),
+            augment: AugmentConfig::asymmetric(),
+        }
+    }
+
+    fn build<B: TrainBackend>(
+        &self,
+        _: &ModelConfig,
+        _: &SslModel<B>,
+        _: &B::Device,
+    ) -> Box<dyn Method<B>> {
+        Box::new(BarlowTwins(*self))
     }
 }
 

@@ -5,7 +5,7 @@
 //! (solo-learn's `byol_loss_func`, summed over both directions), so it lies in [0, 8].
 
 use super::momentum::{tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
-use super::{split_views, Method, StepOutput};
+use super::{split_views, Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::Views;
@@ -38,8 +38,36 @@ impl Default for ByolConfig {
     }
 }
 
-impl ByolConfig {
-    pub fn validate(&self, model: &ModelConfig) -> Result<()> {
+impl MethodSettings for ByolConfig {
+    /// solo-learn's CIFAR-10 BYOL (`scripts/pretrain/cifar/byol.yaml`): projector and
+    /// predictor 4096 -> 256 with BatchNorm, tau 0.99 -> 1, LARS lr 1.0 (batch 256) and weight
+    /// decay 1e-5, asymmetric augmentations.
+    fn preset() -> Preset {
+        let mlp = HeadConfig {
+            hidden: 4096,
+            out: 256,
+            layers: 2,
+            batchnorm: true,
+        };
+        Preset {
+            method: MethodConfig::Byol(ByolConfig::default()),
+            head: mlp,
+            predictor: Some(mlp),
+            optim: OptimConfig::lars_preset(1.0, 1e-5),
+            augment: AugmentConfig::asymmetric(),
+        }
+    }
+
+    fn build<B: TrainBackend>(
+        &self,
+        model_config: &ModelConfig,
+        model: &SslModel<B>,
+        device: &B::Device,
+    ) -> Box<dyn Method<B>> {
+        Box::new(Byol::new(*self, model_config, model, device))
+    }
+
+    fn validate(&self, _: usize, model: &ModelConfig) -> Result<()> {
         ensure!(
             (0.0..=1.0).contains(&self.tau_base) && (0.0..=1.0).contains(&self.tau_final),
             "method.tau_base and method.tau_final must be in [0, 1]"
@@ -50,25 +78,6 @@ impl ByolConfig {
              the target by collapsing. `--method byol` sets the published one"
         );
         Ok(())
-    }
-}
-
-/// solo-learn's CIFAR-10 BYOL (`scripts/pretrain/cifar/byol.yaml`): projector and predictor
-/// 4096 -> 256 with BatchNorm, tau 0.99 -> 1, LARS lr 1.0 (batch 256) and weight decay 1e-5,
-/// asymmetric augmentations.
-pub fn preset() -> super::Preset {
-    let mlp = HeadConfig {
-        hidden: 4096,
-        out: 256,
-        layers: 2,
-        batchnorm: true,
-    };
-    super::Preset {
-        method: super::MethodConfig::Byol(ByolConfig::default()),
-        head: mlp,
-        predictor: Some(mlp),
-        optim: OptimConfig::lars_preset(1.0, 1e-5),
-        augment: AugmentConfig::asymmetric(),
     }
 }
 

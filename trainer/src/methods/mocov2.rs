@@ -6,7 +6,7 @@
 //! The queue starts as random unit vectors and is saved in every checkpoint.
 
 use super::momentum::{tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
-use super::{split_views, Method, StepOutput};
+use super::{split_views, Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, PerView};
 use crate::data::loader::Views;
@@ -46,8 +46,48 @@ impl Default for MocoV2Config {
     }
 }
 
-impl MocoV2Config {
-    pub fn validate(&self, batch_size: usize) -> Result<()> {
+impl MethodSettings for MocoV2Config {
+    /// solo-learn's CIFAR-10 MoCo V2+ (`scripts/pretrain/cifar/mocov2plus.yaml`): projector
+    /// 2048 -> 256 without BatchNorm, temperature 0.2, queue 32768, tau 0.99 -> 0.999, SGD lr 0.3
+    /// (batch 256) with weight decay 1e-4 and warm-up + cosine, blur p 0.5 on both views. The blur
+    /// is torchvision's (3 taps at 32 px), weaker than solo-learn's PIL blur of radius sigma
+    /// (docs/training.md says by how much).
+    fn preset() -> Preset {
+        Preset {
+            method: MethodConfig::Mocov2(MocoV2Config::default()),
+            head: HeadConfig {
+                hidden: 2048,
+                out: 256,
+                layers: 2,
+                batchnorm: false,
+            },
+            predictor: None,
+            optim: OptimConfig {
+                optimizer: OptimizerKind::Sgd,
+                weight_decay: 1e-4,
+                ..OptimConfig::lars_preset(0.3, 1e-4)
+            },
+            augment: AugmentConfig {
+                blur_prob: PerView([0.5, 0.5]),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn build<B: TrainBackend>(
+        &self,
+        model_config: &ModelConfig,
+        model: &SslModel<B>,
+        device: &B::Device,
+    ) -> Box<dyn Method<B>> {
+        Box::new(MocoV2::new(*self, model_config, model, device))
+    }
+
+    fn temperature_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.temperature)
+    }
+
+    fn validate(&self, batch_size: usize, _: &ModelConfig) -> Result<()> {
         ensure!(
             self.temperature > 0.0,
             "method.temperature must be positive"
@@ -64,33 +104,6 @@ impl MocoV2Config {
             batch_size
         );
         Ok(())
-    }
-}
-
-/// solo-learn's CIFAR-10 MoCo V2+ (`scripts/pretrain/cifar/mocov2plus.yaml`): projector
-/// 2048 -> 256 without BatchNorm, temperature 0.2, queue 32768, tau 0.99 -> 0.999, SGD lr 0.3
-/// (batch 256) with weight decay 1e-4 and warm-up + cosine, blur p 0.5 on both views. The blur
-/// is torchvision's (3 taps at 32 px), weaker than solo-learn's PIL blur of radius sigma
-/// (docs/training.md says by how much).
-pub fn preset() -> super::Preset {
-    super::Preset {
-        method: super::MethodConfig::Mocov2(MocoV2Config::default()),
-        head: HeadConfig {
-            hidden: 2048,
-            out: 256,
-            layers: 2,
-            batchnorm: false,
-        },
-        predictor: None,
-        optim: OptimConfig {
-            optimizer: OptimizerKind::Sgd,
-            weight_decay: 1e-4,
-            ..OptimConfig::lars_preset(0.3, 1e-4)
-        },
-        augment: AugmentConfig {
-            blur_prob: PerView([0.5, 0.5]),
-            ..Default::default()
-        },
     }
 }
 

@@ -4,8 +4,9 @@
 //! method update its own state (a momentum network, a queue of negatives). Encoder, heads,
 //! augmentations, loop, checkpoints, kNN monitor, eval and export are shared.
 //!
-//! Adding a method: a file with its config (serde, with the published defaults), its CIFAR-10
-//! preset and its `Method` implementation, plus one variant in [`MethodConfig`] and [`MethodKind`].
+//! Adding a method: a file with its config (serde, with the published defaults) implementing
+//! [`MethodSettings`] (its CIFAR-10 preset, checks, and its [`Method`]), plus one row in the
+//! `methods!` registry below.
 
 pub mod barlow;
 pub mod byol;
@@ -64,15 +65,149 @@ pub trait Method<B: TrainBackend> {
     }
 }
 
-/// The method of a run and its settings: `[method]` in the config, `name` picks the method.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "lowercase")]
-pub enum MethodConfig {
-    Simclr(simclr::NtXentLoss),
-    Byol(byol::ByolConfig),
-    Mocov2(mocov2::MocoV2Config),
-    Vicreg(vicreg::VicRegLoss),
-    Barlow(barlow::BarlowTwinsLoss),
+/// What each method's config gives the registry below: its published recipe, its checks and
+/// the method itself. The defaults fit a method that compares two views of one size.
+pub trait MethodSettings {
+    /// The method's published CIFAR-10 ResNet-18 configuration (SimCLR: this project's seed
+    /// recipe): method settings, heads, optimizer and augmentations.
+    fn preset() -> Preset
+    where
+        Self: Sized;
+
+    /// The method for a run, for the freshly built or loaded `model` (of `model_config`).
+    fn build<B: TrainBackend>(
+        &self,
+        model_config: &ModelConfig,
+        model: &SslModel<B>,
+        device: &B::Device,
+    ) -> Box<dyn Method<B>>;
+
+    /// Rejects settings that would only fail later, deep in training, for a run of
+    /// `batch_size` images per step with the network `model`.
+    fn validate(&self, _batch_size: usize, _model: &ModelConfig) -> Result<()> {
+        Ok(())
+    }
+
+    /// Rejects a list of views the method cannot take (`name`: the method's, for the message).
+    fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()> {
+        ensure!(
+            views.len() == 2 && views[0].size == views[1].size,
+            "{name} takes two views of one size, but [[augment.views]] gives {} views of sizes \
+             {:?}: leave [[augment.views]] out for this method",
+            views.len(),
+            views.iter().map(|v| v.size).collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+
+    /// The loss temperature, for `--temperature`; `None` for methods without one.
+    fn temperature_mut(&mut self) -> Option<&mut f64> {
+        None
+    }
+}
+
+/// The registry: one row per method (`Variant = "name" => config type`, with its `--help`
+/// line) makes [`MethodConfig`] (`[method]`, `name` picks the method), [`MethodKind`]
+/// (`--method`) and their dispatch.
+macro_rules! methods {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal => $config:ty,)+) => {
+        /// The method of a run and its settings: `[method]` in the config, `name` picks the
+        /// method.
+        #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "name")]
+        pub enum MethodConfig {
+            $(#[serde(rename = $name)] $variant($config),)+
+        }
+
+        /// The methods by name (`--method`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+        pub enum MethodKind {
+            $($(#[$doc])* #[cfg_attr(feature = "cli", value(name = $name))] $variant,)+
+        }
+
+        impl MethodKind {
+            pub const ALL: &'static [MethodKind] = &[$(Self::$variant),+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+
+            /// See [`MethodSettings::preset`].
+            pub fn preset(self) -> Preset {
+                match self {
+                    $(Self::$variant => <$config as MethodSettings>::preset(),)+
+                }
+            }
+        }
+
+        impl MethodConfig {
+            pub fn kind(&self) -> MethodKind {
+                match self {
+                    $(Self::$variant(_) => MethodKind::$variant,)+
+                }
+            }
+
+            fn settings(&self) -> &dyn DynSettings {
+                match self {
+                    $(Self::$variant(c) => c,)+
+                }
+            }
+
+            fn settings_mut(&mut self) -> &mut dyn DynSettings {
+                match self {
+                    $(Self::$variant(c) => c,)+
+                }
+            }
+
+            /// The method this config describes (see [`MethodSettings::build`]).
+            pub fn build<B: TrainBackend>(
+                &self,
+                model_config: &ModelConfig,
+                model: &SslModel<B>,
+                device: &B::Device,
+            ) -> Box<dyn Method<B>> {
+                match self {
+                    $(Self::$variant(c) => c.build(model_config, model, device),)+
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    /// SimCLR (Chen et al. 2020): NT-Xent over the batch's other images as negatives.
+    Simclr = "simclr" => simclr::NtXentLoss,
+    /// BYOL (Grill et al. 2020): predictor + momentum target network, no negatives.
+    Byol = "byol" => byol::ByolConfig,
+    /// MoCo v2 (Chen et al. 2020): momentum key encoder and a queue of negatives.
+    Mocov2 = "mocov2" => mocov2::MocoV2Config,
+    /// VICReg (Bardes et al. 2022): variance, invariance and covariance terms.
+    Vicreg = "vicreg" => vicreg::VicRegLoss,
+    /// Barlow Twins (Zbontar et al. 2021): cross-correlation pushed to the identity.
+    Barlow = "barlow" => barlow::BarlowTwinsLoss,
+}
+
+/// The object-safe part of [`MethodSettings`] (all but `preset` and `build`), so that the
+/// registry's dispatch is written once.
+trait DynSettings {
+    fn validate(&self, batch_size: usize, model: &ModelConfig) -> Result<()>;
+    fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()>;
+    fn temperature_mut(&mut self) -> Option<&mut f64>;
+}
+
+impl<T: MethodSettings> DynSettings for T {
+    fn validate(&self, batch_size: usize, model: &ModelConfig) -> Result<()> {
+        MethodSettings::validate(self, batch_size, model)
+    }
+    fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()> {
+        MethodSettings::validate_views(self, name, views)
+    }
+    fn temperature_mut(&mut self) -> Option<&mut f64> {
+        MethodSettings::temperature_mut(self)
+    }
 }
 
 impl Default for MethodConfig {
@@ -81,55 +216,18 @@ impl Default for MethodConfig {
     }
 }
 
-/// The methods by name (`--method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum MethodKind {
-    /// SimCLR (Chen et al. 2020): NT-Xent over the batch's other images as negatives.
-    Simclr,
-    /// BYOL (Grill et al. 2020): predictor + momentum target network, no negatives.
-    Byol,
-    /// MoCo v2 (Chen et al. 2020): momentum key encoder and a queue of negatives.
-    Mocov2,
-    /// VICReg (Bardes et al. 2022): variance, invariance and covariance terms.
-    Vicreg,
-    /// Barlow Twins (Zbontar et al. 2021): cross-correlation pushed to the identity.
-    Barlow,
-}
-
 impl MethodKind {
-    pub const ALL: [MethodKind; 5] = [
-        Self::Simclr,
-        Self::Byol,
-        Self::Mocov2,
-        Self::Vicreg,
-        Self::Barlow,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Simclr => "simclr",
-            Self::Byol => "byol",
-            Self::Mocov2 => "mocov2",
-            Self::Vicreg => "vicreg",
-            Self::Barlow => "barlow",
-        }
-    }
-
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
+        Self::ALL.iter().copied().find(|k| k.name() == name)
     }
 
-    /// The method's published CIFAR-10 ResNet-18 configuration (SimCLR: this project's seed
-    /// recipe): method settings, heads, optimizer and augmentations.
-    pub fn preset(self) -> Preset {
-        match self {
-            Self::Simclr => simclr::preset(),
-            Self::Byol => byol::preset(),
-            Self::Mocov2 => mocov2::preset(),
-            Self::Vicreg => vicreg::preset(),
-            Self::Barlow => barlow::preset(),
-        }
+    /// Every method's name, for messages: `simclr, byol, ...`.
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -140,27 +238,22 @@ impl std::fmt::Display for MethodKind {
 }
 
 impl MethodConfig {
-    pub fn kind(&self) -> MethodKind {
-        match self {
-            Self::Simclr(_) => MethodKind::Simclr,
-            Self::Byol(_) => MethodKind::Byol,
-            Self::Mocov2(_) => MethodKind::Mocov2,
-            Self::Vicreg(_) => MethodKind::Vicreg,
-            Self::Barlow(_) => MethodKind::Barlow,
-        }
-    }
-
     /// Sets the loss temperature (`--temperature`); an error for methods without one.
     pub fn set_temperature(&mut self, temperature: f64) -> Result<()> {
-        match self {
-            Self::Simclr(c) => c.temperature = temperature,
-            Self::Mocov2(c) => c.temperature = temperature,
-            other => anyhow::bail!(
-                "--temperature: {} has no temperature (SimCLR and MoCo v2 do); see its settings \
-                 with --print-config",
-                other.kind()
-            ),
-        }
+        let kind = self.kind();
+        let Some(t) = self.settings_mut().temperature_mut() else {
+            let with_one: Vec<&str> = MethodKind::ALL
+                .iter()
+                .filter(|k| k.preset().method.settings_mut().temperature_mut().is_some())
+                .map(|k| k.name())
+                .collect();
+            anyhow::bail!(
+                "--temperature: {kind} has no temperature ({} do); see its settings with \
+                 --print-config",
+                with_one.join(", ")
+            );
+        };
+        *t = temperature;
         Ok(())
     }
 
@@ -172,21 +265,9 @@ impl MethodConfig {
         model: &ModelConfig,
         views: &[ViewRecipe],
     ) -> Result<()> {
-        // Every method here compares two views of one size.
-        anyhow::ensure!(
-            views.len() == 2 && views[0].size == views[1].size,
-            "{} takes two views of one size, but [[augment.views]] gives {} views of sizes {:?}: \
-             leave [[augment.views]] out for this method",
-            self.kind(),
-            views.len(),
-            views.iter().map(|v| v.size).collect::<Vec<_>>()
-        );
-        match self {
-            Self::Simclr(c) => c.validate(batch_size),
-            Self::Byol(c) => c.validate(model),
-            Self::Mocov2(c) => c.validate(batch_size),
-            Self::Vicreg(_) | Self::Barlow(_) => Ok(()),
-        }
+        let settings = self.settings();
+        settings.validate_views(self.kind().name(), views)?;
+        settings.validate(batch_size, model)
     }
 }
 
@@ -211,22 +292,6 @@ impl Preset {
             optim: OptimConfig::default(),
             augment: AugmentConfig::default(),
         }
-    }
-}
-
-/// The method `method` describes, for the freshly built or loaded `model` (of `model_config`).
-pub fn build<B: TrainBackend>(
-    method: &MethodConfig,
-    model_config: &ModelConfig,
-    model: &SslModel<B>,
-    device: &B::Device,
-) -> Box<dyn Method<B>> {
-    match *method {
-        MethodConfig::Simclr(loss) => Box::new(simclr::SimClr(loss)),
-        MethodConfig::Byol(c) => Box::new(byol::Byol::new(c, model_config, model, device)),
-        MethodConfig::Mocov2(c) => Box::new(mocov2::MocoV2::new(c, model_config, model, device)),
-        MethodConfig::Vicreg(loss) => Box::new(vicreg::VicReg(loss)),
-        MethodConfig::Barlow(loss) => Box::new(barlow::BarlowTwins(loss)),
     }
 }
 

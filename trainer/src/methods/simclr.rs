@@ -5,12 +5,12 @@
 //! the 2N-2 other rows. `loss = mean_i -log( exp(s_ip/T) / sum_{j != i} exp(s_ij/T) )` with
 //! `s` the cosine similarity.
 
-use super::{Method, StepOutput};
+use super::{Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
 use crate::data::loader::Views;
 use crate::distributed::sync::gather_views;
 use crate::eval::knn::l2_normalize;
-use crate::model::SslModel;
+use crate::model::{ModelConfig, SslModel};
 use anyhow::{ensure, Result};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -31,10 +31,38 @@ impl Default for NtXentLoss {
     }
 }
 
-/// SimCLR's preset is this project's seed recipe: the defaults of every config section (Adam
-/// 3e-4, weight decay 1e-4, clipping at 1, head 512 -> 512 -> 128, symmetric augmentations).
-pub fn preset() -> super::Preset {
-    super::Preset::with_defaults(super::MethodConfig::Simclr(NtXentLoss::default()))
+impl MethodSettings for NtXentLoss {
+    /// SimCLR's preset is this project's seed recipe: the defaults of every config section
+    /// (Adam 3e-4, weight decay 1e-4, clipping at 1, head 512 -> 512 -> 128, symmetric
+    /// augmentations).
+    fn preset() -> Preset {
+        Preset::with_defaults(MethodConfig::Simclr(NtXentLoss::default()))
+    }
+
+    fn build<B: TrainBackend>(
+        &self,
+        _: &ModelConfig,
+        _: &SslModel<B>,
+        _: &B::Device,
+    ) -> Box<dyn Method<B>> {
+        Box::new(SimClr(*self))
+    }
+
+    fn validate(&self, batch_size: usize, _: &ModelConfig) -> Result<()> {
+        ensure!(
+            self.temperature > 0.0,
+            "method.temperature must be positive"
+        );
+        ensure!(
+            batch_size >= 2,
+            "batch_size must be at least 2: NT-Xent needs other images as negatives"
+        );
+        Ok(())
+    }
+
+    fn temperature_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.temperature)
+    }
 }
 
 /// SimCLR: NT-Xent on the projections of both views.
@@ -54,18 +82,6 @@ impl<B: TrainBackend> Method<B> for SimClr {
 impl NtXentLoss {
     pub fn new(temperature: f64) -> Self {
         Self { temperature }
-    }
-
-    pub fn validate(&self, batch_size: usize) -> Result<()> {
-        ensure!(
-            self.temperature > 0.0,
-            "method.temperature must be positive"
-        );
-        ensure!(
-            batch_size >= 2,
-            "batch_size must be at least 2: NT-Xent needs other images as negatives"
-        );
-        Ok(())
     }
 
     /// `z`: `[2N, d]` projections, first views then second views. Returns the mean loss, `[1]`.

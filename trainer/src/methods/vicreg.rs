@@ -11,11 +11,14 @@
 //! paper's weights 25 / 25 / 1 as defaults, the terms as solo-learn's `vicreg_loss_func` writes
 //! them.
 
-use super::{centred, off_diagonal_mask, two_view_step, Method, StepOutput};
+use super::{
+    centred, off_diagonal_mask, two_view_step, Method, MethodConfig, MethodSettings, Preset,
+    StepOutput,
+};
 use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, PerView};
 use crate::data::loader::Views;
-use crate::model::{HeadConfig, SslModel};
+use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::OptimConfig;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -43,26 +46,32 @@ impl Default for VicRegLoss {
     }
 }
 
-/// solo-learn's CIFAR-10 VICReg (`scripts/pretrain/cifar/vicreg.yaml`): expander
-/// 2048-2048-2048 with BatchNorm, weights 25/25/1, LARS lr 0.3 (batch 256) and weight decay
-/// 1e-4, crops from 20 % of the area, solarization p 0.1 on both views.
-pub fn preset() -> super::Preset {
-    super::Preset {
-        method: super::MethodConfig::Vicreg(VicRegLoss::default()),
-        head: HeadConfig {
-            hidden: 2048,
-            out: 2048,
-            layers: 3,
-            batchnorm: true,
-        },
-        predictor: None,
-        optim: OptimConfig::lars_preset(0.3, 1e-4),
-        augment: AugmentConfig {
-            crop_scale: [0.2, 1.0],
-            saturation: 0.2,
-            solarize_prob: PerView([0.1, 0.1]),
-            ..Default::default()
-        },
+impl MethodSettings for VicRegLoss {
+    /// solo-learn's CIFAR-10 VICReg (`scripts/pretrain/cifar/vicreg.yaml`): expander
+    /// 2048-2048-2048 with BatchNorm, weights 25/25/1, LARS lr 0.3 (batch 256) and weight decay
+    /// 1e-4, crops from 20 % of the area, solarization p 0.1 on both views.
+    fn preset() -> Preset {
+        Preset {
+            method: MethodConfig::Vicreg(VicRegLoss::default()),
+            head: HeadConfig::expander_2048(),
+            predictor: None,
+            optim: OptimConfig::lars_preset(0.3, 1e-4),
+            augment: AugmentConfig {
+                crop_scale: [0.2, 1.0],
+                saturation: 0.2,
+                solarize_prob: PerView([0.1, 0.1]),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn build<B: TrainBackend>(
+        &self,
+        _: &ModelConfig,
+        _: &SslModel<B>,
+        _: &B::Device,
+    ) -> Box<dyn Method<B>> {
+        Box::new(VicReg(*self))
     }
 }
 

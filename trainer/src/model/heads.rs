@@ -36,6 +36,17 @@ impl Default for HeadConfig {
 }
 
 impl HeadConfig {
+    /// solo-learn's CIFAR-10 projector for Barlow Twins and VICReg: 2048-2048-2048 with
+    /// BatchNorm (`proj_hidden_dim` = `proj_output_dim` = 2048, three Linear layers).
+    pub fn expander_2048() -> Self {
+        Self {
+            hidden: 2048,
+            out: 2048,
+            layers: 3,
+            batchnorm: true,
+        }
+    }
+
     pub fn init<B: Backend>(&self, d_in: usize, device: &B::Device) -> MlpHead<B> {
         let bn = |d| self.batchnorm.then(|| BatchNormConfig::new(d).init(device));
         let three = self.layers == 3;

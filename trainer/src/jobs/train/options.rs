@@ -170,7 +170,21 @@ impl TrainOptions {
 
     /// The method's preset < config file (or the run's own config.toml on --resume) < flags.
     pub fn to_config(&self) -> Result<TrainConfig> {
-        let mut config = match (&self.config, &self.out) {
+        let mut config = self.base_config()?;
+        let saved = self.saved_recipe(&config)?;
+        self.switch_optimizer(&mut config);
+        self.apply_overrides(&mut config)?;
+        if let Some(saved) = &saved {
+            self.continue_the_run(saved, &mut config)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The recipe the flags start from: --config, the resumed run's config.toml, or the
+    /// method's preset.
+    fn base_config(&self) -> Result<TrainConfig> {
+        Ok(match (&self.config, &self.out) {
             (Some(path), _) => TrainConfig::load_for(path, self.method)?,
             (None, Some(out)) if self.resume => {
                 let config = TrainConfig::load(&out.join("config.toml"))
@@ -190,10 +204,13 @@ impl TrainOptions {
                 self.method.unwrap_or(MethodKind::Simclr),
                 self.batch_size.unwrap_or(TrainConfig::default().batch_size),
             ),
-        };
-        // The run being resumed, as its config.toml records it, whether this recipe comes from
-        // there or from --config.
-        let saved = match (&self.out, self.resume) {
+        })
+    }
+
+    /// The run being resumed, as its config.toml records it, whether `config` comes from there
+    /// or from --config.
+    fn saved_recipe(&self, config: &TrainConfig) -> Result<Option<TrainConfig>> {
+        Ok(match (&self.out, self.resume) {
             (Some(_), true) if self.config.is_none() => Some(config.clone()),
             // Without one (a run that never started) the checkpoint, if any, is checked at load.
             (Some(out), true) if out.join("config.toml").exists() => Some(
@@ -201,7 +218,11 @@ impl TrainOptions {
                     .context("--resume reads the run's recipe")?,
             ),
             _ => None,
-        };
+        })
+    }
+
+    /// --optimizer: another optimizer with the settings that go with it.
+    fn switch_optimizer(&self, config: &mut TrainConfig) {
         if let Some(optimizer) = self.optimizer {
             if optimizer != config.optim.optimizer {
                 let batch = self.batch_size.unwrap_or(config.batch_size);
@@ -219,77 +240,40 @@ impl TrainOptions {
                 };
             }
         }
-        if let Some(data) = &self.data {
-            config.data = data.clone();
+    }
+
+    /// The flags that set one value of the recipe each.
+    fn apply_overrides(&self, config: &mut TrainConfig) -> Result<()> {
+        fn set<T: Clone>(slot: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *slot = v.clone();
+            }
         }
-        if let Some(v) = self.image_size {
-            config.image_size = v;
-        }
-        if let Some(v) = &self.eval_data {
-            config.eval_data = v.clone();
-        }
-        if self.strict_data {
-            config.strict_data = true;
-        }
-        if self.no_winograd {
-            config.winograd = false;
-        }
-        if let Some(v) = self.epochs {
-            config.epochs = v;
-        }
-        if let Some(v) = self.batch_size {
-            config.batch_size = v;
-        }
-        if let Some(v) = self.keep_last {
-            config.keep_last = v;
-        }
-        if let Some(v) = self.keep_every {
-            config.keep_every = v;
-        }
-        if let Some(v) = self.steps_per_epoch {
-            config.steps_per_epoch = v;
-        }
-        if let Some(v) = self.device {
-            config.device = v;
-        }
-        if let Some(v) = self.precision {
-            config.precision = v;
-        }
-        if let Some(v) = self.seed {
-            config.seed = v;
-        }
-        if let Some(v) = &self.init_weights {
-            config.init_weights = v.clone();
-        }
-        if let Some(v) = self.lr {
-            config.optim.lr = v;
-        }
-        if let Some(v) = self.weight_decay {
-            config.optim.weight_decay = v;
-        }
-        if let Some(v) = self.warmup_epochs {
-            config.optim.warmup_epochs = v;
-        }
+        set(&mut config.data, &self.data);
+        set(&mut config.image_size, &self.image_size);
+        set(&mut config.eval_data, &self.eval_data);
+        config.strict_data |= self.strict_data;
+        config.winograd &= !self.no_winograd;
+        set(&mut config.epochs, &self.epochs);
+        set(&mut config.batch_size, &self.batch_size);
+        set(&mut config.keep_last, &self.keep_last);
+        set(&mut config.keep_every, &self.keep_every);
+        set(&mut config.steps_per_epoch, &self.steps_per_epoch);
+        set(&mut config.device, &self.device);
+        set(&mut config.precision, &self.precision);
+        set(&mut config.seed, &self.seed);
+        set(&mut config.init_weights, &self.init_weights);
+        set(&mut config.optim.lr, &self.lr);
+        set(&mut config.optim.weight_decay, &self.weight_decay);
+        set(&mut config.optim.warmup_epochs, &self.warmup_epochs);
         if let Some(v) = self.temperature {
             config.method.set_temperature(v)?;
         }
-        if let Some(v) = self.backbone {
-            config.model.backbone = v;
-        }
-        if let Some(v) = self.width {
-            config.model.width = v;
-        }
-        if let Some(v) = self.knn_every {
-            config.knn.every = v;
-        }
-        if let Some(v) = self.log_every {
-            config.log_every = v;
-        }
-        if let Some(saved) = &saved {
-            self.continue_the_run(saved, &mut config)?;
-        }
-        config.validate()?;
-        Ok(config)
+        set(&mut config.model.backbone, &self.backbone);
+        set(&mut config.model.width, &self.width);
+        set(&mut config.knn.every, &self.knn_every);
+        set(&mut config.log_every, &self.log_every);
+        Ok(())
     }
 
     /// On --resume: flags that would make another run than the saved one are refused, and a new

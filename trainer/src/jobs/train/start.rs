@@ -5,7 +5,7 @@ use super::TrainJob;
 use crate::backend::TrainBackend;
 use crate::checkpoint::{self, TrainState};
 use crate::distributed::{self, sync::from_rank0};
-use crate::methods::{self, Method};
+use crate::methods::Method;
 use crate::model::SslModel;
 use crate::named_params::{load_named_tensors, read_safetensors};
 use crate::precision::GradScaler;
@@ -78,7 +78,7 @@ impl TrainJob {
             eprintln!("resuming from {}", ckpt.path.display());
         }
         let optimizer = optimizer.load_record(ckpt.optimizer_record::<B, O::Record>(device)?);
-        let mut method = methods::build(&config.method, &config.model, &model, device);
+        let mut method = config.method.build(&config.model, &model, device);
         method
             .load_state(&ckpt.method_state)
             .with_context(|| format!("{}: the method state does not load", ckpt.path.display()))?;
@@ -124,7 +124,7 @@ impl TrainJob {
         }
         drop(guard);
         let model = from_rank0(model);
-        let mut method = methods::build(&config.method, &config.model, &model, device);
+        let mut method = config.method.build(&config.model, &model, device);
         method.share_rank0_state();
         Ok(Trainee {
             model,
