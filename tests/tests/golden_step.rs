@@ -29,9 +29,10 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use trainer::backend::{CpuBackend, TrainBackend};
 use trainer::config::TrainConfig;
+use trainer::data::loader::Views;
 use trainer::jobs::train::{apply_update, loss_and_gradients, scaled_loss_and_gradients};
 use trainer::methods::simclr::SimClr;
-use trainer::methods::MethodConfig;
+use trainer::methods::{MethodConfig, MethodKind};
 use trainer::model::{ModelConfig, SslModel};
 use trainer::named_params::{
     gradient_values, load_named_tensors, named_tensors, read_safetensors, NamedTensor, TensorMap,
@@ -586,127 +587,168 @@ const MOCO_SHIPPED_ERRORS: &[(&str, f64)] = &[
     ("encoder.blocks.7.bn1.beta", 2.733e-2),
 ];
 
-/// One step of BYOL, MoCo v2, VICReg and Barlow Twins against PyTorch
-/// (`bench/golden_methods.py`): each method's heads at a small width, its loss as the reference
-/// code writes it, momentum copies of the online network; the loss within 1e-5 relative, every
-/// gradient within 1e-3 relative L2 with im2col, as for SimCLR, and within [`shipped_bound`] on
-/// the shipped kernels.
+/// One step of BYOL, MoCo v2, VICReg, Barlow Twins (`bench/golden_methods.py`) and DINO with
+/// multi-crop (`bench/golden_dino.py`: two global and two local views, prototypes of fixed and
+/// of trained norm) against PyTorch: each method's heads at a small width, its loss as the
+/// reference code writes it, momentum copies of the online network; the loss within 1e-5
+/// relative, every gradient within 1e-3 relative L2 with im2col, as for SimCLR, and within
+/// [`shipped_bound`] on the shipped kernels.
 #[test]
 fn every_method_step_matches_pytorch() {
-    use trainer::methods::mocov2::MocoV2;
-    use trainer::methods::MethodKind;
     type B = Autodiff<CpuBackend>;
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/golden_methods.safetensors"
-    );
-    let (golden, metadata) = read_safetensors(std::path::Path::new(path)).unwrap();
+    let fixture = |name: &str| {
+        let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        read_safetensors(std::path::Path::new(&path)).unwrap()
+    };
     let device = Default::default();
-    let (shape, views) = golden["views"].clone();
-    for (kind, winograd) in [
+    let tensor = |(shape, values): &(Vec<usize>, Vec<f32>)| {
+        Tensor::<B, 4>::from_data(TensorData::new(values.clone(), shape.clone()), &device)
+    };
+    let (golden, metadata) = fixture("golden_methods.safetensors");
+    let pair = tensor(&golden["views"]);
+    let two_views = Views::from(pair);
+    for kind in [
         MethodKind::Byol,
         MethodKind::Mocov2,
         MethodKind::Vicreg,
         MethodKind::Barlow,
-    ]
-    .into_iter()
-    .flat_map(|kind| [(kind, false), (kind, true)])
-    {
-        let _kernels = cpu_kernels(winograd);
-        let kernels = if winograd {
-            "shipped kernels"
-        } else {
-            "im2col only"
-        };
+    ] {
         let fixture = with_prefix(&golden, kind.name());
-        let init = with_prefix(&fixture, "init");
-        // The preset's heads (layers, BatchNorm), at the fixture's sizes ([in, out] weights).
-        let mut config = TrainConfig::preset(kind, 8);
-        config.model.width = metadata["width"].parse().unwrap();
-        let last = if init.contains_key("head.fc3.weight") {
-            "fc3"
-        } else {
-            "fc2"
-        };
-        config.model.head.hidden = init["head.fc1.weight"].0[1];
-        config.model.head.out = init[&format!("head.{last}.weight")].0[1];
-        if let Some(predictor) = &mut config.model.predictor {
-            predictor.hidden = init["predictor.fc1.weight"].0[1];
-            predictor.out = config.model.head.out;
+        for winograd in [false, true] {
+            check_method_step(kind, kind.name(), &fixture, &metadata, &two_views, winograd);
         }
-        let model = config.model.init::<B>(&device);
-        let model = load_named_tensors(model, &init, &device).unwrap();
-        let mut method = match config.method {
-            MethodConfig::Mocov2(mut moco) => {
-                let (queue_shape, queue) = fixture["queue"].clone();
-                moco.queue_size = queue_shape[1];
-                let queue = Tensor::from_data(TensorData::new(queue, queue_shape), &device);
-                Box::new(MocoV2::new(moco, &config.model, &model, &device).with_queue(queue))
-            }
-            _ => config.method.build(&config.model, &model, &device),
-        };
-        let views =
-            Tensor::<B, 4>::from_data(TensorData::new(views.clone(), shape.clone()), &device);
-        let step = loss_and_gradients(&model, method.as_mut(), views);
-        let reference = fixture["loss"].1[0] as f64;
-        let error = (step.stats.loss - reference).abs() / reference;
-        assert!(
-            error < 1e-5,
-            "{kind}: loss {} vs PyTorch {reference} (relative {error:.2e})",
-            step.stats.loss
-        );
-        let grads = step.grads.expect("finite loss");
-        let reference_grads = with_prefix(&fixture, "grad");
-        let mut worst = (String::new(), 0.0f64);
-        let mut compared = 0;
-        for tensor in named_tensors::<B, _>(&model) {
-            let Some(ours) = gradient_values::<B>(&grads, &tensor) else {
-                continue;
-            };
-            let (_, theirs) = &reference_grads[&tensor.name];
-            let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-            if norm(theirs) < 1e-7 {
-                // A Linear bias right before BatchNorm: the normalisation cancels it, so its
-                // gradient is 0 up to rounding (1e-17 in PyTorch's float64, ~1e-9 in float32).
-                assert!(
-                    norm(&ours) < 1e-5,
-                    "{kind}: gradient of {} should vanish, has norm {:.2e}",
-                    tensor.name,
-                    norm(&ours)
-                );
-                compared += 1;
-                continue;
-            }
-            let error = relative_l2(&ours, theirs);
-            let gradient_bound = if winograd {
-                shipped_bound(kind.name(), &tensor.name)
-            } else {
-                1e-3
-            };
-            if winograd && error > 1e-4 {
-                eprintln!("{kind} (shipped kernels): {} {error:.3e}", tensor.name);
-            }
-            assert!(
-                error < gradient_bound,
-                "{kind} ({kernels}): gradient of {}: relative L2 error {error:.2e} against PyTorch",
-                tensor.name
-            );
-            if error > worst.1 {
-                worst = (tensor.name.clone(), error);
-            }
-            compared += 1;
-        }
-        assert_eq!(
-            compared,
-            reference_grads.len(),
-            "{kind}: gradients compared"
-        );
-        eprintln!(
-            "{kind} ({kernels}): loss {:.6} vs {reference:.6}; {compared} gradients, worst \
-             relative L2 error {:.2e} ({})",
-            step.stats.loss, worst.1, worst.0
-        );
     }
+    let (golden, metadata) = fixture("golden_dino.safetensors");
+    let multi_crop = Views {
+        images: golden["views.global"].0[0] / 2,
+        groups: vec![
+            tensor(&golden["views.global"]),
+            tensor(&golden["views.local"]),
+        ],
+    };
+    for variant in ["dino", "dino_scaled"] {
+        let fixture = with_prefix(&golden, variant);
+        for winograd in [false, true] {
+            check_method_step(
+                MethodKind::Dino,
+                variant,
+                &fixture,
+                &metadata,
+                &multi_crop,
+                winograd,
+            );
+        }
+    }
+}
+
+/// `kind`'s step on `views` from the weights of `fixture` (one method's tensors of a golden
+/// file) against its PyTorch loss and gradients; `label` names it in messages.
+fn check_method_step(
+    kind: MethodKind,
+    label: &str,
+    fixture: &TensorMap,
+    metadata: &BTreeMap<String, String>,
+    views: &Views<Autodiff<CpuBackend>>,
+    winograd: bool,
+) {
+    use trainer::methods::mocov2::MocoV2;
+    type B = Autodiff<CpuBackend>;
+    let device = Default::default();
+    let _kernels = cpu_kernels(winograd);
+    let kernels = if winograd {
+        "shipped kernels"
+    } else {
+        "im2col only"
+    };
+    let init = with_prefix(fixture, "init");
+    // The preset's heads (layers, BatchNorm), at the fixture's sizes ([in, out] weights).
+    let mut config = TrainConfig::preset(kind, 8);
+    config.model.width = metadata["width"].parse().unwrap();
+    let last = if init.contains_key("head.fc3.weight") {
+        "fc3"
+    } else {
+        "fc2"
+    };
+    config.model.head.hidden = init["head.fc1.weight"].0[1];
+    config.model.head.out = init[&format!("head.{last}.weight")].0[1];
+    if let Some(predictor) = &mut config.model.predictor {
+        predictor.hidden = init["predictor.fc1.weight"].0[1];
+        predictor.out = config.model.head.out;
+    }
+    if let Some(prototypes) = &mut config.model.prototypes {
+        prototypes.count = init["prototypes.weight_v"].0[1];
+        prototypes.normalized = !init.contains_key("prototypes.weight_g");
+    }
+    let model = config.model.init::<B>(&device);
+    let model = load_named_tensors(model, &init, &device).unwrap();
+    let mut method = match config.method {
+        MethodConfig::Mocov2(mut moco) => {
+            let (queue_shape, queue) = fixture["queue"].clone();
+            moco.queue_size = queue_shape[1];
+            let queue = Tensor::from_data(TensorData::new(queue, queue_shape), &device);
+            Box::new(MocoV2::new(moco, &config.model, &model, &device).with_queue(queue))
+        }
+        _ => config.method.build(&config.model, &model, &device),
+    };
+    let step = loss_and_gradients(&model, method.as_mut(), views.clone());
+    let reference = fixture["loss"].1[0] as f64;
+    let error = (step.stats.loss - reference).abs() / reference;
+    assert!(
+        error < 1e-5,
+        "{label}: loss {} vs PyTorch {reference} (relative {error:.2e})",
+        step.stats.loss
+    );
+    let grads = step.grads.expect("finite loss");
+    let reference_grads = with_prefix(fixture, "grad");
+    let mut worst = (String::new(), 0.0f64);
+    let mut compared = 0;
+    for tensor in named_tensors::<B, _>(&model) {
+        let Some(ours) = gradient_values::<B>(&grads, &tensor) else {
+            continue;
+        };
+        let (_, theirs) = &reference_grads[&tensor.name];
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        if norm(theirs) < 1e-7 {
+            // A Linear bias right before BatchNorm: the normalisation cancels it, so its
+            // gradient is 0 up to rounding (1e-17 in PyTorch's float64, ~1e-9 in float32).
+            assert!(
+                norm(&ours) < 1e-5,
+                "{label}: gradient of {} should vanish, has norm {:.2e}",
+                tensor.name,
+                norm(&ours)
+            );
+            compared += 1;
+            continue;
+        }
+        let error = relative_l2(&ours, theirs);
+        let gradient_bound = if winograd {
+            shipped_bound(kind.name(), &tensor.name)
+        } else {
+            1e-3
+        };
+        if winograd && error > 1e-4 {
+            eprintln!("{label} (shipped kernels): {} {error:.3e}", tensor.name);
+        }
+        assert!(
+            error < gradient_bound,
+            "{label} ({kernels}): gradient of {}: relative L2 error {error:.2e} against PyTorch",
+            tensor.name
+        );
+        if error > worst.1 {
+            worst = (tensor.name.clone(), error);
+        }
+        compared += 1;
+    }
+    assert_eq!(
+        compared,
+        reference_grads.len(),
+        "{label}: gradients compared"
+    );
+    eprintln!(
+        "{label} ({kernels}): loss {:.6} vs {reference:.6}; {compared} gradients, worst \
+         relative L2 error {:.2e} ({})",
+        step.stats.loss, worst.1, worst.0
+    );
 }
 
 /// The message with which `check_against_golden` rejects `step`; panics with `what` if it passes.

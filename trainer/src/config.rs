@@ -211,6 +211,7 @@ impl TrainConfig {
         config.method = preset.method;
         config.model.head = preset.head;
         config.model.predictor = preset.predictor;
+        config.model.prototypes = preset.prototypes;
         config.optim = preset.optim;
         config.augment = preset.augment;
         config

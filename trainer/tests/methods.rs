@@ -8,7 +8,7 @@ mod common;
 use burn::backend::Autodiff;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use common::{assert_close, small, synthetic, text, train, trainer};
+use common::{assert_close, dino_multi_crop, small, synthetic, text, train, trainer};
 use e2e::cifar10_bin;
 use std::path::Path;
 use std::sync::Mutex;
@@ -26,19 +26,23 @@ use trainer::optim::{with_optimizer, OptimConfig, OptimizerTask, Schedule};
 /// Burn's seeded RNG is global: runs that initialise models must not interleave.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const OTHERS: [MethodKind; 4] = [
+const OTHERS: [MethodKind; 5] = [
     MethodKind::Byol,
     MethodKind::Mocov2,
     MethodKind::Vicreg,
     MethodKind::Barlow,
+    MethodKind::Dino,
 ];
 
 #[test]
 fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for kind in OTHERS {
+    // DINO with multi-crop: its teacher, center and epoch-dependent settings resume too.
+    let configs = OTHERS.iter().map(|&kind| small(kind, 2));
+    for config in configs.chain([dino_multi_crop(2)]) {
+        let kind = config.method.kind();
         let straight = tempfile::tempdir().unwrap();
-        let (_, full) = train(small(kind, 2), straight.path(), false, false, synthetic()).unwrap();
+        let (_, full) = train(config.clone(), straight.path(), false, false, synthetic()).unwrap();
         assert_eq!(full.len(), 2);
         for m in &full {
             assert!(m.loss.is_finite() && m.z_std > 0.0, "{kind}: {m:?}");
@@ -46,7 +50,7 @@ fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {
 
         let dir = tempfile::tempdir().unwrap();
         // The stop flag is already raised: the run stops after its first step.
-        let (outcome, _) = train(small(kind, 2), dir.path(), false, true, synthetic()).unwrap();
+        let (outcome, _) = train(config.clone(), dir.path(), false, true, synthetic()).unwrap();
         let path = dir.path().join("checkpoints/epoch-0001-step-000001.ckpt");
         assert_eq!(
             outcome,
@@ -56,12 +60,16 @@ fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {
         );
         let ckpt = Checkpoint::read(&path).unwrap();
         assert_eq!(ckpt.config.method.kind(), kind);
-        // BYOL keeps its target network, MoCo its key encoder and queues.
-        let has_state = matches!(kind, MethodKind::Byol | MethodKind::Mocov2);
+        // BYOL keeps its target network, MoCo its key encoder and queues, DINO its teacher and
+        // center.
+        let has_state = matches!(
+            kind,
+            MethodKind::Byol | MethodKind::Mocov2 | MethodKind::Dino
+        );
         assert_eq!(!ckpt.method_state.is_empty(), has_state, "{kind}");
 
         let (outcome, resumed) =
-            train(small(kind, 2), dir.path(), true, false, synthetic()).unwrap();
+            train(config.clone(), dir.path(), true, false, synthetic()).unwrap();
         assert_eq!(outcome, Outcome::Finished);
         assert_eq!(resumed.len(), 2);
         for (a, b) in resumed.iter().zip(&full) {
@@ -117,7 +125,14 @@ fn real_subset() -> Splits {
 fn every_method_lowers_its_loss_on_real_images() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let data = real_subset();
-    for &kind in MethodKind::ALL {
+    // DINO is left out: at this scale (width 8, 24 steps of 32 images, its preset's LARS) the
+    // student's projections collapse within the first epoch and its loss climbs to log(K), the
+    // uniform target (measured: loss 7.71 -> 8.68 with 4,096 prototypes, z_std 0.006 ->
+    // 0.0004; 40 epochs of 16 steps at batch 64 stay at 8.32). PyTorch's DINO does the same at
+    // this scale (`bench/dino_short.py`, 5 epochs of 16 steps: loss 8.13 -> 8.72 -> 8.56,
+    // z_std 0.002; the trainer on the same recipe 8.08 -> 8.73 -> 8.56, z_std 0.002): a 24-step
+    // test cannot show DINO learning.
+    for &kind in MethodKind::ALL.iter().filter(|&&k| k != MethodKind::Dino) {
         let mut config = small(kind, 3);
         config.batch_size = 32;
         config.steps_per_epoch = 8;

@@ -286,20 +286,22 @@ fn resume_passes_over_a_damaged_newest_checkpoint() {
     assert_eq!(Metrics::read(&out).column("epoch"), [1.0, 2.0]);
 }
 
-/// Checkpoints written before backbones had names still work. The fixtures
-/// (`tests/fixtures/checkpoint-v2/{byol,mocov2}`) are runs of the trainer at commit 1243bdb
-/// (checkpoint format 2): `trainer train --config C --data CIFAR10 --epochs 1 --steps-per-epoch 2
+/// Checkpoints written by older trainers still work: format 2 (before backbones had names:
+/// `tests/fixtures/checkpoint-v2/{byol,mocov2}`, the trainer at commit 1243bdb) and format 3
+/// (before the prototype layer: `tests/fixtures/checkpoint-v3/{simclr,byol}`, commit 62aeacf).
+/// Each is a run of `trainer train --config C --data CIFAR10 --epochs 1 --steps-per-epoch 2
 /// --batch-size 16 --knn-every 0` with width 2 and heads 32 -> 16, then that trainer's `embed
 /// --limit 8` of the CIFAR-10 test split (`embeddings-test8.npy`). BYOL's and MoCo v2's method
 /// state holds a momentum encoder, so both the model and the method state take the old layout.
 /// Today's trainer embeds the same images into the same vectors, resumes the run for another
-/// epoch and exports it.
+/// epoch (writing today's format) and exports it.
 #[test]
-fn checkpoints_from_before_named_backbones_embed_resume_and_export() {
+fn checkpoints_from_older_trainers_embed_resume_and_export() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cifar = e2e::cifar10_bin();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/checkpoint-v2");
-    for method in ["byol", "mocov2"] {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    for (format, method) in [(2, "byol"), (2, "mocov2"), (3, "simclr"), (3, "byol")] {
+        let fixtures = fixtures.join(format!("checkpoint-v{format}"));
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join(method);
         std::fs::create_dir_all(run.join("checkpoints")).unwrap();
@@ -310,7 +312,7 @@ fn checkpoints_from_before_named_backbones_embed_resume_and_export() {
         ] {
             std::fs::copy(fixtures.join(method).join(file), run.join(file)).unwrap();
         }
-        assert_eq!(Checkpoint::read(&run).unwrap().format, 2, "{method}");
+        assert_eq!(Checkpoint::read(&run).unwrap().format, format, "{method}");
 
         let npy = dir.path().join("e.npy");
         let embed = common::trainer(&[
@@ -347,7 +349,7 @@ fn checkpoints_from_before_named_backbones_embed_resume_and_export() {
         let resumed = Checkpoint::read(&run).unwrap();
         assert_eq!(
             (resumed.state.epochs_done, resumed.format),
-            (2, 3),
+            (2, 4),
             "{method}"
         );
 

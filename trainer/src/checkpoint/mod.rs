@@ -15,7 +15,7 @@
 
 use crate::config::TrainConfig;
 use crate::methods::MethodKind;
-use crate::model::{LegacySslModelRecord, ModelConfig, SslModel};
+use crate::model::{LegacySslModelRecord, ModelConfig, SslModel, SslModelRecordV3};
 use crate::precision::GradScaler;
 use crate::records::{decode_record, encode_record, write_atomically};
 
@@ -35,7 +35,8 @@ const MAGIC: &[u8] = b"SELFSUP-CKPT\n";
 /// (SimCLR only) are refused with a message.
 /// 3: the encoder is a named backbone (its record is the backbone's variant around the
 /// network's). Version 2 files still load: their encoder is the ResNet-18 it always was.
-const FORMAT_VERSION: u32 = 3;
+/// 4: the model may end in a prototype layer (DINO). Version 3 files still load: they have none.
+const FORMAT_VERSION: u32 = 4;
 /// The oldest format this trainer reads.
 const OLDEST_READABLE: u32 = 2;
 pub const LATEST: &str = "latest";
@@ -305,11 +306,12 @@ impl Checkpoint {
 
     /// The model (encoder, heads), rebuilt from the checkpoint's own architecture.
     pub fn model<B: Backend>(&self, device: &B::Device) -> Result<SslModel<B>> {
-        let record = if self.format == 2 {
-            decode_record::<B, LegacySslModelRecord<B>>(&self.model, device)
-                .map(LegacySslModelRecord::upgrade)
-        } else {
-            decode_record(&self.model, device)
+        let record = match self.format {
+            2 => decode_record::<B, LegacySslModelRecord<B>>(&self.model, device)
+                .map(LegacySslModelRecord::upgrade),
+            3 => decode_record::<B, SslModelRecordV3<B>>(&self.model, device)
+                .map(SslModelRecordV3::upgrade),
+            _ => decode_record(&self.model, device),
         };
         let record = record.with_context(|| {
             format!(

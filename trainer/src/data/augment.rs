@@ -79,6 +79,19 @@ fn one() -> usize {
     1
 }
 
+impl Default for ViewSpec {
+    /// One view at the input size with the shared `[augment]` values.
+    fn default() -> Self {
+        Self {
+            count: one(),
+            size: 0,
+            crop_scale: None,
+            blur_prob: None,
+            solarize_prob: None,
+        }
+    }
+}
+
 /// One view as drawn: its side (0: the input size), crop scale and probabilities.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ViewRecipe {

@@ -42,25 +42,31 @@ pub fn take_gradient_traffic() -> Traffic {
 /// rank's second views, the layout one device has for the same images. Gradients flow back to
 /// each rank's own rows.
 pub fn gather_views<B: CollectiveBackend>(z: Tensor<B, 2>) -> Tensor<B, 2> {
+    gather_view_rows(z, 2)
+}
+
+/// [`gather_views`] for rows of `views` views (multi-crop): `[views * n, d]`, view-major, ->
+/// `[views * N, d]`, each view's rows of every rank in rank order.
+pub fn gather_view_rows<B: CollectiveBackend>(z: Tensor<B, 2>, views: usize) -> Tensor<B, 2> {
     let Some(peer) = current() else {
         return z;
     };
     let [rows, d] = z.dims();
-    let n = rows / 2;
+    let n = rows / views;
     let device = z.device();
     // All-gather as an all-reduce: each rank fills its own slot of a zero tensor.
     let mut slots = Vec::with_capacity(3);
     if peer.rank > 0 {
-        slots.push(Tensor::zeros([2, peer.rank, n, d], &device));
+        slots.push(Tensor::zeros([views, peer.rank, n, d], &device));
     }
-    slots.push(z.reshape([2, 1, n, d]));
+    slots.push(z.reshape([views, 1, n, d]));
     if peer.rank + 1 < peer.world {
         slots.push(Tensor::zeros(
-            [2, peer.world - peer.rank - 1, n, d],
+            [views, peer.world - peer.rank - 1, n, d],
             &device,
         ));
     }
-    all_reduce_sum(Tensor::cat(slots, 1), peer).reshape([2 * peer.world * n, d])
+    all_reduce_sum(Tensor::cat(slots, 1), peer).reshape([views * peer.world * n, d])
 }
 
 /// Batch mean and (biased) variance per channel, `[1, C]` each, over the images of all ranks

@@ -47,6 +47,7 @@ impl MethodSettings for BarlowTwinsLoss {
             }),
             head: HeadConfig::expander_2048(),
             predictor: None,
+            prototypes: None,
             optim: OptimConfig::lars_preset(0.3, 1e-4),
             augment: AugmentConfig::asymmetric(),
         }

@@ -48,11 +48,13 @@ impl MethodSettings for ByolConfig {
             out: 256,
             layers: 2,
             batchnorm: true,
+            ..Default::default()
         };
         Preset {
             method: MethodConfig::Byol(ByolConfig::default()),
             head: mlp,
             predictor: Some(mlp),
+            prototypes: None,
             optim: OptimConfig::lars_preset(1.0, 1e-5),
             augment: AugmentConfig::asymmetric(),
         }

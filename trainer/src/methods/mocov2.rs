@@ -60,8 +60,10 @@ impl MethodSettings for MocoV2Config {
                 out: 256,
                 layers: 2,
                 batchnorm: false,
+                ..Default::default()
             },
             predictor: None,
+            prototypes: None,
             optim: OptimConfig {
                 optimizer: OptimizerKind::Sgd,
                 weight_decay: 1e-4,

@@ -10,6 +10,7 @@
 
 pub mod barlow;
 pub mod byol;
+pub mod dino;
 pub mod mocov2;
 pub mod momentum;
 pub mod simclr;
@@ -19,9 +20,10 @@ use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, ViewRecipe};
 use crate::data::loader::Views;
 use crate::distributed::sync::gather_views;
-use crate::model::{HeadConfig, ModelConfig, SslModel};
+use crate::model::{HeadConfig, ModelConfig, PrototypesConfig, SslModel};
 use crate::optim::{OptimConfig, Schedule};
 use anyhow::{ensure, Result};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +43,14 @@ pub trait Method<B: TrainBackend> {
     /// this rank's share, and the loss is over the global batch: projections go through
     /// [`gather_views`] before the loss.
     fn step(&mut self, model: &SslModel<B>, views: Views<B>) -> StepOutput<B>;
+
+    /// Called before the loss of 0-based step `step` of a training run (a method whose
+    /// settings follow the epoch: DINO's teacher temperature). Without it, step 0.
+    fn begin_step(&mut self, _step: usize, _schedule: &Schedule) {}
+
+    /// Drops the gradients of parameters the method keeps fixed at this step, before the
+    /// update (DINO's prototypes in the first epoch): the optimizer leaves them untouched.
+    fn adjust_gradients(&self, _model: &SslModel<B>, _grads: &mut GradientsParams) {}
 
     /// Called after the optimizer updated `model` at 0-based step `step` of the run (momentum
     /// networks follow the online one, keys enter the queue).
@@ -188,6 +198,9 @@ methods! {
     Vicreg = "vicreg" => vicreg::VicRegLoss,
     /// Barlow Twins (Zbontar et al. 2021): cross-correlation pushed to the identity.
     Barlow = "barlow" => barlow::BarlowTwinsLoss,
+    /// DINO (Caron et al. 2021): a student matches a momentum teacher's centred, sharpened
+    /// distribution over prototypes; multi-crop.
+    Dino = "dino" => dino::DinoConfig,
 }
 
 /// The object-safe part of [`MethodSettings`] (all but `preset` and `build`), so that the
@@ -278,6 +291,7 @@ pub struct Preset {
     pub method: MethodConfig,
     pub head: HeadConfig,
     pub predictor: Option<HeadConfig>,
+    pub prototypes: Option<PrototypesConfig>,
     pub optim: OptimConfig,
     pub augment: AugmentConfig,
 }
@@ -289,6 +303,7 @@ impl Preset {
             method,
             head: HeadConfig::default(),
             predictor: None,
+            prototypes: None,
             optim: OptimConfig::default(),
             augment: AugmentConfig::default(),
         }

@@ -54,6 +54,7 @@ impl<B: TrainBackend> MomentumNetwork<B> {
         online.head.visit(&mut Initialise);
         let fresh = ModelConfig {
             predictor: None,
+            prototypes: None,
             ..config.clone()
         }
         .init::<B>(device);

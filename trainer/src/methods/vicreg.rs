@@ -55,6 +55,7 @@ impl MethodSettings for VicRegLoss {
             method: MethodConfig::Vicreg(VicRegLoss::default()),
             head: HeadConfig::expander_2048(),
             predictor: None,
+            prototypes: None,
             optim: OptimConfig::lars_preset(0.3, 1e-4),
             augment: AugmentConfig {
                 crop_scale: [0.2, 1.0],

@@ -1,12 +1,15 @@
 //! MLP heads on top of the encoder: the projector every method trains through (SimCLR's
 //! `Linear -> ReLU -> Linear`, BYOL's with BatchNorm, Barlow Twins' and VICReg's three-layer
-//! expander) and BYOL's predictor. Evaluation and export never see them.
+//! expander, DINO's GELU projector) and BYOL's predictor. Evaluation and export never see
+//! them.
 
 use crate::distributed::{self, collective::CollectiveBackend};
 use crate::kernels::norm::batch_norm_2d;
 use crate::precision::linear;
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, Relu};
+use burn::module::Initializer;
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::activation::{gelu, relu};
 use serde::{Deserialize, Serialize};
 
 /// Shape of an MLP head.
@@ -19,8 +22,35 @@ pub struct HeadConfig {
     pub out: usize,
     /// Linear layers: 2 (`in -> hidden -> out`) or 3 (`in -> hidden -> hidden -> out`).
     pub layers: usize,
-    /// BatchNorm after each hidden Linear (before its ReLU).
+    /// BatchNorm after each hidden Linear (before its activation).
     pub batchnorm: bool,
+    /// The hidden layers' activation: `relu`, or `gelu` (DINO's head).
+    pub activation: Activation,
+    /// How the Linear layers start: `torch` (PyTorch's `nn.Linear` default), or
+    /// `trunc_normal` (weights N(0, 0.02) truncated at ±2, biases 0: DINO's head).
+    pub init: HeadInit,
+}
+
+/// The activation between a head's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    Relu,
+    /// The exact (erf) GELU, as `nn.GELU()`.
+    Gelu,
+}
+
+/// How a head's Linear layers are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadInit {
+    /// PyTorch's `nn.Linear` default: weight and bias uniform on `±1/sqrt(fan_in)`.
+    #[default]
+    Torch,
+    /// DINO's `trunc_normal_(std=0.02)` weights (cut at ±2, a hundred standard deviations
+    /// out: a plain normal here) and zero biases.
+    TruncNormal,
 }
 
 impl Default for HeadConfig {
@@ -31,6 +61,8 @@ impl Default for HeadConfig {
             out: 128,
             layers: 2,
             batchnorm: false,
+            activation: Activation::Relu,
+            init: HeadInit::Torch,
         }
     }
 }
@@ -44,25 +76,41 @@ impl HeadConfig {
             out: 2048,
             layers: 3,
             batchnorm: true,
+            ..Self::default()
         }
     }
 
     pub fn init<B: Backend>(&self, d_in: usize, device: &B::Device) -> MlpHead<B> {
         let bn = |d| self.batchnorm.then(|| BatchNormConfig::new(d).init(device));
+        let fc = |d_in, d_out| {
+            let config = LinearConfig::new(d_in, d_out);
+            match self.init {
+                HeadInit::Torch => config.init(device),
+                HeadInit::TruncNormal => {
+                    let normal = Initializer::Normal {
+                        mean: 0.0,
+                        std: 0.02,
+                    };
+                    Linear {
+                        bias: Some(Initializer::Zeros.init([d_out], device)),
+                        ..config.with_initializer(normal).init(device)
+                    }
+                }
+            }
+        };
         let three = self.layers == 3;
         MlpHead {
-            fc1: LinearConfig::new(d_in, self.hidden).init(device),
+            fc1: fc(d_in, self.hidden),
             bn1: bn(self.hidden),
-            fc2: LinearConfig::new(self.hidden, if three { self.hidden } else { self.out })
-                .init(device),
+            fc2: fc(self.hidden, if three { self.hidden } else { self.out }),
             bn2: if three { bn(self.hidden) } else { None },
-            fc3: three.then(|| LinearConfig::new(self.hidden, self.out).init(device)),
-            relu: Relu::new(),
+            fc3: three.then(|| fc(self.hidden, self.out)),
+            activation: self.activation,
         }
     }
 }
 
-/// `fc1 -> [bn1] -> relu -> fc2`, or with three layers `... -> fc2 -> [bn2] -> relu -> fc3`.
+/// `fc1 -> [bn1] -> act -> fc2`, or with three layers `... -> fc2 -> [bn2] -> act -> fc3`.
 #[derive(Module, Debug)]
 pub struct MlpHead<B: Backend> {
     pub fc1: Linear<B>,
@@ -70,7 +118,9 @@ pub struct MlpHead<B: Backend> {
     pub fc2: Linear<B>,
     pub bn2: Option<BatchNorm<B>>,
     pub fc3: Option<Linear<B>>,
-    pub relu: Relu,
+    /// Not a parameter: its record is empty, as the `Relu` this field once was (checkpoints
+    /// keep their layout).
+    pub activation: Activation,
 }
 
 impl<B: CollectiveBackend> MlpHead<B> {
@@ -84,7 +134,10 @@ impl<B: CollectiveBackend> MlpHead<B> {
                 Some(bn) => bn.forward(x),
                 None => x,
             };
-            self.relu.forward(x)
+            match self.activation {
+                Activation::Relu => relu(x),
+                Activation::Gelu => gelu(x),
+            }
         };
         let x = linear(&self.fc2, hidden(linear(&self.fc1, x), &self.bn1));
         match &self.fc3 {
@@ -111,6 +164,7 @@ mod tests {
             out: 8,
             layers: 3,
             batchnorm: true,
+            ..Default::default()
         }
         .init::<CpuBackend>(32, &device);
         // Linear weights and biases, plus two BatchNorms' gamma, beta, running mean and variance.
@@ -131,6 +185,7 @@ mod tests {
             out: 128,
             layers: 3,
             batchnorm: true,
+            ..Default::default()
         }
         .init::<CpuBackend>(512, &device);
         for (name, layer) in [("fc1", &head.fc1), ("fc2", &head.fc2)]

@@ -18,9 +18,11 @@
 pub mod backbone;
 pub mod heads;
 pub mod prepared;
+pub mod prototypes;
 
 pub use backbone::{Backbone, BackboneKind};
-pub use heads::{HeadConfig, MlpHead};
+pub use heads::{Activation, HeadConfig, HeadInit, MlpHead};
+pub use prototypes::{Prototypes, PrototypesConfig};
 
 use crate::distributed::collective::CollectiveBackend;
 use crate::gpu_memory::GpuMemoryReport;
@@ -75,6 +77,8 @@ pub struct ModelConfig {
     pub head: HeadConfig,
     /// The predictor on top of the projector (BYOL); `None`: no predictor.
     pub predictor: Option<HeadConfig>,
+    /// The prototype layer after the projector (DINO); `None`: none.
+    pub prototypes: Option<PrototypesConfig>,
 }
 
 impl Default for ModelConfig {
@@ -85,6 +89,7 @@ impl Default for ModelConfig {
             stem: Stem::Auto,
             head: HeadConfig::default(),
             predictor: None,
+            prototypes: None,
         }
     }
 }
@@ -102,6 +107,7 @@ impl ModelConfig {
                 ..Default::default()
             },
             predictor: None,
+            prototypes: None,
         }
     }
 
@@ -118,6 +124,7 @@ impl ModelConfig {
                 .init(self.width, self.stem.for_size(32), device),
             head: self.head.init(self.embedding_dim(), device),
             predictor: self.predictor.map(|p| p.init(self.head.out, device)),
+            prototypes: self.prototypes.map(|p| p.init(self.head.out, device)),
         }
     }
 }
@@ -133,21 +140,42 @@ pub struct LegacySslModelRecord<B: Backend> {
 
 impl<B: Backend> LegacySslModelRecord<B> {
     pub fn upgrade(self) -> SslModelRecord<B> {
-        SslModelRecord {
+        SslModelRecordV3 {
             encoder: backbone::upgrade_legacy_record(self.encoder),
             head: self.head,
             predictor: self.predictor,
         }
+        .upgrade()
     }
 }
 
-/// Encoder, projector and (BYOL) predictor: the module the optimizer trains. Methods with a
-/// momentum network keep it themselves (`methods::momentum`).
+/// An [`SslModel`]'s record in checkpoints from before the prototype layer (format 3).
+#[derive(burn::record::Record)]
+pub struct SslModelRecordV3<B: Backend> {
+    pub encoder: <Backbone<B> as Module<B>>::Record,
+    pub head: <MlpHead<B> as Module<B>>::Record,
+    pub predictor: <Option<MlpHead<B>> as Module<B>>::Record,
+}
+
+impl<B: Backend> SslModelRecordV3<B> {
+    pub fn upgrade(self) -> SslModelRecord<B> {
+        SslModelRecord {
+            encoder: self.encoder,
+            head: self.head,
+            predictor: self.predictor,
+            prototypes: None,
+        }
+    }
+}
+
+/// Encoder, projector, (BYOL) predictor and (DINO) prototypes: the module the optimizer
+/// trains. Methods with a momentum network keep it themselves (`methods::momentum`).
 #[derive(Module, Debug)]
 pub struct SslModel<B: Backend> {
     pub encoder: Backbone<B>,
     pub head: MlpHead<B>,
     pub predictor: Option<MlpHead<B>>,
+    pub prototypes: Option<Prototypes<B>>,
 }
 
 impl<B: NetworkOps> SslModel<B> {
@@ -171,6 +199,7 @@ mod tests {
             out: 8,
             layers: 2,
             batchnorm: true,
+            ..Default::default()
         });
         let model = config.init::<CpuBackend>(&device);
         let images = Tensor::<CpuBackend, 4>::zeros([3, 3, 32, 32], &device);

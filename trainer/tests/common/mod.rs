@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use trainer::backend::DeviceKind;
 use trainer::config::TrainConfig;
+use trainer::data::augment::ViewSpec;
 use trainer::data::{ImageDataset, Splits, IMAGE_BYTES};
 use trainer::jobs::train::{EpochMetrics, Outcome, TrainJob};
 use trainer::methods::{MethodConfig, MethodKind};
@@ -132,10 +133,32 @@ pub fn small(kind: MethodKind, epochs: usize) -> TrainConfig {
     if let MethodConfig::Mocov2(moco) = &mut config.method {
         moco.queue_size = 16;
     }
+    if let Some(prototypes) = &mut config.model.prototypes {
+        prototypes.count = 32;
+    }
     config.optim.warmup_epochs = config.optim.warmup_epochs.min(1.0);
     config.knn.bank_size = 48;
     config.knn.query_size = 12;
     config.knn.k = 5;
+    config
+}
+
+/// [`small`] DINO with multi-crop: two global views at the input size, then three local views
+/// of 16 pixels from 5-40 % of the image (DINO's local crop scale).
+pub fn dino_multi_crop(epochs: usize) -> TrainConfig {
+    let mut config = small(MethodKind::Dino, epochs);
+    config.augment.views = vec![
+        ViewSpec {
+            count: 2,
+            ..ViewSpec::default()
+        },
+        ViewSpec {
+            count: 3,
+            size: 16,
+            crop_scale: Some([0.05, 0.4]),
+            ..ViewSpec::default()
+        },
+    ];
     config
 }
 

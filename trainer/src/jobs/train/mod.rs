@@ -357,6 +357,7 @@ impl TrainJob {
         let started = Instant::now();
         let skipped_before = state.loss_scaler.skipped_steps;
         let mut pairs = 0usize;
+        let views_per_image = config.augment.view_recipes().len();
         for batch in loader {
             let state = &mut trainee.state;
             let lr = config.optim.lr_at(state.global_step, &epochs.schedule);
@@ -401,9 +402,10 @@ impl TrainJob {
             )?;
             let rate = pairs as f64 / started.elapsed().as_secs_f64();
             bar.set_message(format!(
-                "loss {:.4} | z_std {:.4} | lr {lr:.3e} | {rate:.1} pairs/s",
+                "loss {:.4} | z_std {:.4} | lr {lr:.3e} | {}",
                 state.loss_sum_in_epoch / state.step_in_epoch as f64,
-                state.z_std_sum_in_epoch / state.step_in_epoch as f64
+                state.z_std_sum_in_epoch / state.step_in_epoch as f64,
+                throughput(rate, views_per_image)
             ));
             bar.inc(1);
             if let Some(estimate) = epochs.estimate.as_mut() {
@@ -478,5 +480,17 @@ fn report_epoch_costs(main: bool, epoch: usize, seconds: f64, skipped: usize, sc
              the loss scale is now {}",
             scaler.scale
         );
+    }
+}
+
+/// Images per second as the progress bar shows it: pairs/s for two views of each image,
+/// images/s and views/s otherwise (multi-crop).
+fn throughput(images_per_s: f64, views_per_image: usize) -> String {
+    match views_per_image {
+        2 => format!("{images_per_s:.1} pairs/s"),
+        views => format!(
+            "{images_per_s:.1} images/s ({:.0} views/s)",
+            images_per_s * views as f64
+        ),
     }
 }

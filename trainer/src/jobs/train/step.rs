@@ -54,6 +54,7 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     device: &B::Device,
 ) -> (SslModel<B>, StepStats) {
     let views = batch.into().into_views::<B>(device);
+    method.begin_step(step, schedule);
     let StepGradients { stats, grads } = {
         let _autocast = precision::autocast(scaler.precision);
         scaled_loss_and_gradients(&model, method, views, scaler.loss_factor())
@@ -73,6 +74,7 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
             },
         );
     }
+    method.adjust_gradients(&model, &mut grads);
     let (model, grad_norm) = apply_update(model, optimizer, grads, lr, grad_clip);
     method.after_update(&model, step, schedule);
     (model, StepStats { grad_norm, ..stats })
