@@ -20,6 +20,8 @@ Writes one safetensors file (float32) with two kinds of reference:
      RandomApply(ColorJitter, 0.8) and RandomGrayscale(0.2) change, 20,000 probes each;
    - per-channel mean and standard deviation of normalised views of the first 2,000 training
      images, 2 views each, through the whole pipeline.
+   - RandomResizedCrop(16, scale=(0.05, 0.4)).get_params on a 32 px image (DINO's local crops),
+     50,000 draws: mean and deciles of area fraction and aspect ratio (`local_crop_*`).
 
 Regenerate (needs torch, torchvision, safetensors):
   python3 bench/augment_reference.py CIFAR10_BIN_DIR tests/fixtures/augment_reference.safetensors
@@ -144,6 +146,12 @@ def main():
         "blur_sigma": summary([T.GaussianBlur.get_params(0.1, 2.0) for _ in range(50_000)]),
         "blur_fraction": applied_fraction(blur, checkerboard.contiguous(), 20_000),
     }
+    # DINO's local crops (scale 0.05 to 0.4 of the 32 px image, resized to 16), drawn after
+    # everything above for the same reason.
+    local = [T.RandomResizedCrop(16, scale=(0.05, 0.4)).get_params(probe, [0.05, 0.4], [3 / 4, 4 / 3])
+             for _ in range(50_000)]
+    stats["local_crop_area"] = summary([h * w / 1024 for (_, _, h, w) in local])
+    stats["local_crop_aspect"] = summary([w / h for (_, _, h, w) in local])
     tensors = {f"op.{name}": out.numpy() for name, _, _, out in ops}
     metadata = {
         "ops": json.dumps({name: {"image": index, **params} for name, index, params, _ in ops}),

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use trainer::data::augment::{self, AugmentConfig, JitterParams, PIXELS, SIDE};
+use trainer::data::augment::{self, AugmentConfig, JitterParams, ViewSpec, PIXELS, SIDE};
 use trainer::data::{self, Splits};
 use trainer::named_params::read_safetensors;
 
@@ -195,6 +195,14 @@ fn compare(key: &str, values: &mut [f64], tolerance: f64) -> Result<(), String> 
 const DRAWS: usize = 50_000;
 
 fn crop_statistics(
+    crop: impl FnMut(&mut ChaCha8Rng) -> (usize, usize, usize, usize),
+) -> [Result<(), String>; 2] {
+    crop_statistics_of("crop", crop)
+}
+
+/// [`crop_statistics`] against the reference's `{key}_area` and `{key}_aspect`.
+fn crop_statistics_of(
+    key: &str,
     mut crop: impl FnMut(&mut ChaCha8Rng) -> (usize, usize, usize, usize),
 ) -> [Result<(), String>; 2] {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -205,9 +213,43 @@ fn crop_statistics(
         })
         .unzip();
     [
-        compare("crop_area", &mut area, 0.015),
-        compare("crop_aspect", &mut aspect, 0.015),
+        compare(&format!("{key}_area"), &mut area, 0.015),
+        compare(&format!("{key}_aspect"), &mut aspect, 0.015),
     ]
+}
+
+/// A multi-crop list's local views (16 px from 5-40 % of the image, DINO's) draw their crops as
+/// torchvision's `RandomResizedCrop(16, scale=(0.05, 0.4))` does, through the view list.
+#[test]
+fn local_views_crop_as_torchvision_with_their_own_scale() {
+    let config = AugmentConfig {
+        views: vec![
+            ViewSpec {
+                count: 2,
+                ..ViewSpec::default()
+            },
+            ViewSpec {
+                count: 6,
+                size: 16,
+                crop_scale: Some([0.05, 0.4]),
+                ..ViewSpec::default()
+            },
+        ],
+        ..AugmentConfig::default()
+    };
+    let recipes = config.view_recipes();
+    assert_eq!(recipes.len(), 8);
+    let local = recipes[2];
+    assert_eq!((local.size, local.crop_scale), (16, [0.05, 0.4]));
+    for result in crop_statistics_of("local_crop", |rng| {
+        let view = config.sample(SIDE, &local, rng);
+        assert_eq!(view.side, 16);
+        view.crop
+    }) {
+        result.unwrap();
+    }
+    // The global views keep the shared scale: their crops are the two-view ones.
+    assert_eq!(recipes[0].crop_scale, config.crop_scale);
 }
 
 #[test]
