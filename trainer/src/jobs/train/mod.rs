@@ -401,12 +401,7 @@ impl TrainJob {
                 },
             )?;
             let rate = pairs as f64 / started.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} | z_std {:.4} | lr {lr:.3e} | {}",
-                state.loss_sum_in_epoch / state.step_in_epoch as f64,
-                state.z_std_sum_in_epoch / state.step_in_epoch as f64,
-                throughput(rate, views_per_image)
-            ));
+            bar.set_message(bar_message(&state, lr, rate, views_per_image));
             bar.inc(1);
             if let Some(estimate) = epochs.estimate.as_mut() {
                 let total_steps = epochs.schedule.steps_per_epoch * config.epochs;
@@ -483,6 +478,22 @@ fn report_epoch_costs(main: bool, epoch: usize, seconds: f64, skipped: usize, sc
     }
 }
 
+/// The progress bar's line: the epoch's mean loss and collapse monitor so far, the learning
+/// rate and the throughput.
+fn bar_message(
+    state: &crate::checkpoint::TrainState,
+    lr: f64,
+    images_per_s: f64,
+    views_per_image: usize,
+) -> String {
+    format!(
+        "loss {:.4} | z_std {:.4} | lr {lr:.3e} | {}",
+        state.loss_sum_in_epoch / state.step_in_epoch as f64,
+        state.z_std_sum_in_epoch / state.step_in_epoch as f64,
+        throughput(images_per_s, views_per_image)
+    )
+}
+
 /// Images per second as the progress bar shows it: pairs/s for two views of each image,
 /// images/s and views/s otherwise (multi-crop).
 fn throughput(images_per_s: f64, views_per_image: usize) -> String {
@@ -492,5 +503,16 @@ fn throughput(images_per_s: f64, views_per_image: usize) -> String {
             "{images_per_s:.1} images/s ({:.0} views/s)",
             images_per_s * views as f64
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::throughput;
+
+    #[test]
+    fn multi_crop_throughput_counts_views() {
+        assert_eq!(throughput(100.0, 2), "100.0 pairs/s");
+        assert_eq!(throughput(100.0, 8), "100.0 images/s (800 views/s)");
     }
 }
