@@ -490,29 +490,6 @@ fn bar_message(
         "loss {:.4} | z_std {:.4} | lr {lr:.3e} | {}",
         state.loss_sum_in_epoch / state.step_in_epoch as f64,
         state.z_std_sum_in_epoch / state.step_in_epoch as f64,
-        throughput(images_per_s, views_per_image)
+        run_log::throughput(images_per_s, views_per_image)
     )
-}
-
-/// Images per second as the progress bar shows it: pairs/s for two views of each image,
-/// images/s and views/s otherwise (multi-crop).
-fn throughput(images_per_s: f64, views_per_image: usize) -> String {
-    match views_per_image {
-        2 => format!("{images_per_s:.1} pairs/s"),
-        views => format!(
-            "{images_per_s:.1} images/s ({:.0} views/s)",
-            images_per_s * views as f64
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::throughput;
-
-    #[test]
-    fn multi_crop_throughput_counts_views() {
-        assert_eq!(throughput(100.0, 2), "100.0 pairs/s");
-        assert_eq!(throughput(100.0, 8), "100.0 images/s (800 views/s)");
-    }
 }

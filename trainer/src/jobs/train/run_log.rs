@@ -26,6 +26,8 @@ struct LogFiles {
     events: EventWriter,
     /// When the last per-step row was written, and the images seen by then (its throughput).
     last_row: (Instant, usize),
+    /// Views of each image (2, or more with multi-crop), for the throughput in views.
+    views_per_image: usize,
 }
 
 /// One optimizer step as the log sees it.
@@ -60,6 +62,7 @@ impl RunLog {
                 metrics,
                 events,
                 last_row: (Instant::now(), 0),
+                views_per_image: config.augment.view_recipes().len(),
             }),
         })
     }
@@ -132,12 +135,12 @@ impl RunLog {
         files.events.scalars(metrics.epoch as u64, &values)?;
         files.events.flush()?;
         println!(
-            "epoch {}/{epochs}: loss {:.4} | z_std {:.4} | kNN top-1 {:.2} % | {:.1} pairs/s | {:.0} s | saved {}",
+            "epoch {}/{epochs}: loss {:.4} | z_std {:.4} | kNN top-1 {:.2} % | {} | {:.0} s | saved {}",
             metrics.epoch,
             metrics.loss,
             metrics.z_std,
             100.0 * metrics.knn_top1,
-            metrics.pairs_per_s,
+            throughput(metrics.pairs_per_s, files.views_per_image),
             metrics.seconds,
             checkpoint.display()
         );
@@ -190,5 +193,28 @@ impl MetricsFile {
             .with_context(|| format!("cannot write {} (disk full?)", self.path.display()))?;
         self.rows.push(metrics.clone());
         Ok(())
+    }
+}
+
+/// Images per second as the progress bar and the epoch line show it: pairs/s for two views of
+/// each image, images/s and views/s otherwise (multi-crop).
+pub(super) fn throughput(images_per_s: f64, views_per_image: usize) -> String {
+    match views_per_image {
+        2 => format!("{images_per_s:.1} pairs/s"),
+        views => format!(
+            "{images_per_s:.1} images/s ({:.0} views/s)",
+            images_per_s * views as f64
+        ),
+    }
+}
+
+#[cfg(test)]
+mod throughput_tests {
+    use super::throughput;
+
+    #[test]
+    fn multi_crop_throughput_counts_views() {
+        assert_eq!(throughput(100.0, 2), "100.0 pairs/s");
+        assert_eq!(throughput(100.0, 8), "100.0 images/s (800 views/s)");
     }
 }
