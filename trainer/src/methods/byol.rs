@@ -4,7 +4,7 @@
 //! `loss = (2 - 2 cos(p_a, t_b)) + (2 - 2 cos(p_b, t_a))`, each averaged over the batch
 //! (solo-learn's `byol_loss_func`, summed over both directions), so it lies in [0, 8].
 
-use super::momentum::{tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
+use super::momentum::{check_tau, tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
 use super::{split_views, Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
 use crate::data::augment::AugmentConfig;
@@ -70,10 +70,7 @@ impl MethodSettings for ByolConfig {
     }
 
     fn validate(&self, _: usize, model: &ModelConfig) -> Result<()> {
-        ensure!(
-            (0.0..=1.0).contains(&self.tau_base) && (0.0..=1.0).contains(&self.tau_final),
-            "method.tau_base and method.tau_final must be in [0, 1]"
-        );
+        check_tau(self.tau_base, self.tau_final)?;
         ensure!(
             model.predictor.is_some(),
             "BYOL needs a predictor ([model.predictor]): without it the online network can match \

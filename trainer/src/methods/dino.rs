@@ -9,7 +9,7 @@
 //! of one size through the encoder in one pass, the head over all views at once) and
 //! solo-learn's `dino.py`.
 
-use super::momentum::{momentum_copy, tau_at, update_momentum, MomentumNetwork};
+use super::momentum::{check_tau, momentum_copy, tau_at, update_momentum, MomentumNetwork};
 use super::{Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, ViewRecipe};
@@ -121,11 +121,10 @@ impl MethodSettings for DinoConfig {
             "method.student_temperature, method.teacher_temperature and \
              method.warmup_teacher_temperature must be positive"
         );
+        check_tau(self.tau_base, self.tau_final)?;
         ensure!(
-            [self.tau_base, self.tau_final, self.center_momentum]
-                .iter()
-                .all(|v| (0.0..=1.0).contains(v)),
-            "method.tau_base, method.tau_final and method.center_momentum must be in [0, 1]"
+            (0.0..=1.0).contains(&self.center_momentum),
+            "method.center_momentum must be in [0, 1]"
         );
         ensure!(
             model.prototypes.is_some_and(|p| p.count >= 2),
@@ -221,10 +220,6 @@ impl<B: TrainBackend> Dino<B> {
             epoch: 0,
             device: device.clone(),
         }
-    }
-
-    pub fn center(&self) -> Tensor<B, 2> {
-        self.state.center.val()
     }
 
     /// The teacher's logits of the global views `[2N, 3, S, S]`, detached.

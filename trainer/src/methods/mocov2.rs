@@ -5,7 +5,7 @@
 //! keys replace the oldest entries of their view's queue (queue size a multiple of the batch).
 //! The queue starts as random unit vectors and is saved in every checkpoint.
 
-use super::momentum::{tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
+use super::momentum::{check_tau, tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
 use super::{split_views, Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, PerView};
@@ -94,10 +94,7 @@ impl MethodSettings for MocoV2Config {
             self.temperature > 0.0,
             "method.temperature must be positive"
         );
-        ensure!(
-            (0.0..=1.0).contains(&self.tau_base) && (0.0..=1.0).contains(&self.tau_final),
-            "method.tau_base and method.tau_final must be in [0, 1]"
-        );
+        check_tau(self.tau_base, self.tau_final)?;
         ensure!(
             self.queue_size >= batch_size && self.queue_size % batch_size == 0,
             "method.queue_size ({}) must be a multiple of batch_size ({}): each step replaces \

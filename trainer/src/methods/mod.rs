@@ -160,15 +160,27 @@ macro_rules! methods {
                 }
             }
 
-            fn settings(&self) -> &dyn DynSettings {
+            /// The loss temperature, for `--temperature` (see
+            /// [`MethodSettings::temperature_mut`]).
+            fn temperature_mut(&mut self) -> Option<&mut f64> {
                 match self {
-                    $(Self::$variant(c) => c,)+
+                    $(Self::$variant(c) => c.temperature_mut(),)+
                 }
             }
 
-            fn settings_mut(&mut self) -> &mut dyn DynSettings {
+            /// Rejects settings that would only fail later, deep in training, for a run of
+            /// `batch_size` images per step with the network `model` and the views `views`.
+            pub fn validate(
+                &self,
+                batch_size: usize,
+                model: &ModelConfig,
+                views: &[ViewRecipe],
+            ) -> Result<()> {
                 match self {
-                    $(Self::$variant(c) => c,)+
+                    $(Self::$variant(c) => {
+                        c.validate_views($name, views)?;
+                        c.validate(batch_size, model)
+                    })+
                 }
             }
 
@@ -203,26 +215,6 @@ methods! {
     Dino = "dino" => dino::DinoConfig,
 }
 
-/// The object-safe part of [`MethodSettings`] (all but `preset` and `build`), so that the
-/// registry's dispatch is written once.
-trait DynSettings {
-    fn validate(&self, batch_size: usize, model: &ModelConfig) -> Result<()>;
-    fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()>;
-    fn temperature_mut(&mut self) -> Option<&mut f64>;
-}
-
-impl<T: MethodSettings> DynSettings for T {
-    fn validate(&self, batch_size: usize, model: &ModelConfig) -> Result<()> {
-        MethodSettings::validate(self, batch_size, model)
-    }
-    fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()> {
-        MethodSettings::validate_views(self, name, views)
-    }
-    fn temperature_mut(&mut self) -> Option<&mut f64> {
-        MethodSettings::temperature_mut(self)
-    }
-}
-
 impl Default for MethodConfig {
     fn default() -> Self {
         Self::Simclr(Default::default())
@@ -254,10 +246,10 @@ impl MethodConfig {
     /// Sets the loss temperature (`--temperature`); an error for methods without one.
     pub fn set_temperature(&mut self, temperature: f64) -> Result<()> {
         let kind = self.kind();
-        let Some(t) = self.settings_mut().temperature_mut() else {
+        let Some(t) = self.temperature_mut() else {
             let with_one: Vec<&str> = MethodKind::ALL
                 .iter()
-                .filter(|k| k.preset().method.settings_mut().temperature_mut().is_some())
+                .filter(|k| k.preset().method.temperature_mut().is_some())
                 .map(|k| k.name())
                 .collect();
             anyhow::bail!(
@@ -268,19 +260,6 @@ impl MethodConfig {
         };
         *t = temperature;
         Ok(())
-    }
-
-    /// Rejects settings that would only fail later, deep in training, for a run of
-    /// `batch_size` images per step with the network `model` and the views `views`.
-    pub fn validate(
-        &self,
-        batch_size: usize,
-        model: &ModelConfig,
-        views: &[ViewRecipe],
-    ) -> Result<()> {
-        let settings = self.settings();
-        settings.validate_views(self.kind().name(), views)?;
-        settings.validate(batch_size, model)
     }
 }
 

@@ -21,6 +21,15 @@ pub fn tau_at(base: f64, end: f64, step: usize, total_steps: usize) -> f64 {
     end - (end - base) * ((std::f64::consts::PI * progress).cos() + 1.0) / 2.0
 }
 
+/// Rejects momentum settings outside [0, 1] (`method.tau_base`, `method.tau_final`).
+pub fn check_tau(base: f64, end: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&base) && (0.0..=1.0).contains(&end),
+        "method.tau_base and method.tau_final must be in [0, 1]"
+    );
+    Ok(())
+}
+
 /// The momentum copy of the online encoder and projector.
 #[derive(Module, Debug)]
 pub struct MomentumNetwork<B: Backend> {

@@ -69,10 +69,6 @@ impl<B: Backend> Prototypes<B> {
             burn::tensor::module::linear(to_compute(l2_normalize(z)), to_compute(weight), None);
         to_f32(logits)
     }
-
-    pub fn count(&self) -> usize {
-        self.weight_v.dims()[1]
-    }
 }
 
 #[cfg(test)]
@@ -111,7 +107,7 @@ mod tests {
         let device = Default::default();
         let fixed = PrototypesConfig::default().init::<CpuBackend>(8, &device);
         assert!(fixed.weight_g.is_none());
-        assert_eq!(fixed.count(), 4096);
+        assert_eq!(fixed.weight_v.dims(), [8, 4096]);
         let trained = PrototypesConfig {
             count: 5,
             normalized: false,
