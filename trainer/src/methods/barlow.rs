@@ -5,12 +5,12 @@
 //! Defaults: the paper's lambda 0.0051 and scale 1 (solo-learn's CIFAR-10 preset scales by 0.1).
 
 use super::{
-    centred, off_diagonal_mask, two_view_step, Method, MethodConfig, MethodSettings, Preset,
-    StepOutput,
+    off_diagonal_mask, two_view_step, Method, MethodConfig, MethodSettings, Preset, StepOutput,
 };
 use crate::backend::TrainBackend;
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::Views;
+use crate::model::heads::batch_normalized;
 use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::OptimConfig;
 use burn::prelude::*;
@@ -73,8 +73,6 @@ impl<B: TrainBackend> Method<B> for BarlowTwins {
     }
 }
 
-const NORM_EPSILON: f64 = 1e-5;
-
 impl BarlowTwinsLoss {
     /// The cross-correlation matrix `C`, `[D, D]`.
     pub fn cross_correlation<B: Backend>(z_a: Tensor<B, 2>, z_b: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -134,13 +132,6 @@ impl BarlowTwinsLoss {
         let (on, off) = Self::terms(z_a, z_b);
         (on + off * self.lambda) * self.scale
     }
-}
-
-/// Each column scaled to zero mean and unit (biased) variance over the batch.
-fn batch_normalized<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 2> {
-    let z = centred(z);
-    let variance = z.clone().powi_scalar(2).mean_dim(0);
-    z / (variance + NORM_EPSILON).sqrt()
 }
 
 #[cfg(test)]

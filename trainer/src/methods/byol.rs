@@ -4,8 +4,10 @@
 //! `loss = (2 - 2 cos(p_a, t_b)) + (2 - 2 cos(p_b, t_a))`, each averaged over the batch
 //! (solo-learn's `byol_loss_func`, summed over both directions), so it lies in [0, 8].
 
-use super::momentum::{check_tau, tau_at, LegacyMomentumNetworkRecord, MomentumNetwork};
-use super::{split_views, Method, MethodConfig, MethodSettings, Preset, StepOutput};
+use super::momentum::{check_tau, tau_at, MomentumNetwork};
+use super::{
+    require_predictor, split_views, Method, MethodConfig, MethodSettings, Preset, StepOutput,
+};
 use crate::backend::TrainBackend;
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::Views;
@@ -13,9 +15,7 @@ use crate::distributed::sync::gather_views;
 use crate::eval::knn::l2_normalize;
 use crate::model::{HeadConfig, ModelConfig, SslModel};
 use crate::optim::{OptimConfig, Schedule};
-use crate::records::{decode_record, encode_record};
-use anyhow::{ensure, Result};
-use burn::module::Module;
+use anyhow::Result;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -71,12 +71,7 @@ impl MethodSettings for ByolConfig {
 
     fn validate(&self, _: usize, model: &ModelConfig) -> Result<()> {
         check_tau(self.tau_base, self.tau_final)?;
-        ensure!(
-            model.predictor.is_some(),
-            "BYOL needs a predictor ([model.predictor]): without it the online network can match \
-             the target by collapsing. `--method byol` sets the published one"
-        );
-        Ok(())
+        require_predictor("BYOL", "byol", model)
     }
 }
 
@@ -161,17 +156,11 @@ impl<B: TrainBackend> Method<B> for Byol<B> {
     }
 
     fn save_state(&self) -> Result<Vec<u8>> {
-        encode_record::<B, _>(self.target.clone().into_record())
+        self.target.to_bytes()
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
-        // A file from before backbones had names holds the legacy layout.
-        let record = decode_record::<B, _>(bytes, &self.device).or_else(|error| {
-            decode_record::<B, LegacyMomentumNetworkRecord<B>>(bytes, &self.device)
-                .map(LegacyMomentumNetworkRecord::upgrade)
-                .map_err(|_| error)
-        })?;
-        self.target = self.target.clone().load_record(record).no_grad();
+        self.target = self.target.clone().load_bytes(bytes, &self.device)?;
         Ok(())
     }
 }

@@ -96,6 +96,7 @@ impl MethodSettings for DinoConfig {
                 batchnorm: false,
                 activation: Activation::Gelu,
                 init: HeadInit::TruncNormal,
+                ..Default::default()
             },
             predictor: None,
             prototypes: Some(PrototypesConfig::default()),

@@ -231,17 +231,7 @@ impl<B: TrainBackend> Method<B> for MocoV2<B> {
         let images = views.two_views();
         let z = gather_views(model.forward(images.clone()));
         let (q_a, q_b) = split_views(l2_normalize(z.clone()));
-        // Each view through the key encoder on its own, as solo-learn does: in one forward,
-        // BatchNorm's batch statistics would mix a query's view into its positive key, the
-        // intra-batch leak that MoCo's shuffle-BN exists to prevent.
-        let [rows, channels, height, width] = images.dims();
-        let view = |range: std::ops::Range<usize>| {
-            let images = images
-                .clone()
-                .slice([range, 0..channels, 0..height, 0..width]);
-            self.state.key_encoder.forward(images)
-        };
-        let keys = Tensor::cat(vec![view(0..rows / 2), view(rows / 2..rows)], 0);
+        let keys = self.state.key_encoder.forward_each_view(images);
         let keys = l2_normalize(gather_views(keys));
         let [rows, d] = keys.dims();
         let (k_a, k_b) = split_views(keys.clone());

@@ -12,8 +12,10 @@ pub mod barlow;
 pub mod byol;
 pub mod dino;
 pub mod mocov2;
+pub mod mocov3;
 pub mod momentum;
 pub mod simclr;
+pub mod simsiam;
 pub mod vicreg;
 
 use crate::backend::TrainBackend;
@@ -213,6 +215,10 @@ methods! {
     /// DINO (Caron et al. 2021): a student matches a momentum teacher's centred, sharpened
     /// distribution over prototypes; multi-crop.
     Dino = "dino" => dino::DinoConfig,
+    /// SimSiam (Chen and He 2021): predictor + stop-gradient, no negatives, no momentum.
+    Simsiam = "simsiam" => simsiam::SimSiamConfig,
+    /// MoCo v3 (Chen et al. 2021): predictor + momentum encoder, the batch as negatives.
+    Mocov3 = "mocov3" => mocov3::MocoV3Config,
 }
 
 impl Default for MethodConfig {
@@ -302,6 +308,17 @@ fn two_view_step<B: TrainBackend>(
         loss: loss(z_a, z_b),
         projections: z,
     }
+}
+
+/// Rejects a network without a predictor for a method that needs one (`title`: the method as
+/// people write it, `name`: its `--method` name).
+fn require_predictor(title: &str, name: &str, model: &ModelConfig) -> Result<()> {
+    ensure!(
+        model.predictor.is_some(),
+        "{title} needs a predictor ([model.predictor]): without it the two branches can agree \
+         by collapsing. `--method {name}` sets the published one"
+    );
+    Ok(())
 }
 
 /// The two views' rows of `z` (`[2N, d]`): `(first views, second views)`.
@@ -407,9 +424,9 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("queue_size"), "{err}");
-        let err = toml::from_str::<T>("[method]\nname = \"simsiam\"")
+        let err = toml::from_str::<T>("[method]\nname = \"mae\"")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("simsiam"), "{err}");
+        assert!(err.contains("mae"), "{err}");
     }
 }

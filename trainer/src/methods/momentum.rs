@@ -7,6 +7,7 @@
 use crate::backend::TrainBackend;
 use crate::model::backbone::{upgrade_legacy_record, LegacyEncoderRecord};
 use crate::model::{Backbone, MlpHead, ModelConfig, SslModel};
+use crate::records::{decode_record, encode_record};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -76,6 +77,38 @@ impl<B: TrainBackend> MomentumNetwork<B> {
     /// Projections of `images` (training-mode BatchNorm), detached.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         self.head.forward(self.encoder.forward(images)).detach()
+    }
+
+    /// Projections of a two-view batch `images` (`[2N, ...]`), each view in a forward pass of
+    /// its own, as solo-learn's momentum networks take them: in one pass, BatchNorm's batch
+    /// statistics would mix a query's view into its positive key (the intra-batch leak that
+    /// MoCo's shuffle-BN exists to prevent).
+    pub fn forward_each_view(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [rows, channels, height, width] = images.dims();
+        let view = |range: std::ops::Range<usize>| {
+            self.forward(
+                images
+                    .clone()
+                    .slice([range, 0..channels, 0..height, 0..width]),
+            )
+        };
+        Tensor::cat(vec![view(0..rows / 2), view(rows / 2..rows)], 0)
+    }
+
+    /// The network's record, for a checkpoint's method state.
+    pub fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        encode_record::<B, _>(self.clone().into_record())
+    }
+
+    /// The network with the values [`MomentumNetwork::to_bytes`] saved (or a file from before
+    /// backbones had names saved, in the legacy layout).
+    pub fn load_bytes(self, bytes: &[u8], device: &B::Device) -> anyhow::Result<Self> {
+        let record = decode_record::<B, _>(bytes, device).or_else(|error| {
+            decode_record::<B, LegacyMomentumNetworkRecord<B>>(bytes, device)
+                .map(LegacyMomentumNetworkRecord::upgrade)
+                .map_err(|_| error)
+        })?;
+        Ok(self.load_record(record).no_grad())
     }
 
     /// One EMA step towards `online` with momentum `tau`.

@@ -1,9 +1,10 @@
 //! MLP heads on top of the encoder: the projector every method trains through (SimCLR's
 //! `Linear -> ReLU -> Linear`, BYOL's with BatchNorm, Barlow Twins' and VICReg's three-layer
-//! expander, DINO's GELU projector) and BYOL's predictor. Evaluation and export never see
-//! them.
+//! expander, DINO's GELU projector, SimSiam's and MoCo v3's bias-free Linears ending in a
+//! BatchNorm without affine parameters) and the predictors of BYOL, SimSiam and MoCo v3.
+//! Evaluation and export never see them.
 
-use crate::distributed::{self, collective::CollectiveBackend};
+use crate::distributed::{self, collective::CollectiveBackend, sync::synced_moments};
 use crate::kernels::norm::batch_norm_2d;
 use crate::precision::linear;
 use burn::module::Initializer;
@@ -29,6 +30,24 @@ pub struct HeadConfig {
     /// How the Linear layers start: `torch` (PyTorch's `nn.Linear` default), or
     /// `trunc_normal` (weights N(0, 0.02) truncated at ±2, biases 0: DINO's head).
     pub init: HeadInit,
+    /// Which Linear layers have a bias: `all`, `last` (SimSiam's predictor) or `none` (MoCo
+    /// v3's heads, SimSiam's projector: a BatchNorm follows each, which cancels a bias).
+    pub bias: LinearBias,
+    /// A BatchNorm without affine parameters after the last Linear (SimSiam's and MoCo v3's
+    /// projector). In training mode, as heads always run: the batch's statistics (all ranks'
+    /// under synchronised BatchNorm), so it keeps no state.
+    pub output_norm: bool,
+}
+
+/// Which of a head's Linear layers have a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinearBias {
+    #[default]
+    All,
+    /// Only the output layer.
+    Last,
+    None,
 }
 
 /// The activation between a head's layers.
@@ -63,6 +82,8 @@ impl Default for HeadConfig {
             batchnorm: false,
             activation: Activation::Relu,
             init: HeadInit::Torch,
+            bias: LinearBias::All,
+            output_norm: false,
         }
     }
 }
@@ -82,8 +103,13 @@ impl HeadConfig {
 
     pub fn init<B: Backend>(&self, d_in: usize, device: &B::Device) -> MlpHead<B> {
         let bn = |d| self.batchnorm.then(|| BatchNormConfig::new(d).init(device));
-        let fc = |d_in, d_out| {
-            let config = LinearConfig::new(d_in, d_out);
+        let fc = |d_in, d_out, last: bool| {
+            let bias = match self.bias {
+                LinearBias::All => true,
+                LinearBias::Last => last,
+                LinearBias::None => false,
+            };
+            let config = LinearConfig::new(d_in, d_out).with_bias(bias);
             match self.init {
                 HeadInit::Torch => config.init(device),
                 HeadInit::TruncNormal => {
@@ -92,7 +118,7 @@ impl HeadConfig {
                         std: 0.02,
                     };
                     Linear {
-                        bias: Some(Initializer::Zeros.init([d_out], device)),
+                        bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
                         ..config.with_initializer(normal).init(device)
                     }
                 }
@@ -100,12 +126,19 @@ impl HeadConfig {
         };
         let three = self.layers == 3;
         MlpHead {
-            fc1: fc(d_in, self.hidden),
+            fc1: fc(d_in, self.hidden, false),
             bn1: bn(self.hidden),
-            fc2: fc(self.hidden, if three { self.hidden } else { self.out }),
+            fc2: if three {
+                fc(self.hidden, self.hidden, false)
+            } else {
+                fc(self.hidden, self.out, true)
+            },
             bn2: if three { bn(self.hidden) } else { None },
-            fc3: three.then(|| fc(self.hidden, self.out)),
-            activation: self.activation,
+            fc3: three.then(|| fc(self.hidden, self.out, true)),
+            ops: HeadOps {
+                activation: self.activation,
+                output_norm: self.output_norm,
+            },
         }
     }
 }
@@ -118,9 +151,17 @@ pub struct MlpHead<B: Backend> {
     pub fc2: Linear<B>,
     pub bn2: Option<BatchNorm<B>>,
     pub fc3: Option<Linear<B>>,
-    /// Not a parameter: its record is empty, as the `Relu` this field once was (checkpoints
-    /// keep their layout).
+    /// What the head does between and after its layers. No parameters: its record is empty,
+    /// as the `Relu` this field once was, so checkpoints keep their layout (the records are
+    /// positional: a field more would not read older files).
+    pub ops: HeadOps,
+}
+
+/// A head's activation and output normalisation (see [`HeadConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadOps {
     pub activation: Activation,
+    pub output_norm: bool,
 }
 
 impl<B: CollectiveBackend> MlpHead<B> {
@@ -134,16 +175,42 @@ impl<B: CollectiveBackend> MlpHead<B> {
                 Some(bn) => bn.forward(x),
                 None => x,
             };
-            match self.activation {
+            match self.ops.activation {
                 Activation::Relu => relu(x),
                 Activation::Gelu => gelu(x),
             }
         };
         let x = linear(&self.fc2, hidden(linear(&self.fc1, x), &self.bn1));
-        match &self.fc3 {
+        let x = match &self.fc3 {
             Some(fc3) => linear(fc3, hidden(x, &self.bn2)),
             None => x,
+        };
+        if self.ops.output_norm {
+            synced_batch_normalized(x)
+        } else {
+            x
         }
+    }
+}
+
+/// BatchNorm's epsilon (PyTorch's and Burn's default).
+pub const NORM_EPSILON: f64 = 1e-5;
+
+/// Each column scaled to zero mean and unit (biased) variance over the batch: a training-mode
+/// BatchNorm without affine parameters (`nn.BatchNorm1d(d, affine=False)`).
+pub fn batch_normalized<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 2> {
+    let mean = z.clone().mean_dim(0);
+    let z = z - mean;
+    let variance = z.clone().powi_scalar(2).mean_dim(0);
+    z / (variance + NORM_EPSILON).sqrt()
+}
+
+/// [`batch_normalized`] over the images of every rank under synchronised BatchNorm.
+fn synced_batch_normalized<B: CollectiveBackend>(z: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [n, d] = z.dims();
+    match synced_moments(z.clone().reshape([n * d, 1]), n) {
+        Some((mean, variance, _)) => (z - mean) / (variance + NORM_EPSILON).sqrt(),
+        None => batch_normalized(z),
     }
 }
 

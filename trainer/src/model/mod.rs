@@ -21,7 +21,7 @@ pub mod prepared;
 pub mod prototypes;
 
 pub use backbone::{Backbone, BackboneKind};
-pub use heads::{Activation, HeadConfig, HeadInit, MlpHead};
+pub use heads::{Activation, HeadConfig, HeadInit, LinearBias, MlpHead};
 pub use prototypes::{Prototypes, PrototypesConfig};
 
 use crate::distributed::collective::CollectiveBackend;

@@ -8,9 +8,12 @@ pub mod lars;
 use crate::backend::TrainBackend;
 use crate::model::SslModel;
 use anyhow::Result;
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, Optimizer, SgdConfig};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use lars::LarsConfig;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +55,9 @@ pub struct OptimConfig {
     pub lars_clip_lr: bool,
     /// LARS: leave biases and BatchNorm parameters out of adaptation and weight decay.
     pub lars_exclude_bias_and_norm: bool,
+    /// The predictor keeps the peak learning rate throughout, without warm-up or decay
+    /// (SimSiam: its paper's fixed predictor rate, solo-learn's `static_lr`).
+    pub fixed_predictor_lr: bool,
 }
 
 impl Default for OptimConfig {
@@ -68,6 +74,7 @@ impl Default for OptimConfig {
             lars_eta: 0.02,
             lars_clip_lr: true,
             lars_exclude_bias_and_norm: true,
+            fixed_predictor_lr: false,
         }
     }
 }
@@ -124,6 +131,61 @@ impl OptimConfig {
         let progress = ((step - warmup) as f64 / (schedule.total_steps - warmup) as f64).min(1.0);
         peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
+}
+
+/// The learning rates of one step: the schedule's, and the predictor's where it is fixed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLr {
+    pub lr: f64,
+    /// `None`: the predictor follows the schedule too.
+    pub predictor: Option<f64>,
+}
+
+impl From<f64> for StepLr {
+    fn from(lr: f64) -> Self {
+        Self {
+            lr,
+            predictor: None,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The learning rates of step `step` (0-based): [`OptimConfig::lr_at`], and the peak rate
+    /// for the predictor with `fixed_predictor_lr`.
+    pub fn step_lr(&self, step: usize, schedule: &Schedule) -> StepLr {
+        StepLr {
+            lr: self.lr_at(step, schedule),
+            predictor: self
+                .fixed_predictor_lr
+                .then(|| self.peak_lr(schedule.batch_size)),
+        }
+    }
+}
+
+/// Moves the gradients of `part`'s parameters out of `grads` into a set of their own (to
+/// update that part with its own learning rate).
+pub fn take_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    part: &M,
+    grads: &mut GradientsParams,
+) -> GradientsParams {
+    struct Take<'a> {
+        from: &'a mut GradientsParams,
+        into: GradientsParams,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Take<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = self.from.remove::<B::InnerBackend, D>(param.id) {
+                self.into.register(param.id, grad);
+            }
+        }
+    }
+    let mut take = Take {
+        from: grads,
+        into: GradientsParams::new(),
+    };
+    part.visit(&mut take);
+    take.into
 }
 
 /// The run's shape, which the learning rate and momentum schedules follow.

@@ -360,7 +360,7 @@ impl TrainJob {
         let views_per_image = config.augment.view_recipes().len();
         for batch in loader {
             let state = &mut trainee.state;
-            let lr = config.optim.lr_at(state.global_step, &epochs.schedule);
+            let lr = config.optim.step_lr(state.global_step, &epochs.schedule);
             let size = batch.size * epochs.shard.world;
             let (next, stats) = train_step(
                 trainee.model,
@@ -395,13 +395,13 @@ impl TrainJob {
                 StepRow {
                     global_step: state.global_step,
                     stats: &stats,
-                    lr,
+                    lr: lr.lr,
                     pairs,
                     scaler: &state.loss_scaler,
                 },
             )?;
             let rate = pairs as f64 / started.elapsed().as_secs_f64();
-            bar.set_message(bar_message(&state, lr, rate, views_per_image));
+            bar.set_message(bar_message(&state, lr.lr, rate, views_per_image));
             bar.inc(1);
             if let Some(estimate) = epochs.estimate.as_mut() {
                 let total_steps = epochs.schedule.steps_per_epoch * config.epochs;

@@ -9,7 +9,7 @@ use crate::distributed::sync::average_gradients;
 use crate::methods::{projection_std, Method};
 use crate::model::SslModel;
 use crate::optim::clip::clip_grad_norm;
-use crate::optim::Schedule;
+use crate::optim::{take_gradients, Schedule, StepLr};
 use crate::precision::{self, GradScaler};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -48,7 +48,7 @@ pub fn train_step<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     optimizer: &mut O,
     scaler: &mut GradScaler,
     batch: impl Into<ViewBatch>,
-    lr: f64,
+    lr: impl Into<StepLr>,
     grad_clip: f64,
     (step, schedule): (usize, &Schedule),
     device: &B::Device,
@@ -121,13 +121,14 @@ pub fn scaled_loss_and_gradients<B: TrainBackend>(
     }
 }
 
-/// Clips the global gradient norm to `grad_clip` (0 = off), then lets `optimizer` update `model`.
-/// Returns the updated model and the gradient norm before clipping (NaN when clipping is off).
+/// Clips the global gradient norm to `grad_clip` (0 = off), then lets `optimizer` update `model`
+/// (a predictor with a fixed rate in an update of its own). Returns the updated model and the
+/// gradient norm before clipping (NaN when clipping is off).
 pub fn apply_update<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     model: SslModel<B>,
     optimizer: &mut O,
     mut grads: GradientsParams,
-    lr: f64,
+    lr: impl Into<StepLr>,
     grad_clip: f64,
 ) -> (SslModel<B>, f64) {
     let norm = if grad_clip > 0.0 {
@@ -135,7 +136,17 @@ pub fn apply_update<B: TrainBackend, O: Optimizer<SslModel<B>, B>>(
     } else {
         f64::NAN
     };
-    (optimizer.step(lr, model, grads), norm)
+    let lr = lr.into();
+    let fixed = match (lr.predictor, &model.predictor) {
+        (Some(rate), Some(predictor)) => Some((rate, take_gradients(predictor, &mut grads))),
+        _ => None,
+    };
+    let model = optimizer.step(lr.lr, model, grads);
+    let model = match fixed {
+        Some((rate, predictor_grads)) => optimizer.step(rate, model, predictor_grads),
+        None => model,
+    };
+    (model, norm)
 }
 
 /// Input tensor `[2B, 3, side, side]` of a prefetched batch of `size` pairs.
