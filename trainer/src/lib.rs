@@ -81,6 +81,7 @@ pub use methods::mocov3::mocov3_loss;
 pub use methods::momentum::{momentum_copy, tau_at, update_momentum};
 pub use methods::simclr::NtXentLoss;
 pub use methods::simsiam::simsiam_loss;
+pub use methods::swav::sinkhorn_knopp;
 pub use methods::vicreg::VicRegLoss;
 pub use optim::clip::clip_grad_norm;
 pub use optim::lars::LarsConfig;

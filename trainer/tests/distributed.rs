@@ -12,7 +12,7 @@ mod common;
 use burn::module::Module;
 use burn::optim::{Optimizer, SgdConfig};
 use burn_collective::CollectiveConfig;
-use common::{dino_multi_crop, small, synthetic, text, trainer, Metrics};
+use common::{multi_crop, small, synthetic, text, trainer, Metrics};
 use e2e::{cifar10_bin, relative_l2};
 use std::io::Read;
 use std::path::Path;
@@ -27,7 +27,7 @@ use trainer::distributed::sync::average_gradients;
 use trainer::distributed::{self, Peer};
 use trainer::jobs::train::loss_and_gradients;
 use trainer::methods::momentum::Initialise;
-use trainer::methods::MethodKind;
+use trainer::methods::{MethodConfig, MethodKind};
 use trainer::model::SslModel;
 use trainer::named_params::{gradient_values, named_tensors};
 use trainer::records::{decode_record, encode_record};
@@ -158,13 +158,23 @@ fn start(config: &TrainConfig) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn two_ranks_over_half_batches_make_the_one_device_step_for_every_method() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // Every method's preset, and DINO with multi-crop (two global views, three local ones of
-    // 16 px): its center and loss are over the global batch. The multi-crop step runs on im2col
+    // Every method's preset, and DINO and SwAV with multi-crop (two global views, three local
+    // ones of 16 px): DINO's center, SwAV's Sinkhorn-Knopp and both losses are over the global
+    // batch. The multi-crop steps run on im2col
     // convolutions: with Winograd's, one device (24 local views per convolution) and two ranks
     // (12 each) sum in other orders, and one gradient differed by 1.3e-3 relative L2
     // (encoder.blocks.2.downsample.conv.weight; 3.3e-6 with im2col; 5.9e-4 at width 8). The golden step checks DINO's multi-crop step on Winograd against PyTorch.
     let configs = MethodKind::ALL.iter().map(|&kind| (small(kind, 1), true));
-    for (config, winograd) in configs.chain([(dino_multi_crop(1), false)]) {
+    // SwAV with multi-crop and its queue in the Sinkhorn-Knopp input from the first step: the
+    // assignments are over the global batch and the queue.
+    let mut swav_queue = multi_crop(MethodKind::Swav, 1);
+    if let MethodConfig::Swav(swav) = &mut swav_queue.method {
+        swav.queue_start_epoch = 0;
+    }
+    for (config, winograd) in configs.chain([
+        (multi_crop(MethodKind::Dino, 1), false),
+        (swav_queue, false),
+    ]) {
         trainer::kernels::winograd::set_enabled(winograd);
         let kind = config.method.kind();
         let (model, state) = start(&config);

@@ -8,7 +8,7 @@ mod common;
 use burn::backend::Autodiff;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use common::{assert_close, dino_multi_crop, read_npy, small, synthetic, text, train, trainer};
+use common::{assert_close, multi_crop, read_npy, small, synthetic, text, train, trainer};
 use e2e::{cifar10_bin, onnxruntime_run, relative_l2};
 use std::path::Path;
 use std::sync::Mutex;
@@ -27,7 +27,7 @@ use trainer::optim::{with_optimizer, OptimConfig, OptimizerTask, Schedule};
 /// Burn's seeded RNG is global: runs that initialise models must not interleave.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const OTHERS: [MethodKind; 7] = [
+const OTHERS: [MethodKind; 8] = [
     MethodKind::Byol,
     MethodKind::Mocov2,
     MethodKind::Vicreg,
@@ -35,14 +35,19 @@ const OTHERS: [MethodKind; 7] = [
     MethodKind::Dino,
     MethodKind::Simsiam,
     MethodKind::Mocov3,
+    MethodKind::Swav,
 ];
 
 #[test]
 fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // DINO with multi-crop: its teacher, center and epoch-dependent settings resume too.
+    // DINO and SwAV with multi-crop: DINO's teacher, center and epoch-dependent settings and
+    // SwAV's queue resume too.
     let configs = OTHERS.iter().map(|&kind| small(kind, 2));
-    for config in configs.chain([dino_multi_crop(2)]) {
+    for config in configs.chain([
+        multi_crop(MethodKind::Dino, 2),
+        multi_crop(MethodKind::Swav, 2),
+    ]) {
         let kind = config.method.kind();
         let straight = tempfile::tempdir().unwrap();
         let (_, full) = train(config.clone(), straight.path(), false, false, synthetic()).unwrap();
@@ -64,10 +69,15 @@ fn every_method_resumes_exactly_after_ctrl_c_mid_epoch() {
         let ckpt = Checkpoint::read(&path).unwrap();
         assert_eq!(ckpt.config.method.kind(), kind);
         // BYOL keeps its target network, MoCo v2 its key encoder and queues, MoCo v3 its
-        // momentum encoder, DINO its teacher and center; SimSiam has no state of its own.
+        // momentum encoder, DINO its teacher and center, SwAV its queue; SimSiam has no state
+        // of its own.
         let has_state = matches!(
             kind,
-            MethodKind::Byol | MethodKind::Mocov2 | MethodKind::Mocov3 | MethodKind::Dino
+            MethodKind::Byol
+                | MethodKind::Mocov2
+                | MethodKind::Mocov3
+                | MethodKind::Dino
+                | MethodKind::Swav
         );
         assert_eq!(!ckpt.method_state.is_empty(), has_state, "{kind}");
 
@@ -344,6 +354,17 @@ fn print_config_shows_each_methods_preset() {
                 "bias = \"none\"",
                 "output_norm = true",
                 "bias = \"last\"",
+            ][..],
+        ),
+        (
+            "swav",
+            &[
+                "name = \"swav\"",
+                "sinkhorn_epsilon = 0.05",
+                "sinkhorn_iterations = 3",
+                "queue_size = 3840",
+                "count = 3000",
+                "lr = 0.6",
             ][..],
         ),
         (

@@ -6,10 +6,13 @@
 //! `P_s = softmax(s / T_s)`. The center follows the teacher's mean output with momentum 0.9;
 //! the teacher temperature warms up linearly over the first epochs; the prototypes stay frozen
 //! for the first epoch. As the authors' `DINOLoss` and `MultiCropWrapper` (each group of views
-//! of one size through the encoder in one pass, the head over all views at once) and
-//! solo-learn's `dino.py`.
+//! of one size through the encoder in one pass, the head over all views at once: see
+//! `multi_crop`) and solo-learn's `dino.py`.
 
 use super::momentum::{check_tau, momentum_copy, tau_at, update_momentum, MomentumNetwork};
+use super::multi_crop::{
+    freeze_prototypes, student_logits, swapped_cross_entropy, validate_global_views,
+};
 use super::{Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
 use crate::data::augment::{AugmentConfig, ViewRecipe};
@@ -136,13 +139,7 @@ impl MethodSettings for DinoConfig {
     }
 
     fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()> {
-        ensure!(
-            views.len() >= 2 && views[0].size == views[1].size,
-            "{name} takes two global views of one size first (the teacher's), then any local \
-             views, but [[augment.views]] gives views of sizes {:?}",
-            views.iter().map(|v| v.size).collect::<Vec<_>>()
-        );
-        Ok(())
+        validate_global_views(name, views)
     }
 }
 
@@ -157,24 +154,8 @@ pub fn dino_loss<B: Backend>(
     student_temperature: f64,
     teacher_temperature: f64,
 ) -> Tensor<B, 1> {
-    let [rows, k] = student.dims();
-    let n = teacher.dims()[0] / 2;
-    let views = rows / n;
     let targets = softmax((teacher - center) / teacher_temperature, 1).detach();
-    let log_probs = log_softmax(student / student_temperature, 1);
-    let rows_of = |t: &Tensor<B, 2>, view: usize| t.clone().slice([view * n..(view + 1) * n, 0..k]);
-    let mut terms = Vec::with_capacity(2 * (views - 1));
-    for global in 0..2 {
-        let target = rows_of(&targets, global);
-        for view in (0..views).filter(|&v| v != global) {
-            let cross_entropy = (target.clone() * rows_of(&log_probs, view))
-                .sum_dim(1)
-                .neg();
-            terms.push(cross_entropy.mean());
-        }
-    }
-    let count = terms.len() as f64;
-    Tensor::cat(terms, 0).sum() / count
+    swapped_cross_entropy(targets, log_softmax(student / student_temperature, 1))
 }
 
 /// The teacher and the center: what a checkpoint keeps of DINO.
@@ -237,19 +218,7 @@ impl<B: TrainBackend> Method<B> for Dino<B> {
             let [_, c, h, w] = views.groups[0].dims();
             views.groups[0].clone().slice([0..2 * n, 0..c, 0..h, 0..w])
         };
-        // The student: each group of one size through the encoder (its own BatchNorm
-        // statistics), the head once over every view.
-        let features: Vec<_> = views
-            .groups
-            .into_iter()
-            .map(|group| model.encoder.forward(group))
-            .collect();
-        let z = model.head.forward(Tensor::cat(features, 0));
-        let prototypes = model
-            .prototypes
-            .as_ref()
-            .expect("DINO's model has prototypes");
-        let student = prototypes.forward(z.clone());
+        let (z, student) = student_logits(model, views);
         let views_per_image = student.dims()[0] / n;
         let student = gather_view_rows(student, views_per_image);
         let teacher = gather_views(self.teacher_logits(globals));
@@ -278,14 +247,8 @@ impl<B: TrainBackend> Method<B> for Dino<B> {
     }
 
     fn adjust_gradients(&self, model: &SslModel<B>, grads: &mut GradientsParams) {
-        if self.epoch >= self.config.freeze_prototypes_epochs {
-            return;
-        }
-        if let Some(prototypes) = &model.prototypes {
-            grads.remove::<B::InnerBackend, 2>(prototypes.weight_v.id);
-            if let Some(g) = &prototypes.weight_g {
-                grads.remove::<B::InnerBackend, 1>(g.id);
-            }
+        if self.epoch < self.config.freeze_prototypes_epochs {
+            freeze_prototypes(model, grads);
         }
     }
 

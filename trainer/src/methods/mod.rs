@@ -14,8 +14,10 @@ pub mod dino;
 pub mod mocov2;
 pub mod mocov3;
 pub mod momentum;
+pub mod multi_crop;
 pub mod simclr;
 pub mod simsiam;
+pub mod swav;
 pub mod vicreg;
 
 use crate::backend::TrainBackend;
@@ -219,6 +221,9 @@ methods! {
     Simsiam = "simsiam" => simsiam::SimSiamConfig,
     /// MoCo v3 (Chen et al. 2021): predictor + momentum encoder, the batch as negatives.
     Mocov3 = "mocov3" => mocov3::MocoV3Config,
+    /// SwAV (Caron et al. 2020): swapped prediction of Sinkhorn-Knopp cluster assignments over
+    /// prototypes; multi-crop.
+    Swav = "swav" => swav::SwavConfig,
 }
 
 impl Default for MethodConfig {

@@ -133,6 +133,13 @@ pub fn small(kind: MethodKind, epochs: usize) -> TrainConfig {
     if let MethodConfig::Mocov2(moco) = &mut config.method {
         moco.queue_size = 16;
     }
+    if let MethodConfig::Swav(swav) = &mut config.method {
+        // The queue and the prototypes' freeze both change at the second epoch, so the resume
+        // tests cross them.
+        swav.queue_size = 16;
+        swav.queue_start_epoch = 1;
+        swav.freeze_prototypes_epochs = 1;
+    }
     if let Some(prototypes) = &mut config.model.prototypes {
         prototypes.count = 32;
     }
@@ -143,10 +150,10 @@ pub fn small(kind: MethodKind, epochs: usize) -> TrainConfig {
     config
 }
 
-/// [`small`] DINO with multi-crop: two global views at the input size, then three local views
-/// of 16 pixels from 5-40 % of the image (DINO's local crop scale).
-pub fn dino_multi_crop(epochs: usize) -> TrainConfig {
-    let mut config = small(MethodKind::Dino, epochs);
+/// [`small`] `kind` (DINO, SwAV) with multi-crop: two global views at the input size, then
+/// three local views of 16 pixels from 5-40 % of the image (DINO's local crop scale).
+pub fn multi_crop(kind: MethodKind, epochs: usize) -> TrainConfig {
+    let mut config = small(kind, epochs);
     config.augment.views = vec![
         ViewSpec {
             count: 2,
