@@ -4,6 +4,7 @@ use crate::backend::{run_on, DeviceKind};
 use crate::jobs::eval::EvalOptions;
 use crate::jobs::train::options::TrainOptions;
 use crate::jobs::train::{Outcome, TrainJob};
+use crate::methods::MethodKind;
 use crate::precision::Precision;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -78,9 +79,15 @@ pub struct BenchArgs {
     /// Dataset whose images are augmented (as `train --data`); random images when omitted.
     #[arg(long)]
     pub data: Option<String>,
-    /// PyTorch reference script; skipped when python3 cannot import torch.
-    #[arg(long, default_value = "bench/torch_simclr.py")]
-    pub torch_script: PathBuf,
+    /// The method whose training step is timed, with its preset (heads, optimizer,
+    /// augmentations): simclr (two views), or dino (multi-crop: two global views and six local
+    /// ones of half the side); any other method is timed without a PyTorch reference.
+    #[arg(long, value_enum, default_value_t = MethodKind::Simclr)]
+    pub method: MethodKind,
+    /// PyTorch reference script (default: bench/torch_simclr.py, bench/torch_dino.py for
+    /// --method dino); skipped when python3 cannot import torch.
+    #[arg(long)]
+    pub torch_script: Option<PathBuf>,
     /// Do not run the PyTorch reference.
     #[arg(long)]
     pub no_torch: bool,
@@ -217,7 +224,23 @@ fn bench(args: BenchArgs) -> Result<i32> {
         }
         None => None,
     };
-    let torch_script = (!args.no_torch).then(|| args.torch_script.clone());
+    let default_script = match args.method {
+        MethodKind::Simclr => Some("bench/torch_simclr.py"),
+        MethodKind::Dino => Some("bench/torch_dino.py"),
+        _ => None,
+    };
+    let torch_script = match (&args.torch_script, default_script) {
+        _ if args.no_torch => None,
+        (Some(script), _) => Some(script.clone()),
+        (None, Some(script)) => Some(PathBuf::from(script)),
+        (None, None) => {
+            eprintln!(
+                "PyTorch reference: none for {} (bench/ has SimCLR's and DINO's steps)",
+                args.method
+            );
+            None
+        }
+    };
     if let Some(script) = &torch_script {
         anyhow::ensure!(
             script.is_file(),
@@ -226,6 +249,7 @@ fn bench(args: BenchArgs) -> Result<i32> {
         );
     }
     let options = crate::jobs::bench::BenchOptions {
+        method: args.method,
         batch_sizes: args.batch_size.clone(),
         steps: args.steps,
         warmup: args.warmup,

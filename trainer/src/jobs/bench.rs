@@ -1,20 +1,23 @@
-//! `trainer bench`: throughput of the SimCLR training step (the method PyTorch is compared on) and of the augmentation pipeline,
-//! side by side with the same step in PyTorch (`bench/torch_simclr.py`) when `torch` imports;
+//! `trainer bench`: throughput of a method's training step (SimCLR by default; DINO with
+//! multi-crop: `--method dino`) and of the augmentation pipeline, side by side with the same step
+//! in PyTorch (`bench/torch_simclr.py`, `bench/torch_dino.py`) when `torch` imports;
 //! and of inference (the encoder's features, as `eval`, `embed` and the kNN monitor compute
 //! them) side by side with ONNX Runtime on the exported encoder (`bench/onnx_throughput.py`).
 //!
 //! Figures are medians over timed steps after warm-up steps, in image pairs per second (one
-//! pair = the two augmented views of one image) for training, images per second for inference.
+//! pair = the two augmented views of one image) for training, images and views per second for a
+//! multi-crop step, images per second for inference.
 
 use crate::backend::TrainBackend;
 use crate::backend::{BackendTask, DeviceKind};
-use crate::data::augment::AugmentConfig;
-use crate::data::loader::{make_batch, EpochPlan};
+use crate::config::TrainConfig;
+use crate::data::augment::{AugmentConfig, ViewSpec};
+use crate::data::loader::{make_batch, make_views, EpochPlan, Shard};
 use crate::data::ImageDataset;
 use crate::jobs::train::train_step;
-use crate::methods::simclr::{NtXentLoss, SimClr};
+use crate::methods::MethodKind;
 use crate::model::{ModelConfig, SslModel};
-use crate::optim::{with_optimizer, OptimConfig, OptimizerTask, Schedule};
+use crate::optim::{with_optimizer, OptimizerTask, Schedule};
 use crate::precision::{GradScaler, Precision};
 use anyhow::{Context, Result};
 use burn::optim::Optimizer;
@@ -25,6 +28,9 @@ use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The method whose step is timed, with its preset's heads, optimizer and augmentations;
+    /// DINO and SwAV with multi-crop ([`multi_crop_views`]).
+    pub method: MethodKind,
     pub batch_sizes: Vec<usize>,
     pub steps: usize,
     pub warmup: usize,
@@ -71,6 +77,9 @@ pub struct InferenceResult {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    pub method: String,
+    /// Views per image of the training step (2, or more with multi-crop).
+    pub views_per_image: usize,
     pub device: String,
     pub precision: Precision,
     pub threads: usize,
@@ -113,40 +122,47 @@ pub fn data_pairs_per_s(dataset: &ImageDataset, batch_size: usize, batches: usiz
 
 struct StepBench<B: TrainBackend> {
     device: B::Device,
+    config: TrainConfig,
     model: SslModel<B>,
     dataset: ImageDataset,
-    batch_size: usize,
     steps: usize,
     warmup: usize,
-    precision: Precision,
 }
 
 impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
     type Output = Vec<f64>;
 
     fn run<O: Optimizer<SslModel<B>, B>>(self, mut optimizer: O) -> Result<Vec<f64>> {
-        let augment = AugmentConfig::default();
-        let plan = EpochPlan::new(self.dataset.len(), self.batch_size, 0, 7);
-        let mut method = SimClr(NtXentLoss::default());
+        let config = &self.config;
+        let plan = EpochPlan::new(self.dataset.len(), config.batch_size, 0, 7);
+        let mut method = config
+            .method
+            .build(&config.model, &self.model, &self.device);
         let schedule = Schedule {
-            batch_size: self.batch_size,
+            batch_size: config.batch_size,
             steps_per_epoch: plan.steps,
             total_steps: self.warmup + self.steps,
         };
         let mut model = self.model;
-        let mut scaler = GradScaler::new(self.precision);
+        let mut scaler = GradScaler::new(config.precision);
         let mut seconds = Vec::new();
         for step in 0..self.warmup + self.steps {
-            let batch = make_batch(&self.dataset, &augment, &plan, step % plan.steps);
+            let batch = make_views(
+                &self.dataset,
+                &config.augment,
+                &plan,
+                step % plan.steps,
+                Shard::WHOLE,
+            );
             let started = Instant::now();
             let (next, stats) = train_step(
                 model,
-                &mut method,
+                method.as_mut(),
                 &mut optimizer,
                 &mut scaler,
                 batch,
-                3e-4,
-                OptimConfig::default().grad_clip,
+                config.optim.step_lr(step, &schedule),
+                config.optim.grad_clip,
                 (step, &schedule),
                 &self.device,
             );
@@ -168,6 +184,58 @@ impl<B: TrainBackend> OptimizerTask<B> for StepBench<B> {
     }
 }
 
+/// The multi-crop views of the DINO bench: the two global views at the input size (crops of
+/// 40-100 %, DINO's) and six local ones at half the side (5-40 %), as DINO's paper pairs 224
+/// and 96 px.
+pub fn multi_crop_views(image_size: usize) -> Vec<ViewSpec> {
+    vec![
+        ViewSpec {
+            count: 2,
+            crop_scale: Some([0.4, 1.0]),
+            ..ViewSpec::default()
+        },
+        ViewSpec {
+            count: 6,
+            size: image_size / 2,
+            crop_scale: Some([0.05, 0.4]),
+            ..ViewSpec::default()
+        },
+    ]
+}
+
+/// The config of the timed step: `options.method`'s preset on `options.model`'s network, with
+/// multi-crop where the method takes it.
+fn step_config(options: &BenchOptions, batch_size: usize) -> TrainConfig {
+    let mut config = TrainConfig::preset(options.method, batch_size);
+    config.precision = options.precision;
+    config.model.backbone = options.model.backbone;
+    config.model.width = options.model.width;
+    config.model.stem = options.model.stem;
+    if options.method == MethodKind::Simclr {
+        config.model.head = options.model.head;
+    }
+    let multi_crop = AugmentConfig {
+        views: multi_crop_views(options.image_size),
+        ..config.augment.clone()
+    };
+    let takes_it = config
+        .method
+        .validate(batch_size, &config.model, &multi_crop.view_recipes())
+        .is_ok();
+    if takes_it && options.method != MethodKind::Simclr {
+        config.augment = multi_crop;
+    }
+    config
+}
+
+/// Views per image of the timed step (2, or 8 with multi-crop).
+fn views_per_image(options: &BenchOptions, batch_size: usize) -> usize {
+    step_config(options, batch_size)
+        .augment
+        .view_recipes()
+        .len()
+}
+
 /// Seconds of each timed training step at `batch_size`, on one backend.
 struct TrainStepTiming<'a> {
     options: &'a BenchOptions,
@@ -181,18 +249,18 @@ impl BackendTask for TrainStepTiming<'_> {
     fn run<B: TrainBackend>(self, device: B::Device, name: &str) -> Result<Self::Output> {
         B::seed(&device, 0);
         crate::precision::check_supported::<B>(self.options.precision, &device)?;
+        let config = step_config(self.options, self.batch_size);
         let task = StepBench::<B> {
-            model: self.options.model.init::<B>(&device),
+            model: config.model.init::<B>(&device),
             device,
             dataset: self.dataset.clone(),
-            batch_size: self.batch_size,
             steps: self.options.steps,
             warmup: self.options.warmup,
-            precision: self.options.precision,
+            config: config.clone(),
         };
         Ok((
             name.to_string(),
-            with_optimizer::<B, _>(&OptimConfig::default(), task)?,
+            with_optimizer::<B, _>(&config.optim, task)?,
         ))
     }
 }
@@ -331,7 +399,7 @@ fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
         Precision::Bf16 => "bf16",
         Precision::F16 => "fp16",
     };
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         ("--batch-size", batch_size.to_string()),
         ("--steps", options.steps.to_string()),
         ("--warmup", options.warmup.to_string()),
@@ -345,7 +413,15 @@ fn torch_pairs_per_s(script: &Path, options: &BenchOptions, batch_size: usize) -
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v])
     .collect();
-    run_python_json(script, &args, "PyTorch reference")?["pairs_per_s"].as_f64()
+    let views = views_per_image(options, batch_size);
+    if views > 2 {
+        args.extend(["--local-views".to_string(), (views - 2).to_string()]);
+    }
+    // Pairs per second of a two-view step, images per second of a multi-crop one.
+    let json = run_python_json(script, &args, "PyTorch reference")?;
+    json["pairs_per_s"]
+        .as_f64()
+        .or_else(|| json["images_per_s"].as_f64())
 }
 
 pub fn run(options: &BenchOptions) -> Result<BenchReport> {
@@ -415,6 +491,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
         });
     }
     Ok(BenchReport {
+        method: options.method.name().into(),
+        views_per_image: views_per_image(options, largest),
         device: device_name,
         precision: options.precision,
         threads: options.threads,
@@ -440,16 +518,30 @@ pub fn table(report: &BenchReport) -> String {
         report.precision.name(),
         report.threads, report.width, report.stem, report.image_size, report.steps
     );
-    out += "training step (SimCLR, Adam)\n\n";
-    out += "| batch | ours pairs/s | step ms | PyTorch pairs/s | ours / PyTorch | data pairs/s |\n";
+    let views = report.views_per_image;
+    if views == 2 {
+        out += &format!("training step ({}, its preset)\n\n", report.method);
+        out += "| batch | ours pairs/s | step ms | PyTorch pairs/s | ours / PyTorch | data pairs/s |\n";
+    } else {
+        out += &format!(
+            "training step ({}, its preset, multi-crop: {views} views per image)\n\n",
+            report.method
+        );
+        out += "| batch | ours images/s (views/s) | step ms | PyTorch images/s (views/s) | ours / \
+                PyTorch | data pairs/s |\n";
+    }
     out += "|---:|---:|---:|---:|---:|---:|\n";
+    let rate = |images: f64| match views {
+        2 => format!("{images:.2}"),
+        _ => format!("{images:.2} ({:.1})", images * views as f64),
+    };
     for r in &report.results {
         out += &format!(
-            "| {} | {:.2} | {:.0} | {} | {} | {:.0} |\n",
+            "| {} | {} | {:.0} | {} | {} | {:.0} |\n",
             r.batch_size,
-            r.train_step_pairs_per_s,
+            rate(r.train_step_pairs_per_s),
             r.train_step_ms_median,
-            fmt_opt(r.torch_pairs_per_s, 2),
+            r.torch_pairs_per_s.map_or("-".into(), rate),
             fmt_opt(r.ours_over_torch, 2),
             r.data_pairs_per_s,
         );
@@ -490,6 +582,7 @@ mod tests {
     #[test]
     fn tiny_bench_reports_positive_rates_and_json_fields() {
         let options = BenchOptions {
+            method: MethodKind::Simclr,
             batch_sizes: vec![4],
             steps: 2,
             warmup: 1,
@@ -539,12 +632,68 @@ mod tests {
     }
 
     #[test]
+    fn the_dino_bench_times_its_multi_crop_step_in_images_and_views() {
+        let options = BenchOptions {
+            method: MethodKind::Dino,
+            batch_sizes: vec![4],
+            steps: 1,
+            warmup: 0,
+            device: DeviceKind::Cpu,
+            precision: Precision::F32,
+            model: ModelConfig::small(2, 8, 4),
+            image_size: 32,
+            data: None,
+            torch_script: None,
+            onnx_script: None,
+            inference_batch_sizes: vec![],
+            inference_seconds: 0.0,
+            threads: 1,
+        };
+        let config = step_config(&options, 4);
+        let sizes: Vec<usize> = config
+            .augment
+            .view_recipes()
+            .iter()
+            .map(|v| v.side_for(32))
+            .collect();
+        assert_eq!(sizes, [32, 32, 16, 16, 16, 16, 16, 16]);
+        // DINO's preset on the bench's network: its head, prototypes and LARS.
+        assert_eq!(config.model.width, 2);
+        assert_eq!(config.model.prototypes.map(|p| p.count), Some(4096));
+        assert_eq!(config.optim.optimizer, crate::optim::OptimizerKind::Lars);
+        let report = run(&options).unwrap();
+        assert_eq!(
+            (report.method.as_str(), report.views_per_image),
+            ("dino", 8)
+        );
+        let images = report.results[0].train_step_pairs_per_s;
+        assert!(images > 0.0);
+        let printed = table(&report);
+        assert!(
+            printed.contains("multi-crop: 8 views per image")
+                && printed.contains(&format!("({:.1})", images * 8.0)),
+            "{printed}"
+        );
+        // SimCLR keeps two views and its own head.
+        let simclr = step_config(
+            &BenchOptions {
+                method: MethodKind::Simclr,
+                ..options
+            },
+            4,
+        );
+        assert_eq!(simclr.augment.view_recipes().len(), 2);
+        assert_eq!(simclr.model.head, ModelConfig::small(2, 8, 4).head);
+    }
+
+    #[test]
     fn above_64_px_the_bench_measures_the_imagenet_stem_network() {
         let model = ModelConfig {
             stem: crate::model::Stem::Auto.for_size(72),
             ..ModelConfig::small(2, 8, 4)
         };
         let options = BenchOptions {
+            method: MethodKind::Simclr,
             batch_sizes: vec![2],
             steps: 1,
             warmup: 0,
