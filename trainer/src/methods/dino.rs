@@ -11,7 +11,8 @@
 
 use super::momentum::{check_tau, momentum_copy, tau_at, update_momentum, MomentumNetwork};
 use super::multi_crop::{
-    freeze_prototypes, student_logits, swapped_cross_entropy, validate_global_views,
+    freeze_prototypes, require_prototypes, student_logits, swapped_cross_entropy,
+    validate_global_views,
 };
 use super::{Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
@@ -130,12 +131,7 @@ impl MethodSettings for DinoConfig {
             (0.0..=1.0).contains(&self.center_momentum),
             "method.center_momentum must be in [0, 1]"
         );
-        ensure!(
-            model.prototypes.is_some_and(|p| p.count >= 2),
-            "DINO needs a prototype layer of at least 2 prototypes ([model.prototypes] count): \
-             `--method dino` sets the published one"
-        );
-        Ok(())
+        require_prototypes("DINO", "dino", model)
     }
 
     fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()> {

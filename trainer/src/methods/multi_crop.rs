@@ -5,7 +5,7 @@
 use crate::backend::TrainBackend;
 use crate::data::augment::ViewRecipe;
 use crate::data::loader::Views;
-use crate::model::SslModel;
+use crate::model::{ModelConfig, SslModel};
 use anyhow::{ensure, Result};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -17,6 +17,17 @@ pub fn validate_global_views(name: &str, views: &[ViewRecipe]) -> Result<()> {
         "{name} takes two global views of one size first, then any local views, but \
          [[augment.views]] gives views of sizes {:?}",
         views.iter().map(|v| v.size).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Rejects a network without a prototype layer of at least 2 prototypes (`title`: the method as
+/// people write it, `name`: its `--method` name).
+pub fn require_prototypes(title: &str, name: &str, model: &ModelConfig) -> Result<()> {
+    ensure!(
+        model.prototypes.is_some_and(|p| p.count >= 2),
+        "{title} needs a prototype layer of at least 2 prototypes ([model.prototypes] count): \
+         `--method {name}` sets the published one"
     );
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! prototypes stay frozen for the first `freeze_prototypes_epochs`. Multi-crop as DINO's.
 
 use super::multi_crop::{
-    freeze_prototypes, student_logits, swapped_cross_entropy, validate_global_views,
+    freeze_prototypes, require_prototypes, student_logits, swapped_cross_entropy,
+    validate_global_views,
 };
 use super::{Method, MethodConfig, MethodSettings, Preset, StepOutput};
 use crate::backend::TrainBackend;
@@ -111,12 +112,7 @@ impl MethodSettings for SwavConfig {
             self.sinkhorn_iterations >= 1,
             "method.sinkhorn_iterations must be at least 1"
         );
-        ensure!(
-            model.prototypes.is_some_and(|p| p.count >= 2),
-            "SwAV needs a prototype layer of at least 2 prototypes ([model.prototypes] count): \
-             `--method swav` sets the published one"
-        );
-        Ok(())
+        require_prototypes("SwAV", "swav", model)
     }
 
     fn validate_views(&self, name: &str, views: &[ViewRecipe]) -> Result<()> {
