@@ -34,11 +34,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
-from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from golden_methods import Network, burn_layout, burn_name  # noqa: E402
+from golden_methods import Network, burn_layout, burn_name, record_step, write_fixture  # noqa: E402
 from golden_simclr import perturb_batchnorm, view_pairs  # noqa: E402
 
 STUDENT_TEMPERATURE = 0.1
@@ -144,19 +142,11 @@ def main():
         center = torch.zeros(1, a.prototypes, dtype=torch.float64)
         loss = dino_loss(s, t, center, views)
         loss.backward()
-        tensors[f"{variant}.loss"] = np.array([loss.item()], np.float32)
-        tensors.update({f"{variant}.init.{k}": v for k, v in init.items()})
-        tensors.update({f"{variant}.grad.{burn_name(k)}": burn_layout(k, v.grad)
-                        for k, v in model.named_parameters()})
+        record_step(tensors, variant, loss, init, model)
         tensors.update({f"{variant}.grad.{prototype_name(k)}": prototype_layout(k, v.grad)
                         for k, v in prototypes.named_parameters() if v.requires_grad})
-        print(f"{variant}: loss {loss.item():.6f}")
 
-    metadata = {"command": "python3 bench/golden_dino.py CIFAR10_BIN_DIR OUT " + " ".join(sys.argv[3:]),
-                "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "width": str(a.width)}
-    save_file(tensors, a.out, metadata)
-    print(f"{a.out}: {sum(v.size for v in tensors.values())} floats, {os.path.getsize(a.out)} bytes")
+    write_fixture(tensors, a.out, "golden_dino.py", a.width)
 
 
 if __name__ == "__main__":

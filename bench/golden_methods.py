@@ -144,6 +144,24 @@ def barlow_loss(z, lambd=0.0051, scale=0.1):
     return scale * (on + lambd * off)
 
 
+def record_step(tensors, prefix, loss, init, model):
+    """One step's loss, the weights before it and every gradient, under `prefix`."""
+    tensors[f"{prefix}.loss"] = np.array([loss.item()], np.float32)
+    tensors.update({f"{prefix}.init.{k}": v for k, v in init.items()})
+    tensors.update({f"{prefix}.grad.{burn_name(k)}": burn_layout(k, v.grad)
+                    for k, v in model.named_parameters()})
+    print(f"{prefix}: loss {loss.item():.6f}")
+
+
+def write_fixture(tensors, out, script, width):
+    """The fixture file, with the command that regenerates it and the versions that did."""
+    metadata = {"command": f"python3 bench/{script} CIFAR10_BIN_DIR OUT " + " ".join(sys.argv[3:]),
+                "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "width": str(width)}
+    save_file(tensors, out, metadata)
+    print(f"{out}: {sum(v.size for v in tensors.values())} floats, {os.path.getsize(out)} bytes")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("cifar10_bin", help="cifar-10-batches-bin directory")
@@ -191,17 +209,9 @@ def main():
         else:
             loss = barlow_loss(z)
         loss.backward()
-        tensors[f"{method}.loss"] = np.array([loss.item()], np.float32)
-        tensors.update({f"{method}.init.{k}": v for k, v in init.items()})
-        tensors.update({f"{method}.grad.{burn_name(k)}": burn_layout(k, v.grad)
-                        for k, v in model.named_parameters()})
-        print(f"{method}: loss {loss.item():.6f}")
+        record_step(tensors, method, loss, init, model)
 
-    metadata = {"command": "python3 bench/golden_methods.py CIFAR10_BIN_DIR OUT " + " ".join(sys.argv[3:]),
-                "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "width": str(a.width)}
-    save_file(tensors, a.out, metadata)
-    print(f"{a.out}: {sum(v.size for v in tensors.values())} floats, {os.path.getsize(a.out)} bytes")
+    write_fixture(tensors, a.out, "golden_methods.py", a.width)
 
 
 if __name__ == "__main__":

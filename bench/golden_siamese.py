@@ -33,15 +33,12 @@ import copy
 import os
 import sys
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
-from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from golden_methods import Network, burn_layout, burn_name, split  # noqa: E402
+from golden_methods import Network, burn_layout, burn_name, record_step, split, write_fixture  # noqa: E402
 from golden_simclr import perturb_batchnorm, view_pairs  # noqa: E402
 
 TEMPERATURE = 0.2
@@ -123,17 +120,9 @@ def main():
         else:
             loss = mocov3_loss(p_a, k_b) + mocov3_loss(p_b, k_a)
         loss.backward()
-        tensors[f"{method}.loss"] = np.array([loss.item()], np.float32)
-        tensors.update({f"{method}.init.{k}": v for k, v in init.items()})
-        tensors.update({f"{method}.grad.{burn_name(k)}": burn_layout(k, v.grad)
-                        for k, v in model.named_parameters()})
-        print(f"{method}: loss {loss.item():.6f}")
+        record_step(tensors, method, loss, init, model)
 
-    metadata = {"command": "python3 bench/golden_siamese.py CIFAR10_BIN_DIR OUT " + " ".join(sys.argv[3:]),
-                "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "width": str(a.width)}
-    save_file(tensors, a.out, metadata)
-    print(f"{a.out}: {sum(v.size for v in tensors.values())} floats, {os.path.getsize(a.out)} bytes")
+    write_fixture(tensors, a.out, "golden_siamese.py", a.width)
 
 
 if __name__ == "__main__":

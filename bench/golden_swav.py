@@ -33,12 +33,10 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from golden_dino import prototype_layout, prototype_name, prototypes_layer, student_logits  # noqa: E402
-from golden_methods import Head, Network, burn_layout, burn_name  # noqa: E402
+from golden_methods import Head, Network, burn_layout, burn_name, record_step, write_fixture  # noqa: E402
 from golden_simclr import perturb_batchnorm, view_pairs  # noqa: E402
 
 TEMPERATURE = 0.1
@@ -113,19 +111,11 @@ def main():
                 assignments.append(sinkhorn_knopp(p_i)[: preds[0].shape[0]])
         loss = swav_loss(preds, assignments)
         loss.backward()
-        tensors[f"{variant}.loss"] = np.array([loss.item()], np.float32)
-        tensors.update({f"{variant}.init.{k}": v for k, v in init.items()})
-        tensors.update({f"{variant}.grad.{burn_name(k)}": burn_layout(k, v.grad)
-                        for k, v in model.named_parameters()})
+        record_step(tensors, variant, loss, init, model)
         tensors.update({f"{variant}.grad.{prototype_name(k)}": prototype_layout(k, v.grad)
                         for k, v in prototypes.named_parameters() if v.requires_grad})
-        print(f"{variant}: loss {loss.item():.6f}")
 
-    metadata = {"command": "python3 bench/golden_swav.py CIFAR10_BIN_DIR OUT " + " ".join(sys.argv[3:]),
-                "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "width": str(a.width)}
-    save_file(tensors, a.out, metadata)
-    print(f"{a.out}: {sum(v.size for v in tensors.values())} floats, {os.path.getsize(a.out)} bytes")
+    write_fixture(tensors, a.out, "golden_swav.py", a.width)
 
 
 if __name__ == "__main__":
