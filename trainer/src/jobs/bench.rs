@@ -222,7 +222,7 @@ fn step_config(options: &BenchOptions, batch_size: usize) -> TrainConfig {
         .method
         .validate(batch_size, &config.model, &multi_crop.view_recipes())
         .is_ok();
-    if takes_it && options.method != MethodKind::Simclr {
+    if takes_it {
         config.augment = multi_crop;
     }
     config
@@ -250,6 +250,8 @@ impl BackendTask for TrainStepTiming<'_> {
         B::seed(&device, 0);
         crate::precision::check_supported::<B>(self.options.precision, &device)?;
         let config = step_config(self.options, self.batch_size);
+        // The checks a training run makes (MoCo v2's queue against the batch, say).
+        config.validate()?;
         let task = StepBench::<B> {
             model: config.model.init::<B>(&device),
             device,
@@ -579,9 +581,9 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 
-    #[test]
-    fn tiny_bench_reports_positive_rates_and_json_fields() {
-        let options = BenchOptions {
+    /// SimCLR's step at width 2 on random images, batch 4, no references.
+    fn tiny_options() -> BenchOptions {
+        BenchOptions {
             method: MethodKind::Simclr,
             batch_sizes: vec![4],
             steps: 2,
@@ -596,7 +598,12 @@ mod tests {
             inference_batch_sizes: vec![3],
             inference_seconds: 0.0,
             threads: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn tiny_bench_reports_positive_rates_and_json_fields() {
+        let options = tiny_options();
         let report = run(&options).unwrap();
         assert_eq!(report.results.len(), 1);
         let r = &report.results[0];
@@ -635,19 +642,10 @@ mod tests {
     fn the_dino_bench_times_its_multi_crop_step_in_images_and_views() {
         let options = BenchOptions {
             method: MethodKind::Dino,
-            batch_sizes: vec![4],
             steps: 1,
             warmup: 0,
-            device: DeviceKind::Cpu,
-            precision: Precision::F32,
-            model: ModelConfig::small(2, 8, 4),
-            image_size: 32,
-            data: None,
-            torch_script: None,
-            onnx_script: None,
             inference_batch_sizes: vec![],
-            inference_seconds: 0.0,
-            threads: 1,
+            ..tiny_options()
         };
         let config = step_config(&options, 4);
         let sizes: Vec<usize> = config
@@ -693,20 +691,14 @@ mod tests {
             ..ModelConfig::small(2, 8, 4)
         };
         let options = BenchOptions {
-            method: MethodKind::Simclr,
             batch_sizes: vec![2],
             steps: 1,
             warmup: 0,
-            device: DeviceKind::Cpu,
-            precision: Precision::F32,
             model,
             image_size: 72,
             data: Some(synthetic_images(4, 32)), // upsampled to 72 px as `--data` is
-            torch_script: None,
-            onnx_script: None,
             inference_batch_sizes: vec![1],
-            inference_seconds: 0.0,
-            threads: 1,
+            ..tiny_options()
         };
         let report = run(&options).unwrap();
         assert_eq!((report.image_size, report.stem.as_str()), (72, "imagenet"));
